@@ -1,0 +1,723 @@
+//! The attestation engine: selects devices, validates them, sends the
+//! attestation in paced batches, retries what can be retried, and gives every
+//! device exactly one outcome before the deadline.
+//!
+//! Work flows through two stages that run concurrently: a read stage
+//! (validation GETs) that feeds a write stage (`initiateDeviceAttestation`).
+//! Each stage keeps its own queue of ready and delayed items, forms `$batch`
+//! calls of up to 20, asks its [`Pacer`] before each call, and bounds the
+//! calls in flight. Retries go back into the queue of the same stage.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::device::{DeviceId, DeviceKind, DeviceRef};
+use super::gateway::{
+    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport,
+};
+use super::outcome::{DeviceResult, Outcome, RunResult, RunStats};
+use super::pacer::{Pacer, PacerConfig};
+use super::progress::Progress;
+use super::request::AttestationRequest;
+
+/// Graph's limit on requests in one `$batch`.
+pub const MAX_BATCH: usize = 20;
+
+/// The hint given with every `forbidden` outcome.
+pub const FORBIDDEN_HINT: &str = "the app registration lacks a Graph permission: grant \
+DeviceManagementManagedDevices.PrivilegedOperations.All (needed by Intune device actions) as well as the documented \
+DeviceManagementConfiguration.Read.All and DeviceManagementManagedDevices.Read.All, with admin consent";
+
+/// Tuning of the engine. The defaults follow Intune's documented limits.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Pacing of `initiateDeviceAttestation` calls (Intune per app: 200 / 20 s).
+    pub writes: PacerConfig,
+    /// Pacing of validation reads (Intune per app: 2,000 / 20 s for all calls).
+    pub reads: PacerConfig,
+    /// Write batches in flight at once.
+    pub write_concurrency: usize,
+    /// Read batches in flight at once.
+    pub read_concurrency: usize,
+    /// Attempts per device and stage before giving up.
+    pub max_attempts: u32,
+    /// First retry delay when Graph gives no `Retry-After`.
+    pub backoff_base: Duration,
+    /// Longest retry delay without `Retry-After`.
+    pub backoff_cap: Duration,
+    /// Longest `Retry-After` honoured as given; longer ones are cut to this.
+    pub max_retry_after: Duration,
+    /// How long a partial batch waits for more devices before it goes.
+    pub fill_wait: Duration,
+    /// Time kept free at the end of the run to assemble and emit the result.
+    pub finish_reserve: Duration,
+    /// How often progress is logged.
+    pub progress_interval: Duration,
+    /// Most devices one run may hold, including filter selections.
+    pub max_devices: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let window = Duration::from_secs(20);
+        Self {
+            writes: PacerConfig::new(190, window),
+            reads: PacerConfig::new(1000, window),
+            write_concurrency: 2,
+            read_concurrency: 4,
+            max_attempts: 6,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(60),
+            fill_wait: Duration::from_millis(500),
+            finish_reserve: Duration::from_secs(2),
+            progress_interval: Duration::from_secs(5),
+            max_devices: super::request::DEFAULT_MAX_DEVICES,
+        }
+    }
+}
+
+/// Why a run could not produce per-device outcomes at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The credentials were refused.
+    #[error("{0}")]
+    Credentials(String),
+    /// Graph could not be reached to authorise or select.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Selecting devices by filter failed or selected too many.
+    #[error("device_filter: {0}")]
+    Selection(String),
+}
+
+impl From<GatewayError> for RunError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Credentials(m) => {
+                RunError::Credentials(format!("credentials refused: {m}"))
+            }
+            GatewayError::Unavailable(m) => {
+                RunError::Unavailable(format!("Graph unavailable: {m}"))
+            }
+            e @ (GatewayError::Refused(_) | GatewayError::TooManyDevices { .. }) => {
+                RunError::Selection(e.to_string())
+            }
+        }
+    }
+}
+
+/// The engine. Keep one per process: its pacers carry the tenant's budget
+/// across runs (warm invocations share it).
+pub struct Engine<G> {
+    gateway: Arc<G>,
+    cfg: EngineConfig,
+    write_pacer: Arc<Mutex<Pacer>>,
+    read_pacer: Arc<Mutex<Pacer>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    Read,
+    Write,
+}
+
+#[derive(Debug)]
+struct Work {
+    idx: usize,
+    dev: DeviceRef,
+    attempts: u32,
+    lost: u32,
+    stage_attempts: u32,
+    last: Option<CallFailure>,
+}
+
+enum Reply {
+    Read(ItemAnswer<DeviceInfo>),
+    Write(ItemAnswer<()>),
+}
+
+struct Delayed {
+    at: Instant,
+    seq: u64,
+    work: Work,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// State shared by the stages of one run.
+struct Run {
+    results: Mutex<Vec<Option<DeviceResult>>>,
+    progress: Arc<Progress>,
+    cutoff: Instant,
+    dry_run: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Run {
+    fn finish(
+        &self,
+        w: &Work,
+        outcome: Outcome,
+        reason: Option<String>,
+        answer: Option<(u16, Option<String>)>,
+    ) {
+        let mut r = DeviceResult::new(w.dev.id, w.dev.kind, outcome);
+        r.reason = reason;
+        r.attempts = w.attempts;
+        r.lost_answers = w.lost;
+        if let Some(f) = &w.last {
+            r.http_status = f.status;
+            r.error_code = f.code.clone();
+            r.message = f.message.clone();
+            r.request_id = f.request_id.clone();
+        }
+        if let Some((status, request_id)) = answer {
+            r.http_status = Some(status);
+            r.error_code = None;
+            r.message = None;
+            r.request_id = request_id;
+        }
+        let mut results = lock(&self.results);
+        if let Some(slot) = results.get_mut(w.idx)
+            && slot.is_none()
+        {
+            *slot = Some(r);
+            self.progress.record(outcome == Outcome::Initiated);
+        }
+    }
+
+    /// The outcome of an item that will not be tried again.
+    fn give_up(&self, w: &Work) {
+        match &w.last {
+            None => self.finish(
+                w,
+                Outcome::NotAttempted,
+                Some("the deadline came before this device was tried".into()),
+                None,
+            ),
+            Some(f) if f.kind == FailureKind::Throttled => self.finish(
+                w,
+                Outcome::Throttled,
+                Some("Graph kept throttling until the retries or the deadline ran out".into()),
+                None,
+            ),
+            Some(f) if f.kind == FailureKind::AnswerLost => self.finish(
+                w,
+                Outcome::Failed,
+                Some("no answer came from Graph; the request may still have been accepted".into()),
+                None,
+            ),
+            Some(_) => self.finish(
+                w,
+                Outcome::Failed,
+                Some("Graph kept failing until the retries or the deadline ran out".into()),
+                None,
+            ),
+        }
+    }
+}
+
+impl<G: DeviceGateway> Engine<G> {
+    /// An engine over `gateway`.
+    pub fn new(gateway: Arc<G>, cfg: EngineConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            write_pacer: Arc::new(Mutex::new(Pacer::new(cfg.writes, now))),
+            read_pacer: Arc::new(Mutex::new(Pacer::new(cfg.reads, now))),
+            gateway,
+            cfg,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Runs one request. `platform_deadline` is the host's hard deadline
+    /// (Lambda's), which caps `timeouts.invoke`.
+    pub async fn run(
+        &self,
+        req: AttestationRequest,
+        platform_deadline: Option<Instant>,
+        progress: Arc<Progress>,
+    ) -> Result<RunResult, RunError> {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let stats_before = self.gateway.stats();
+        let correlation_id = req
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut deadline = start + req.timeout;
+        if let Some(p) = platform_deadline {
+            deadline = deadline.min(p);
+        }
+        let reserve = self.cfg.finish_reserve.min(req.timeout / 10);
+        let cutoff = deadline.checked_sub(reserve).unwrap_or(deadline).max(start);
+        let mut warnings = req.warnings.clone();
+
+        let needs_graph = req.device_filter.is_some() || req.validate_device_exists || !req.dry_run;
+        if needs_graph {
+            self.gateway.prepare(cutoff).await?;
+        }
+
+        let mut devices = req.devices.clone();
+        if let Some(filter) = &req.device_filter {
+            let limit = self.cfg.max_devices.saturating_sub(devices.len());
+            let selected = self.gateway.list_devices(filter, limit, cutoff).await?;
+            let named: HashSet<DeviceId> = devices
+                .iter()
+                .filter(|d| d.kind == DeviceKind::Managed)
+                .map(|d| d.id)
+                .collect();
+            let mut seen = HashSet::new();
+            let mut overlap = 0usize;
+            for id in selected {
+                if named.contains(&id) {
+                    overlap += 1;
+                } else if seen.insert(id) {
+                    devices.push(DeviceRef {
+                        id,
+                        kind: DeviceKind::Managed,
+                    });
+                }
+            }
+            if overlap > 0 {
+                warnings.push(format!("{overlap} device(s) selected by device_filter were also listed in managed_device_ids"));
+            }
+            tracing::info!(selected = seen.len(), filter = %filter, "devices selected by filter");
+        }
+
+        progress.set_total(devices.len());
+        let run = Run {
+            results: Mutex::new(vec![None; devices.len()]),
+            progress: progress.clone(),
+            cutoff,
+            dry_run: req.dry_run,
+        };
+        let works: VecDeque<Work> = devices
+            .iter()
+            .enumerate()
+            .map(|(idx, dev)| Work {
+                idx,
+                dev: *dev,
+                attempts: 0,
+                lost: 0,
+                stage_attempts: 0,
+                last: None,
+            })
+            .collect();
+
+        let ticker = spawn_progress_log(
+            progress.clone(),
+            self.cfg.progress_interval,
+            correlation_id.clone(),
+        );
+        if req.dry_run && !req.validate_device_exists {
+            for w in &works {
+                run.finish(w, Outcome::WouldInitiate, None, None);
+            }
+        } else if req.validate_device_exists {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let reads = self.stage(Stage::Read, &run, works, None, Some(tx));
+            let writes = async {
+                if !req.dry_run {
+                    self.stage(Stage::Write, &run, VecDeque::new(), Some(rx), None)
+                        .await;
+                }
+            };
+            tokio::join!(reads, writes);
+        } else {
+            self.stage(Stage::Write, &run, works, None, None).await;
+        }
+        ticker.abort();
+
+        let devices_out: Vec<DeviceResult> = lock(&run.results)
+            .iter()
+            .zip(&devices)
+            .map(|(slot, dev)| {
+                slot.clone().unwrap_or_else(|| {
+                    let mut r = DeviceResult::new(dev.id, dev.kind, Outcome::NotAttempted);
+                    r.reason = Some("the deadline came before this device was tried".into());
+                    r
+                })
+            })
+            .collect();
+        let stats_after = self.gateway.stats();
+        let stats = RunStats {
+            http_requests: stats_after.http_requests - stats_before.http_requests,
+            throttled_responses: stats_after.throttled - stats_before.throttled,
+            duration_ms: start.elapsed().as_millis() as u64,
+        };
+        let result = RunResult::new(
+            correlation_id,
+            req.dry_run,
+            req.ignore_partial_failures,
+            humantime::format_rfc3339_millis(started_at).to_string(),
+            humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            warnings,
+            stats,
+            devices_out,
+        );
+        let s = &result.summary;
+        tracing::info!(
+            correlation_id = %result.correlation_id,
+            status = ?result.status,
+            requested = s.requested,
+            initiated = s.initiated,
+            not_found = s.not_found,
+            unsupported = s.unsupported,
+            forbidden = s.forbidden,
+            failed = s.failed,
+            throttled = s.throttled,
+            not_attempted = s.not_attempted,
+            http_requests = result.stats.http_requests,
+            throttled_responses = result.stats.throttled_responses,
+            duration_ms = result.stats.duration_ms,
+            "run finished"
+        );
+        Ok(result)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.cfg.backoff_cap);
+        // Jitter between half and the whole delay.
+        capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// One stage: drives its queue until it is empty or the cutoff comes.
+    async fn stage(
+        &self,
+        stage: Stage,
+        run: &Run,
+        mut pending: VecDeque<Work>,
+        mut input: Option<mpsc::UnboundedReceiver<Work>>,
+        forward: Option<mpsc::UnboundedSender<Work>>,
+    ) {
+        let (pacer, concurrency) = match stage {
+            Stage::Read => (&self.read_pacer, self.cfg.read_concurrency.max(1)),
+            Stage::Write => (&self.write_pacer, self.cfg.write_concurrency.max(1)),
+        };
+        let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+        let mut seq = 0u64;
+        let mut inflight: JoinSet<(u64, Vec<Reply>)> = JoinSet::new();
+        let mut batches: HashMap<u64, Vec<Work>> = HashMap::new();
+        let mut task_ids: HashMap<tokio::task::Id, u64> = HashMap::new();
+        let mut waiting_since: Option<Instant> = None;
+
+        loop {
+            let now = Instant::now();
+            if let Some(rx) = input.as_mut() {
+                loop {
+                    match rx.try_recv() {
+                        Ok(w) => pending.push_back(w),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            input = None;
+                            break;
+                        }
+                    }
+                }
+            }
+            let mut due = Vec::new();
+            while delayed.peek().is_some_and(|Reverse(d)| d.at <= now) {
+                if let Some(Reverse(d)) = delayed.pop() {
+                    due.push(d.work);
+                }
+            }
+            for w in due.into_iter().rev() {
+                pending.push_front(w);
+            }
+            if now >= run.cutoff {
+                break;
+            }
+            if pending.is_empty() && delayed.is_empty() && inflight.is_empty() && input.is_none() {
+                break;
+            }
+
+            let mut wake = delayed
+                .peek()
+                .map(|Reverse(d)| d.at)
+                .unwrap_or(run.cutoff)
+                .min(run.cutoff);
+            if !pending.is_empty() && inflight.len() < concurrency {
+                let size = lock(pacer).batch_size(MAX_BATCH);
+                let since = *waiting_since.get_or_insert(now);
+                let fill_deadline = since + self.cfg.fill_wait;
+                if pending.len() >= size || input.is_none() || now >= fill_deadline {
+                    let n = size.min(pending.len());
+                    let granted = lock(pacer).try_acquire(n as u32, now);
+                    match granted {
+                        Ok(()) => {
+                            let mut batch: Vec<Work> = pending.drain(..n).collect();
+                            for w in &mut batch {
+                                w.attempts += 1;
+                                w.stage_attempts += 1;
+                            }
+                            let refs: Vec<DeviceRef> = batch.iter().map(|w| w.dev).collect();
+                            seq += 1;
+                            let id = seq;
+                            batches.insert(id, batch);
+                            let gateway = self.gateway.clone();
+                            let cutoff = run.cutoff;
+                            let handle = inflight.spawn(async move {
+                                let replies = match stage {
+                                    Stage::Read => gateway
+                                        .read_devices(&refs, cutoff)
+                                        .await
+                                        .into_iter()
+                                        .map(Reply::Read)
+                                        .collect(),
+                                    Stage::Write => gateway
+                                        .initiate(&refs, cutoff)
+                                        .await
+                                        .into_iter()
+                                        .map(Reply::Write)
+                                        .collect(),
+                                };
+                                (id, replies)
+                            });
+                            task_ids.insert(handle.id(), id);
+                            waiting_since = None;
+                            continue;
+                        }
+                        Err(at) => wake = wake.min(at),
+                    }
+                } else {
+                    wake = wake.min(fill_deadline);
+                }
+            } else if pending.is_empty() {
+                waiting_since = None;
+            }
+
+            tokio::select! {
+                joined = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                    let (id, replies) = match joined {
+                        Some(Ok((_, (id, replies)))) => (id, replies),
+                        Some(Err(e)) => (task_ids.get(&e.id()).copied().unwrap_or(0), Vec::new()),
+                        None => continue,
+                    };
+                    if let Some(batch) = batches.remove(&id) {
+                        self.settle(stage, run, batch, replies, &mut delayed, &mut seq, forward.as_ref());
+                    }
+                }
+                received = recv_or_pending(&mut input) => {
+                    match received {
+                        Some(w) => pending.push_back(w),
+                        None => input = None,
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+
+        // Past the cutoff: let the calls in flight finish (their timeouts end
+        // at the cutoff), then settle everything left.
+        while let Some(joined) = inflight.join_next_with_id().await {
+            let (id, replies) = match joined {
+                Ok((_, (id, replies))) => (id, replies),
+                Err(e) => (task_ids.get(&e.id()).copied().unwrap_or(0), Vec::new()),
+            };
+            if let Some(batch) = batches.remove(&id) {
+                self.settle(
+                    stage,
+                    run,
+                    batch,
+                    replies,
+                    &mut delayed,
+                    &mut seq,
+                    forward.as_ref(),
+                );
+            }
+        }
+        for w in pending.drain(..) {
+            run.give_up(&w);
+        }
+        while let Some(Reverse(d)) = delayed.pop() {
+            run.give_up(&d.work);
+        }
+        if let Some(rx) = input.as_mut() {
+            while let Some(w) = rx.recv().await {
+                run.give_up(&w);
+            }
+        }
+    }
+
+    /// Applies the answers of one batch: final outcomes, forwards to the next
+    /// stage, or retries.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        stage: Stage,
+        run: &Run,
+        batch: Vec<Work>,
+        replies: Vec<Reply>,
+        delayed: &mut BinaryHeap<Reverse<Delayed>>,
+        seq: &mut u64,
+        forward: Option<&mpsc::UnboundedSender<Work>>,
+    ) {
+        let now = Instant::now();
+        let mut replies = replies.into_iter();
+        let mut throttle_pause: Option<Duration> = None;
+        for mut w in batch {
+            let reply = replies.next().unwrap_or_else(|| {
+                let f = CallFailure::without_answer(
+                    FailureKind::AnswerLost,
+                    "the batch call ended without an answer for this device",
+                );
+                match stage {
+                    Stage::Read => Reply::Read(ItemAnswer::Failed(f)),
+                    Stage::Write => Reply::Write(ItemAnswer::Failed(f)),
+                }
+            });
+            let failure = match reply {
+                Reply::Write(ItemAnswer::Ok {
+                    status, request_id, ..
+                }) => {
+                    w.last = None;
+                    run.finish(&w, Outcome::Initiated, None, Some((status, request_id)));
+                    continue;
+                }
+                Reply::Read(ItemAnswer::Ok { value, .. }) => {
+                    w.last = None;
+                    if let Some(reason) = unsupported_reason(&value) {
+                        run.finish(&w, Outcome::Unsupported, Some(reason), None);
+                    } else if run.dry_run {
+                        run.finish(&w, Outcome::WouldInitiate, None, None);
+                    } else {
+                        w.stage_attempts = 0;
+                        match forward {
+                            Some(tx) => {
+                                if let Err(mpsc::error::SendError(w)) = tx.send(w) {
+                                    run.give_up(&w);
+                                }
+                            }
+                            None => run.give_up(&w),
+                        }
+                    }
+                    continue;
+                }
+                Reply::Read(ItemAnswer::Failed(f)) | Reply::Write(ItemAnswer::Failed(f)) => f,
+            };
+            if failure.kind == FailureKind::AnswerLost && stage == Stage::Write {
+                w.lost += 1;
+            }
+            let kind = failure.kind;
+            let retry_after = failure.retry_after;
+            w.last = Some(failure);
+            match kind {
+                FailureKind::NotFound => run.finish(&w, Outcome::NotFound, None, None),
+                FailureKind::Forbidden => {
+                    run.finish(&w, Outcome::Forbidden, Some(FORBIDDEN_HINT.into()), None)
+                }
+                FailureKind::Rejected => run.finish(&w, Outcome::Failed, None, None),
+                FailureKind::Throttled | FailureKind::Transient | FailureKind::AnswerLost => {
+                    let delay = match (kind, retry_after) {
+                        (_, Some(ra)) => ra.min(self.cfg.max_retry_after),
+                        (FailureKind::Throttled, None) => {
+                            self.backoff(w.stage_attempts).max(self.cfg.backoff_base)
+                        }
+                        _ => self.backoff(w.stage_attempts),
+                    };
+                    if kind == FailureKind::Throttled {
+                        throttle_pause = Some(throttle_pause.map_or(delay, |p| p.max(delay)));
+                    }
+                    let at = now + delay;
+                    if w.stage_attempts >= self.cfg.max_attempts || at >= run.cutoff {
+                        run.give_up(&w);
+                    } else {
+                        *seq += 1;
+                        delayed.push(Reverse(Delayed {
+                            at,
+                            seq: *seq,
+                            work: w,
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(pause) = throttle_pause {
+            let pacer = match stage {
+                Stage::Read => &self.read_pacer,
+                Stage::Write => &self.write_pacer,
+            };
+            let mut p = lock(pacer);
+            p.on_throttled(now, pause);
+            tracing::warn!(stage = ?stage, pause_ms = pause.as_millis() as u64, budget = p.effective_budget(), "throttled by Graph; pausing and lowering the pace");
+        }
+    }
+}
+
+async fn recv_or_pending(input: &mut Option<mpsc::UnboundedReceiver<Work>>) -> Option<Work> {
+    match input.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a device that exists cannot be attested, if it cannot.
+pub fn unsupported_reason(info: &DeviceInfo) -> Option<String> {
+    match info.operating_system.as_deref() {
+        Some(os) if os.eq_ignore_ascii_case("windows") => {}
+        Some(os) => return Some(format!("operating system is {os:?}, not Windows")),
+        None => return Some("operating system not reported; attestation needs Windows".into()),
+    }
+    match info.tpm {
+        TpmReport::Empty => Some("no TPM reported".into()),
+        TpmReport::Present(_) | TpmReport::Unknown => None,
+    }
+}
+
+fn spawn_progress_log(
+    progress: Arc<Progress>,
+    every: Duration,
+    correlation_id: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = progress.snapshot();
+            tracing::info!(
+                correlation_id = %correlation_id,
+                done = s.done,
+                total = s.total,
+                initiated = s.initiated,
+                rate_per_s = (s.rate * 10.0).round() / 10.0,
+                eta_s = s.eta.map(|d| d.as_secs()),
+                "progress"
+            );
+        }
+    })
+}

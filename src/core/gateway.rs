@@ -1,0 +1,167 @@
+//! The port through which the engine reaches Graph. The Graph adapter
+//! implements it over HTTP; tests can implement it with fakes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::device::{DeviceId, DeviceRef};
+use super::filter::DeviceFilter;
+
+/// How a failed call should be treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// 429 (or a throttled batch): retry after the given delay.
+    Throttled,
+    /// 5xx, or the request could not be sent: retry.
+    Transient,
+    /// The request may have reached Graph but no answer came (timeout, reset
+    /// connection, unreadable or missing answer): retry, and count it.
+    AnswerLost,
+    /// 404: the device does not exist.
+    NotFound,
+    /// 403: the app registration lacks permission.
+    Forbidden,
+    /// Any other 4xx: final.
+    Rejected,
+}
+
+impl FailureKind {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Throttled | FailureKind::Transient | FailureKind::AnswerLost
+        )
+    }
+}
+
+/// Everything known about one failed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallFailure {
+    /// How to treat it.
+    pub kind: FailureKind,
+    /// HTTP status, when one arrived.
+    pub status: Option<u16>,
+    /// Graph `error.code`.
+    pub code: Option<String>,
+    /// Graph `error.message` (opaque), or a description of the fault.
+    pub message: Option<String>,
+    /// Graph `request-id`.
+    pub request_id: Option<String>,
+    /// The server's `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+}
+
+impl CallFailure {
+    /// A failure with no HTTP answer behind it.
+    pub fn without_answer(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            status: None,
+            code: None,
+            message: Some(message.into()),
+            request_id: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// The answer for one item of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemAnswer<T> {
+    /// A 2xx answer.
+    Ok {
+        /// The decoded body.
+        value: T,
+        /// The HTTP status.
+        status: u16,
+        /// Graph `request-id`.
+        request_id: Option<String>,
+    },
+    /// Anything else.
+    Failed(CallFailure),
+}
+
+/// What a device reports about its TPM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TpmReport {
+    /// A specification version was reported (for example `"2.0"`).
+    Present(String),
+    /// The field was reported and empty: no TPM.
+    Empty,
+    /// Not reported at all: proceed and let Intune decide.
+    Unknown,
+}
+
+/// The facts validation needs about a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `operatingSystem`.
+    pub operating_system: Option<String>,
+    /// `hardwareInformation.tpmSpecificationVersion`.
+    pub tpm: TpmReport,
+}
+
+/// A failure that stops the whole run rather than one device.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The credentials were refused (for example `invalid_client`).
+    #[error("credentials refused: {0}")]
+    Credentials(String),
+    /// Graph or the token endpoint could not be reached in time.
+    #[error("Graph unavailable: {0}")]
+    Unavailable(String),
+    /// Graph refused a read that selection needs.
+    #[error("Graph refused the request: {0}")]
+    Refused(String),
+    /// A filter selected more devices than a request may hold.
+    #[error("the filter selects more than {limit} devices")]
+    TooManyDevices {
+        /// The limit that was exceeded.
+        limit: usize,
+    },
+}
+
+/// Cumulative traffic counters of a gateway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// HTTP requests sent (Graph and token endpoint).
+    pub http_requests: u64,
+    /// 429 answers, counting each throttled batch item.
+    pub throttled: u64,
+}
+
+/// Graph, as the engine needs it. Batch methods take at most 20 devices and
+/// return exactly one answer per device, in the same order.
+pub trait DeviceGateway: Send + Sync + 'static {
+    /// Makes sure calls can be authorised (fetches a token).
+    fn prepare(&self, deadline: Instant) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// Lists managed devices matching `filter`, following paging; fails with
+    /// [`GatewayError::TooManyDevices`] past `limit`.
+    fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        limit: usize,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<DeviceId>, GatewayError>> + Send;
+
+    /// Reads the devices' validation facts in one batch.
+    fn read_devices(
+        &self,
+        devices: &[DeviceRef],
+        deadline: Instant,
+    ) -> impl Future<Output = Vec<ItemAnswer<DeviceInfo>>> + Send;
+
+    /// Sends `initiateDeviceAttestation` for the devices in one batch.
+    fn initiate(
+        &self,
+        devices: &[DeviceRef],
+        deadline: Instant,
+    ) -> impl Future<Output = Vec<ItemAnswer<()>>> + Send;
+
+    /// Traffic so far.
+    fn stats(&self) -> GatewayStats;
+}

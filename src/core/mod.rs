@@ -1,0 +1,12 @@
+//! The domain core: what a request is, how it is validated, what can happen
+//! to a device, and the engine that drives every device to one outcome.
+
+pub mod device;
+pub mod duration;
+pub mod engine;
+pub mod filter;
+pub mod gateway;
+pub mod outcome;
+pub mod pacer;
+pub mod progress;
+pub mod request;

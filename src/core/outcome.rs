@@ -1,0 +1,331 @@
+//! What happened: one outcome per device, the run's status, and the result
+//! document (a public contract, described by `schema/result.schema.json`).
+
+use serde::Serialize;
+
+use super::device::{DeviceId, DeviceKind};
+
+/// The result document's schema version. Bump on any breaking change.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// What finally happened to one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Graph accepted the request; the device will report later.
+    Initiated,
+    /// Graph has no such device.
+    NotFound,
+    /// The device cannot be attested (not Windows, no TPM reported).
+    Unsupported,
+    /// The app registration lacks permission.
+    Forbidden,
+    /// Graph refused the request for another reason, or transient errors
+    /// outlasted the retries.
+    Failed,
+    /// Throttling outlasted the retries or the deadline.
+    Throttled,
+    /// The deadline came before this device was tried.
+    NotAttempted,
+    /// Dry run: the device would have been attested.
+    WouldInitiate,
+}
+
+impl Outcome {
+    /// Every outcome, in the order the summary lists them.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Initiated,
+        Outcome::NotFound,
+        Outcome::Unsupported,
+        Outcome::Forbidden,
+        Outcome::Failed,
+        Outcome::Throttled,
+        Outcome::NotAttempted,
+        Outcome::WouldInitiate,
+    ];
+
+    /// Whether this outcome counts as success for the run.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Initiated | Outcome::WouldInitiate)
+    }
+
+    /// The snake_case name used in the result document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Initiated => "initiated",
+            Outcome::NotFound => "not_found",
+            Outcome::Unsupported => "unsupported",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Failed => "failed",
+            Outcome::Throttled => "throttled",
+            Outcome::NotAttempted => "not_attempted",
+            Outcome::WouldInitiate => "would_initiate",
+        }
+    }
+}
+
+/// One device's line in the result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceResult {
+    /// The device ID, lower case.
+    pub device_id: DeviceId,
+    /// Which endpoint it was addressed through.
+    pub kind: DeviceKind,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why, for `unsupported` and for failures decided without Graph's word.
+    pub reason: Option<String>,
+    /// The last HTTP status Graph gave for this device.
+    pub http_status: Option<u16>,
+    /// Graph's `error.code`, when it gave one.
+    pub error_code: Option<String>,
+    /// Graph's error message (opaque text), or a description of the fault.
+    pub message: Option<String>,
+    /// Graph's `request-id` for the last call about this device.
+    pub request_id: Option<String>,
+    /// HTTP attempts made for this device (reads and writes).
+    pub attempts: u32,
+    /// Attempts whose answer never arrived (timeout, reset connection): Graph
+    /// may have acted on them, so the action may have been sent more than once.
+    pub lost_answers: u32,
+}
+
+impl DeviceResult {
+    /// A result with only the outcome set.
+    pub fn new(device_id: DeviceId, kind: DeviceKind, outcome: Outcome) -> Self {
+        Self {
+            device_id,
+            kind,
+            outcome,
+            reason: None,
+            http_status: None,
+            error_code: None,
+            message: None,
+            request_id: None,
+            attempts: 0,
+            lost_answers: 0,
+        }
+    }
+}
+
+/// The run's overall status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every device was initiated (or would be, in a dry run).
+    Succeeded,
+    /// Some devices were, some were not.
+    PartiallyFailed,
+    /// No device was.
+    Failed,
+}
+
+/// Counts per outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Devices in the run.
+    pub requested: usize,
+    /// `initiated`
+    pub initiated: usize,
+    /// `not_found`
+    pub not_found: usize,
+    /// `unsupported`
+    pub unsupported: usize,
+    /// `forbidden`
+    pub forbidden: usize,
+    /// `failed`
+    pub failed: usize,
+    /// `throttled`
+    pub throttled: usize,
+    /// `not_attempted`
+    pub not_attempted: usize,
+    /// `would_initiate` (dry runs only)
+    #[serde(skip_serializing_if = "is_zero")]
+    pub would_initiate: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Summary {
+    /// Counts the outcomes of `devices`.
+    pub fn of(devices: &[DeviceResult]) -> Self {
+        let mut s = Summary {
+            requested: devices.len(),
+            ..Default::default()
+        };
+        for d in devices {
+            *s.slot(d.outcome) += 1;
+        }
+        s
+    }
+
+    fn slot(&mut self, o: Outcome) -> &mut usize {
+        match o {
+            Outcome::Initiated => &mut self.initiated,
+            Outcome::NotFound => &mut self.not_found,
+            Outcome::Unsupported => &mut self.unsupported,
+            Outcome::Forbidden => &mut self.forbidden,
+            Outcome::Failed => &mut self.failed,
+            Outcome::Throttled => &mut self.throttled,
+            Outcome::NotAttempted => &mut self.not_attempted,
+            Outcome::WouldInitiate => &mut self.would_initiate,
+        }
+    }
+
+    /// The count for one outcome.
+    pub fn count(&self, o: Outcome) -> usize {
+        let mut copy = self.clone();
+        *copy.slot(o)
+    }
+}
+
+/// Figures about the run's traffic, for operators and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RunStats {
+    /// HTTP requests sent to Graph and the token endpoint.
+    pub http_requests: u64,
+    /// Responses or batch items that said 429.
+    pub throttled_responses: u64,
+    /// Milliseconds the run took.
+    pub duration_ms: u64,
+}
+
+/// The result document.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: &'static str,
+    /// The caller's correlation id, or one made for this run.
+    pub correlation_id: String,
+    /// The overall status.
+    pub status: RunStatus,
+    /// Whether the run counts as failed for the caller: any device not
+    /// initiated, unless `ignore_partial_failures` was set.
+    pub failed: bool,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// RFC 3339 end time.
+    pub finished_at: String,
+    /// Counts per outcome.
+    pub summary: Summary,
+    /// Warnings: input clean-ups, and failures when they are ignored.
+    pub warnings: Vec<String>,
+    /// Traffic figures.
+    pub stats: RunStats,
+    /// One entry per device, in request order.
+    pub devices: Vec<DeviceResult>,
+}
+
+impl RunResult {
+    /// Builds the document, deriving the summary and status from the devices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        correlation_id: String,
+        dry_run: bool,
+        ignore_partial_failures: bool,
+        started_at: String,
+        finished_at: String,
+        mut warnings: Vec<String>,
+        stats: RunStats,
+        devices: Vec<DeviceResult>,
+    ) -> Self {
+        let summary = Summary::of(&devices);
+        let ok = devices.iter().filter(|d| d.outcome.is_success()).count();
+        let status = if ok == devices.len() {
+            RunStatus::Succeeded
+        } else if ok == 0 {
+            RunStatus::Failed
+        } else {
+            RunStatus::PartiallyFailed
+        };
+        let failed = status != RunStatus::Succeeded && !ignore_partial_failures;
+        if status != RunStatus::Succeeded && ignore_partial_failures {
+            let bad: Vec<String> = Outcome::ALL
+                .iter()
+                .filter(|o| !o.is_success())
+                .filter_map(|o| {
+                    let n = summary.count(*o);
+                    (n > 0).then(|| format!("{n} {}", o.as_str()))
+                })
+                .collect();
+            warnings.push(format!(
+                "{} of {} devices were not initiated ({}); ignored because ignore_partial_failures is true",
+                devices.len() - ok,
+                devices.len(),
+                bad.join(", ")
+            ));
+        }
+        Self {
+            schema_version: SCHEMA_VERSION,
+            correlation_id,
+            status,
+            failed,
+            dry_run,
+            started_at,
+            finished_at,
+            summary,
+            warnings,
+            stats,
+            devices,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(n: u8, o: Outcome) -> DeviceResult {
+        let id = DeviceId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap();
+        DeviceResult::new(id, DeviceKind::Managed, o)
+    }
+
+    fn run(ignore: bool, outcomes: &[Outcome]) -> RunResult {
+        let devices = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| dev(i as u8, *o))
+            .collect();
+        RunResult::new(
+            "c".into(),
+            false,
+            ignore,
+            "s".into(),
+            "f".into(),
+            vec![],
+            RunStats::default(),
+            devices,
+        )
+    }
+
+    #[test]
+    fn status_and_failure_follow_the_outcomes() {
+        let r = run(false, &[Outcome::Initiated, Outcome::Initiated]);
+        assert_eq!((r.status, r.failed), (RunStatus::Succeeded, false));
+        let r = run(false, &[Outcome::Initiated, Outcome::NotFound]);
+        assert_eq!((r.status, r.failed), (RunStatus::PartiallyFailed, true));
+        assert_eq!(r.summary.not_found, 1);
+        assert_eq!(r.summary.requested, 2);
+        let r = run(false, &[Outcome::Throttled]);
+        assert_eq!((r.status, r.failed), (RunStatus::Failed, true));
+    }
+
+    #[test]
+    fn ignored_failures_become_a_warning() {
+        let r = run(
+            true,
+            &[Outcome::Initiated, Outcome::NotFound, Outcome::Unsupported],
+        );
+        assert_eq!((r.status, r.failed), (RunStatus::PartiallyFailed, false));
+        assert_eq!(r.warnings.len(), 1);
+        assert!(
+            r.warnings[0].contains("1 not_found, 1 unsupported"),
+            "{}",
+            r.warnings[0]
+        );
+    }
+}

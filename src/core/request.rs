@@ -1,0 +1,604 @@
+//! The request payload, with the Terraform action's option names, and its
+//! validation. Every problem is collected and reported together, each naming
+//! the field, the bad value and what was expected; nothing here touches
+//! the network.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::device::{DeviceId, DeviceKind, DeviceRef};
+use super::duration::parse_go_duration;
+use super::filter::DeviceFilter;
+
+/// The timeout used when `timeouts.invoke` is absent (the Terraform action's).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default ceiling on devices in one request.
+pub const DEFAULT_MAX_DEVICES: usize = 50_000;
+/// The longest `correlation_id` accepted.
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+/// At most this many problems are listed in one error.
+const MAX_PROBLEMS: usize = 20;
+
+const FIELDS: &[&str] = &[
+    "managed_device_ids",
+    "comanaged_device_ids",
+    "ignore_partial_failures",
+    "validate_device_exists",
+    "timeouts",
+    "device_filter",
+    "dry_run",
+    "correlation_id",
+];
+
+/// A validated request: what to attest and how.
+#[derive(Debug, Clone)]
+pub struct AttestationRequest {
+    /// Explicitly named devices, managed first then co-managed, deduplicated
+    /// within each list, in the order given.
+    pub devices: Vec<DeviceRef>,
+    /// Selects further managed devices by listing Graph.
+    pub device_filter: Option<DeviceFilter>,
+    /// Succeed even when some devices fail (failures become warnings).
+    pub ignore_partial_failures: bool,
+    /// Read each device first and attest only existing Windows devices.
+    pub validate_device_exists: bool,
+    /// How long the whole run may take (`timeouts.invoke`).
+    pub timeout: Duration,
+    /// Validate and select, but send no attestation.
+    pub dry_run: bool,
+    /// The caller's correlation id, if given.
+    pub correlation_id: Option<String>,
+    /// Things worth saying that do not stop the run (duplicates removed...).
+    pub warnings: Vec<String>,
+}
+
+/// Limits that come from deployment configuration, not from the payload.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most devices one request may name or select.
+    pub max_devices: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_devices: DEFAULT_MAX_DEVICES,
+        }
+    }
+}
+
+/// One thing wrong with a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The field, as a JSON path (`managed_device_ids[2]`).
+    pub field: String,
+    /// A bounded, escaped rendering of the bad value.
+    pub value: String,
+    /// What was expected.
+    pub expected: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: got {}; {}", self.field, self.value, self.expected)
+    }
+}
+
+/// The payload was refused. Lists every problem found (up to a bound).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidRequest {
+    /// The problems, in payload order.
+    pub problems: Vec<Problem>,
+    /// How many further problems were not listed.
+    pub more: usize,
+}
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid request: ")?;
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        if self.more > 0 {
+            write!(f, "; and {} more", self.more)?;
+        }
+        Ok(())
+    }
+}
+
+impl InvalidRequest {
+    /// A refusal with a single problem.
+    pub fn single(field: &str, value: &str, expected: &str) -> Self {
+        Self {
+            problems: vec![Problem {
+                field: field.into(),
+                value: value.into(),
+                expected: expected.into(),
+            }],
+            more: 0,
+        }
+    }
+}
+
+/// Renders a value for an error message: bounded in length, escaped, so a
+/// hostile payload cannot flood or forge log lines.
+pub fn excerpt(value: &Value) -> String {
+    const MAX: usize = 80;
+    let text = match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) => format!("an array of {} items", a.len()),
+        Value::Object(o) => format!("an object with {} keys", o.len()),
+        other => other.to_string(),
+    };
+    if text.chars().count() > MAX {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}… ({} characters)", text.chars().count())
+    } else {
+        text
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, value: String, expected: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            value,
+            expected: expected.into(),
+        });
+    }
+
+    fn finish(self) -> Result<(), InvalidRequest> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let more = self.0.len().saturating_sub(MAX_PROBLEMS);
+        let mut problems = self.0;
+        problems.truncate(MAX_PROBLEMS);
+        Err(InvalidRequest { problems, more })
+    }
+}
+
+impl AttestationRequest {
+    /// Parses raw JSON bytes (the body of an event or file).
+    pub fn from_slice(bytes: &[u8], limits: RequestLimits) -> Result<Self, InvalidRequest> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            InvalidRequest::single(
+                "(payload)",
+                &format!("text that is not JSON ({e})"),
+                "a JSON object with managed_device_ids, comanaged_device_ids or device_filter",
+            )
+        })?;
+        Self::from_value(&value, limits)
+    }
+
+    /// Validates a parsed payload.
+    pub fn from_value(value: &Value, limits: RequestLimits) -> Result<Self, InvalidRequest> {
+        let Some(obj) = value.as_object() else {
+            return Err(InvalidRequest::single(
+                "(payload)",
+                &excerpt(value),
+                "a JSON object with managed_device_ids, comanaged_device_ids or device_filter",
+            ));
+        };
+        let mut problems = Problems::default();
+        for key in obj.keys() {
+            if !FIELDS.contains(&key.as_str()) {
+                problems.add(
+                    excerpt(&Value::String(key.clone())),
+                    "an unknown field".into(),
+                    format!("expected one of {}", FIELDS.join(", ")),
+                );
+            }
+        }
+
+        let total_ids: usize = ["managed_device_ids", "comanaged_device_ids"]
+            .iter()
+            .filter_map(|k| obj.get(*k).and_then(Value::as_array).map(Vec::len))
+            .sum();
+        let too_many = total_ids > limits.max_devices;
+        if too_many {
+            problems.add(
+                "managed_device_ids + comanaged_device_ids",
+                format!("{total_ids} IDs"),
+                format!(
+                    "at most {} devices per request (split the request)",
+                    limits.max_devices
+                ),
+            );
+        }
+
+        let mut warnings = Vec::new();
+        let managed = if too_many {
+            Vec::new()
+        } else {
+            id_list(obj, "managed_device_ids", &mut problems, &mut warnings)
+        };
+        let comanaged = if too_many {
+            Vec::new()
+        } else {
+            id_list(obj, "comanaged_device_ids", &mut problems, &mut warnings)
+        };
+
+        let ignore_partial_failures = flag(obj, "ignore_partial_failures", false, &mut problems);
+        let validate_device_exists = flag(obj, "validate_device_exists", true, &mut problems);
+        let dry_run = flag(obj, "dry_run", false, &mut problems);
+        let timeout = timeouts(obj, &mut problems);
+
+        let device_filter = match present(obj, "device_filter") {
+            None => None,
+            Some(Value::String(text)) => match DeviceFilter::parse(text) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    problems.add(
+                        "device_filter",
+                        excerpt(&Value::String(text.clone())),
+                        format!("{e}"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                problems.add(
+                    "device_filter",
+                    excerpt(other),
+                    "expected an OData filter string",
+                );
+                None
+            }
+        };
+
+        let correlation_id = match present(obj, "correlation_id") {
+            None => None,
+            Some(Value::String(s)) if valid_correlation_id(s) => Some(s.clone()),
+            Some(other) => {
+                problems.add(
+                    "correlation_id",
+                    excerpt(other),
+                    format!(
+                        "expected 1 to {MAX_CORRELATION_ID_LEN} characters of letters, digits and . _ : / -"
+                    ),
+                );
+                None
+            }
+        };
+
+        // Lists whose entries were all refused already have their problems.
+        let selects_something = total_ids > 0 || present(obj, "device_filter").is_some();
+        let named_lists = present(obj, "managed_device_ids").is_some()
+            || present(obj, "comanaged_device_ids").is_some();
+        if !selects_something && !too_many {
+            problems.add(
+                "managed_device_ids",
+                if named_lists { "empty lists".into() } else { "nothing".into() },
+                "at least one of managed_device_ids, comanaged_device_ids or device_filter must select devices",
+            );
+        }
+        problems.finish()?;
+
+        let managed_set: HashSet<DeviceId> = managed.iter().copied().collect();
+        for id in &comanaged {
+            if managed_set.contains(id) {
+                warnings.push(format!(
+                    "{id} is in both managed_device_ids and comanaged_device_ids; it is attempted on both endpoints"
+                ));
+            }
+        }
+        let devices = managed
+            .into_iter()
+            .map(|id| DeviceRef {
+                id,
+                kind: DeviceKind::Managed,
+            })
+            .chain(comanaged.into_iter().map(|id| DeviceRef {
+                id,
+                kind: DeviceKind::Comanaged,
+            }))
+            .collect();
+        Ok(Self {
+            devices,
+            device_filter,
+            ignore_partial_failures,
+            validate_device_exists,
+            timeout,
+            dry_run,
+            correlation_id,
+            warnings,
+        })
+    }
+}
+
+/// A field counts as absent when missing or `null` (Terraform writes nulls
+/// for unset optional attributes).
+fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn valid_correlation_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_CORRELATION_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
+}
+
+fn id_list(
+    obj: &Map<String, Value>,
+    key: &str,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Vec<DeviceId> {
+    let Some(value) = present(obj, key) else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        problems.add(
+            key,
+            excerpt(value),
+            "expected a list of device ID strings (GUIDs)",
+        );
+        return Vec::new();
+    };
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut ids = Vec::with_capacity(items.len());
+    let mut duplicates = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str().and_then(DeviceId::parse) {
+            Some(id) => {
+                if seen.insert(id) {
+                    ids.push(id);
+                } else {
+                    duplicates += 1;
+                }
+            }
+            None => problems.add(
+                format!("{key}[{i}]"),
+                excerpt(item),
+                "expected a device ID GUID like \"12345678-1234-1234-1234-123456789abc\"",
+            ),
+        }
+    }
+    if duplicates > 0 {
+        warnings.push(format!("{duplicates} duplicate ID(s) removed from {key}"));
+    }
+    ids
+}
+
+fn flag(obj: &Map<String, Value>, key: &str, default: bool, problems: &mut Problems) -> bool {
+    match present(obj, key) {
+        None => default,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            problems.add(key, excerpt(other), "expected true or false");
+            default
+        }
+    }
+}
+
+fn timeouts(obj: &Map<String, Value>, problems: &mut Problems) -> Duration {
+    let Some(value) = present(obj, "timeouts") else {
+        return DEFAULT_TIMEOUT;
+    };
+    let Some(t) = value.as_object() else {
+        problems.add(
+            "timeouts",
+            excerpt(value),
+            "expected an object like {\"invoke\": \"10m\"}",
+        );
+        return DEFAULT_TIMEOUT;
+    };
+    for key in t.keys().filter(|k| k.as_str() != "invoke") {
+        problems.add(
+            format!("timeouts.{}", key.chars().take(40).collect::<String>()),
+            "an unknown field".into(),
+            "expected only timeouts.invoke",
+        );
+    }
+    match t.get("invoke").filter(|v| !v.is_null()) {
+        None => DEFAULT_TIMEOUT,
+        Some(Value::String(s)) => match parse_go_duration(s) {
+            Ok(d) if d.is_zero() => {
+                problems.add(
+                    "timeouts.invoke",
+                    excerpt_str(s),
+                    "expected a positive duration",
+                );
+                DEFAULT_TIMEOUT
+            }
+            Ok(d) => d,
+            Err(e) => {
+                problems.add(
+                    "timeouts.invoke",
+                    excerpt_str(s),
+                    format!("{e} (units ns, us, ms, s, m, h)"),
+                );
+                DEFAULT_TIMEOUT
+            }
+        },
+        Some(other) => {
+            problems.add(
+                "timeouts.invoke",
+                excerpt(other),
+                "expected a duration string such as \"10m\"",
+            );
+            DEFAULT_TIMEOUT
+        }
+    }
+}
+
+fn excerpt_str(s: &str) -> String {
+    excerpt(&Value::String(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<AttestationRequest, InvalidRequest> {
+        AttestationRequest::from_value(&v, RequestLimits::default())
+    }
+
+    const A: &str = "12345678-1234-1234-1234-123456789abc";
+    const B: &str = "87654321-4321-4321-4321-ba9876543210";
+
+    #[test]
+    fn the_terraform_maximal_example_parses() {
+        let r = parse(json!({
+            "managed_device_ids": [A, B.to_uppercase()],
+            "comanaged_device_ids": ["aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"],
+            "ignore_partial_failures": true,
+            "validate_device_exists": true,
+            "timeouts": {"invoke": "5m"}
+        }))
+        .unwrap();
+        assert_eq!(r.devices.len(), 3);
+        assert_eq!(r.devices[1].id.as_str(), B);
+        assert_eq!(r.devices[2].kind, DeviceKind::Comanaged);
+        assert_eq!(r.timeout, Duration::from_secs(300));
+        assert!(r.ignore_partial_failures && r.validate_device_exists && !r.dry_run);
+        assert!(r.warnings.is_empty());
+    }
+
+    #[test]
+    fn defaults_follow_the_terraform_action() {
+        let r =
+            parse(json!({"managed_device_ids": [A], "timeouts": null, "dry_run": null})).unwrap();
+        assert_eq!(r.timeout, DEFAULT_TIMEOUT);
+        assert!(r.validate_device_exists);
+        assert!(!r.ignore_partial_failures);
+        assert!(r.correlation_id.is_none());
+    }
+
+    #[test]
+    fn duplicates_are_removed_and_cross_list_ids_kept_with_warnings() {
+        let r = parse(json!({
+            "managed_device_ids": [A, A.to_uppercase(), B],
+            "comanaged_device_ids": [A]
+        }))
+        .unwrap();
+        let ids: Vec<_> = r
+            .devices
+            .iter()
+            .map(|d| (d.id.as_str().to_owned(), d.kind))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                (A.to_owned(), DeviceKind::Managed),
+                (B.to_owned(), DeviceKind::Managed),
+                (A.to_owned(), DeviceKind::Comanaged)
+            ]
+        );
+        assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("1 duplicate"));
+        assert!(r.warnings[1].contains("both"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_together_with_field_value_and_expectation() {
+        let err = parse(json!({
+            "managed_device_ids": [A, "not-a-guid", 7],
+            "comanaged_device_ids": "abc",
+            "ignore_partial_failures": "yes",
+            "timeouts": {"invoke": "10 minutes", "create": "1m"},
+            "device_filter": "operatingSystem gt 'x'",
+            "correlation_id": "has space",
+            "surprise": 1
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "\"surprise\"",
+                "managed_device_ids[1]",
+                "managed_device_ids[2]",
+                "comanaged_device_ids",
+                "ignore_partial_failures",
+                "timeouts.create",
+                "timeouts.invoke",
+                "device_filter",
+                "correlation_id"
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("managed_device_ids[1]: got \"not-a-guid\"; expected a device ID GUID"),
+            "{text}"
+        );
+        assert!(
+            text.contains("timeouts.invoke: got \"10 minutes\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_selections_are_refused() {
+        for v in [
+            json!({}),
+            json!({"managed_device_ids": []}),
+            json!({"managed_device_ids": null}),
+        ] {
+            let err = parse(v).unwrap_err();
+            assert!(err.to_string().contains("at least one of"), "{err}");
+        }
+        assert!(parse(json!({"device_filter": "operatingSystem eq 'Windows'"})).is_ok());
+    }
+
+    #[test]
+    fn non_objects_and_non_json_are_refused() {
+        assert!(
+            parse(json!([A]))
+                .unwrap_err()
+                .to_string()
+                .contains("JSON object")
+        );
+        let err =
+            AttestationRequest::from_slice(b"\xff\xfe{", RequestLimits::default()).unwrap_err();
+        assert!(err.to_string().contains("not JSON"));
+    }
+
+    #[test]
+    fn oversize_requests_are_refused_without_listing_every_id() {
+        let ids: Vec<String> = (0..11)
+            .map(|i| format!("12345678-1234-1234-1234-{i:012x}"))
+            .collect();
+        let err = AttestationRequest::from_value(
+            &json!({"managed_device_ids": ids}),
+            RequestLimits { max_devices: 10 },
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.to_string().contains("at most 10 devices"), "{err}");
+    }
+
+    #[test]
+    fn problem_lists_and_values_are_bounded() {
+        let ids: Vec<String> = (0..100).map(|i| format!("bad{i}")).collect();
+        let err = parse(json!({"managed_device_ids": ids})).unwrap_err();
+        assert_eq!(err.problems.len(), 20);
+        assert_eq!(err.more, 80);
+        let err = parse(json!({"managed_device_ids": ["x".repeat(10_000)]})).unwrap_err();
+        assert!(err.to_string().len() < 400, "{err}");
+    }
+
+    #[test]
+    fn bad_durations_are_named() {
+        for bad in ["0s", "-1s", "1d", "", "10"] {
+            let err =
+                parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": bad}})).unwrap_err();
+            assert_eq!(err.problems[0].field, "timeouts.invoke", "{bad}");
+        }
+        let r =
+            parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": "1h30m10s"}})).unwrap();
+        assert_eq!(r.timeout, Duration::from_secs(5410));
+    }
+}

@@ -1,0 +1,198 @@
+//! Entra ID app credentials and where they come from. Secret material is
+//! held in [`secrecy`] wrappers: it never prints through `Debug` and is
+//! zeroed when dropped.
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+/// Why credentials could not be loaded. Messages name the source and the
+/// missing or malformed field, never a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CredentialsError(pub String);
+
+/// How the app proves its identity to Entra ID.
+pub enum ClientCredential {
+    /// A client secret.
+    Secret(SecretString),
+    /// A certificate: a JWT client assertion signed with its private key.
+    Certificate(ClientCertificate),
+}
+
+impl fmt::Debug for ClientCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientCredential::Secret(_) => f.write_str("Secret([redacted])"),
+            ClientCredential::Certificate(c) => {
+                write!(f, "Certificate(x5t#S256={})", c.thumbprint_s256)
+            }
+        }
+    }
+}
+
+/// A certificate credential: the public thumbprint and the private key.
+pub struct ClientCertificate {
+    /// base64url SHA-256 of the certificate's DER (`x5t#S256`).
+    pub thumbprint_s256: String,
+    /// The RSA private key, PEM.
+    pub private_key_pem: SecretString,
+}
+
+impl ClientCertificate {
+    /// Builds a certificate credential from a certificate PEM and a private
+    /// key PEM (which may be the same text, as in azure-identity's
+    /// `AZURE_CLIENT_CERTIFICATE_PATH` files).
+    pub fn from_pem(
+        certificate_pem: &str,
+        private_key_pem: &str,
+    ) -> Result<Self, CredentialsError> {
+        let blocks = pem::parse_many(certificate_pem)
+            .map_err(|_| CredentialsError("the certificate is not valid PEM".into()))?;
+        let cert = blocks
+            .iter()
+            .find(|b| b.tag() == "CERTIFICATE")
+            .ok_or_else(|| {
+                CredentialsError("no CERTIFICATE block in the certificate PEM".into())
+            })?;
+        let thumbprint_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(cert.contents()));
+        let keys = pem::parse_many(private_key_pem)
+            .map_err(|_| CredentialsError("the private key is not valid PEM".into()))?;
+        let key = keys
+            .iter()
+            .find(|b| b.tag() == "PRIVATE KEY" || b.tag() == "RSA PRIVATE KEY")
+            .ok_or_else(|| {
+                CredentialsError("no PRIVATE KEY or RSA PRIVATE KEY block in the key PEM".into())
+            })?;
+        let private_key_pem = SecretString::from(pem::encode(key));
+        // Check the key is usable now rather than at the first token request.
+        jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.expose_secret().as_bytes())
+            .map_err(|_| {
+                CredentialsError(
+                    "the private key is not an RSA key jsonwebtoken can sign with".into(),
+                )
+            })?;
+        Ok(Self {
+            thumbprint_s256,
+            private_key_pem,
+        })
+    }
+}
+
+/// The app registration's credentials.
+#[derive(Debug)]
+pub struct AppCredentials {
+    /// Directory (tenant) ID.
+    pub tenant_id: String,
+    /// Application (client) ID.
+    pub client_id: String,
+    /// Secret or certificate.
+    pub credential: ClientCredential,
+}
+
+fn is_tenant(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+impl AppCredentials {
+    /// Reads azure-identity's environment variables: `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_ID`, and `AZURE_CLIENT_SECRET` or
+    /// `AZURE_CLIENT_CERTIFICATE_PATH` (a PEM file with the certificate and
+    /// its private key).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, CredentialsError> {
+        let need = |name: &str| {
+            get(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| CredentialsError(format!("{name} is not set")))
+        };
+        let tenant_id = need("AZURE_TENANT_ID")?;
+        let client_id = need("AZURE_CLIENT_ID")?;
+        let credential = if let Some(secret) = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty())
+        {
+            ClientCredential::Secret(SecretString::from(secret))
+        } else if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH").filter(|s| !s.is_empty()) {
+            let text = std::fs::read_to_string(Path::new(&path)).map_err(|e| {
+                CredentialsError(format!(
+                    "AZURE_CLIENT_CERTIFICATE_PATH: cannot read {path:?}: {}",
+                    e.kind()
+                ))
+            })?;
+            let cert = ClientCertificate::from_pem(&text, &text).map_err(|e| {
+                CredentialsError(format!("AZURE_CLIENT_CERTIFICATE_PATH {path:?}: {e}"))
+            })?;
+            ClientCredential::Certificate(cert)
+        } else {
+            return Err(CredentialsError(
+                "neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set".into(),
+            ));
+        };
+        Self::new(tenant_id, client_id, credential)
+    }
+
+    /// Checks the identifiers' shape (they go into the token URL and form).
+    pub fn new(
+        tenant_id: String,
+        client_id: String,
+        credential: ClientCredential,
+    ) -> Result<Self, CredentialsError> {
+        if !is_tenant(&tenant_id) {
+            return Err(CredentialsError(
+                "the tenant ID must be a GUID or a domain name".into(),
+            ));
+        }
+        if !is_tenant(&client_id) {
+            return Err(CredentialsError("the client ID must be a GUID".into()));
+        }
+        Ok(Self {
+            tenant_id,
+            client_id,
+            credential,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let env: HashMap<&str, &str> = [
+            ("AZURE_TENANT_ID", "contoso.onmicrosoft.com"),
+            ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+            ("AZURE_CLIENT_SECRET", "super-secret-value"),
+        ]
+        .into();
+        let c = AppCredentials::from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("super-secret-value"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        let err = AppCredentials::from_env(|k| (k == "AZURE_TENANT_ID").then(|| "t".to_string()))
+            .unwrap_err();
+        assert_eq!(err.0, "AZURE_CLIENT_ID is not set");
+        let err = AppCredentials::from_env(|k| match k {
+            "AZURE_TENANT_ID" | "AZURE_CLIENT_ID" => Some("x".to_string()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert!(err.0.contains("AZURE_CLIENT_SECRET"));
+        let err = AppCredentials::from_env(|k| match k {
+            "AZURE_TENANT_ID" => Some("../evil?".to_string()),
+            _ => Some("x".to_string()),
+        })
+        .unwrap_err();
+        assert!(err.0.contains("tenant"));
+    }
+}

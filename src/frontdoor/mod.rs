@@ -1,0 +1,3 @@
+//! Thin entry points: decode the input, call the core, encode the answer.
+
+pub mod cli;

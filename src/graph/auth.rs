@@ -1,0 +1,278 @@
+//! OAuth2 client credentials against Entra ID: a client secret or a
+//! certificate-signed JWT assertion. Tokens are cached until shortly before
+//! they expire, fetched by one caller at a time, and dropped when Graph
+//! refuses them. The cached token never leaves this module except as a
+//! redacting [`SecretString`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::credentials::{AppCredentials, ClientCertificate, ClientCredential};
+
+use super::endpoints::Endpoints;
+use super::wire::bounded;
+
+/// Why no token could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Entra ID refused the credentials (`invalid_client`, unknown tenant...).
+    #[error("the token endpoint refused the credentials: {0}")]
+    Refused(String),
+    /// The token endpoint could not be reached or kept failing.
+    #[error("the token endpoint is unavailable: {0}")]
+    Unavailable(String),
+}
+
+struct Cached {
+    token: SecretString,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+/// A bearer token and the cache generation it came from.
+pub struct Token {
+    /// The access token.
+    pub secret: SecretString,
+    /// Pass back to [`TokenProvider::invalidate`] when Graph refuses it.
+    pub generation: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<Value64>,
+}
+
+/// `expires_in` arrives as a number or, from some endpoints, a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Value64 {
+    Num(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+struct TokenError {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// Obtains and caches app-only tokens for Graph.
+pub struct TokenProvider {
+    http: reqwest::Client,
+    token_url: String,
+    scope: String,
+    creds: AppCredentials,
+    cache: Mutex<Option<Cached>>,
+    generation: AtomicU64,
+    requests: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl TokenProvider {
+    /// A provider for `creds` against `endpoints`; `requests` counts HTTP calls.
+    pub fn new(
+        http: reqwest::Client,
+        endpoints: &Endpoints,
+        creds: AppCredentials,
+        requests: Arc<AtomicU64>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            token_url: endpoints.token_url(&creds.tenant_id),
+            scope: endpoints.scope(),
+            creds,
+            cache: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            requests,
+            timeout,
+        }
+    }
+
+    /// A valid token, from the cache or freshly fetched.
+    pub async fn token(&self, deadline: Instant) -> Result<Token, AuthError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(c) = cache.as_ref().filter(|c| Instant::now() < c.refresh_at) {
+            return Ok(Token {
+                secret: c.token.clone(),
+                generation: c.generation,
+            });
+        }
+        let (token, lifetime) = self.fetch(deadline).await?;
+        let early = (lifetime / 5).min(Duration::from_secs(300));
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *cache = Some(Cached {
+            token: token.clone(),
+            refresh_at: Instant::now() + lifetime - early,
+            generation,
+        });
+        Ok(Token {
+            secret: token,
+            generation,
+        })
+    }
+
+    /// Drops the cached token if it is still the one of `generation`.
+    pub async fn invalidate(&self, generation: u64) {
+        let mut cache = self.cache.lock().await;
+        if cache.as_ref().is_some_and(|c| c.generation == generation) {
+            *cache = None;
+        }
+    }
+
+    async fn fetch(&self, deadline: Instant) -> Result<(SecretString, Duration), AuthError> {
+        let mut last = String::from("no attempt made before the deadline");
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                let wait = Duration::from_millis(250 * (1 << attempt))
+                    .mul_f64(0.5 + fastrand::f64() * 0.5);
+                if Instant::now() + wait >= deadline {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let form = self.form()?;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = self
+                .http
+                .post(&self.token_url)
+                .timeout(self.timeout.min(left))
+                .form(&form)
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last = describe_transport(&e);
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    last = describe_transport(&e);
+                    continue;
+                }
+            };
+            if status.is_success() {
+                let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+                    AuthError::Unavailable(
+                        "the token endpoint answered without an access_token".into(),
+                    )
+                })?;
+                let secs = match parsed.expires_in {
+                    Some(Value64::Num(n)) => n,
+                    Some(Value64::Text(t)) => t.parse().unwrap_or(3599),
+                    None => 3599,
+                };
+                return Ok((
+                    SecretString::from(parsed.access_token),
+                    Duration::from_secs(secs.max(1)),
+                ));
+            }
+            let err: TokenError = serde_json::from_slice(&body).unwrap_or_default();
+            let what = format!(
+                "HTTP {}{}{}",
+                status.as_u16(),
+                err.error.map(|e| format!(" {e}")).unwrap_or_default(),
+                err.error_description
+                    .map(|d| format!(": {}", bounded(&d, 300)))
+                    .unwrap_or_default()
+            );
+            if status.as_u16() == 429 || status.is_server_error() {
+                last = what;
+                continue;
+            }
+            return Err(AuthError::Refused(what));
+        }
+        Err(AuthError::Unavailable(last))
+    }
+
+    fn form(&self) -> Result<Vec<(&'static str, String)>, AuthError> {
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_id", self.creds.client_id.clone()),
+            ("scope", self.scope.clone()),
+        ];
+        match &self.creds.credential {
+            ClientCredential::Secret(s) => {
+                form.push(("client_secret", s.expose_secret().to_owned()))
+            }
+            ClientCredential::Certificate(cert) => {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push(("client_assertion", self.assertion(cert)?));
+            }
+        }
+        Ok(form)
+    }
+
+    fn assertion(&self, cert: &ClientCertificate) -> Result<String, AuthError> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            aud: &'a str,
+            iss: &'a str,
+            sub: &'a str,
+            jti: String,
+            nbf: u64,
+            iat: u64,
+            exp: u64,
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
+        header.typ = Some("JWT".into());
+        header.x5t_s256 = Some(cert.thumbprint_s256.clone());
+        let claims = Claims {
+            aud: &self.token_url,
+            iss: &self.creds.client_id,
+            sub: &self.creds.client_id,
+            jti: uuid::Uuid::new_v4().to_string(),
+            nbf: now,
+            iat: now,
+            exp: now + 600,
+        };
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+            cert.private_key_pem.expose_secret().as_bytes(),
+        )
+        .map_err(|_| AuthError::Refused("the certificate's private key cannot sign".into()))?;
+        jsonwebtoken::encode(&header, &claims, &key)
+            .map_err(|_| AuthError::Refused("the client assertion could not be signed".into()))
+    }
+}
+
+/// Describes a transport error without its URL (which may carry a tenant)
+/// or any header.
+pub fn describe_transport(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer was cut off or unreadable"
+    } else if e.is_request() {
+        "the request could not be sent"
+    } else {
+        "transport error"
+    };
+    what.to_owned()
+}

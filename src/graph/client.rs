@@ -1,0 +1,479 @@
+//! The Graph client: sends `$batch` calls and list pages with a bearer
+//! token, and maps every answer onto the engine's terms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use reqwest::{StatusCode, Url};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::core::device::{DeviceId, DeviceRef};
+use crate::core::filter::DeviceFilter;
+use crate::core::gateway::{
+    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
+    TpmReport,
+};
+use crate::credentials::AppCredentials;
+
+use super::auth::{AuthError, TokenProvider, describe_transport};
+use super::endpoints::Endpoints;
+use super::retry_after::parse_retry_after;
+use super::wire::{BatchItemRequest, BatchRequest, BatchResponse, GraphError, parse_error};
+
+/// Transport settings of the client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Longest wait for one HTTP answer.
+    pub request_timeout: Duration,
+    /// `$top` for list pages.
+    pub page_size: u32,
+    /// Attempts per list page before selection gives up.
+    pub page_attempts: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            page_size: 999,
+            page_attempts: 6,
+        }
+    }
+}
+
+/// A Graph client bound to one app registration.
+pub struct GraphClient {
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    beta: String,
+    tokens: TokenProvider,
+    cfg: ClientConfig,
+    requests: Arc<AtomicU64>,
+    throttled: AtomicU64,
+}
+
+/// A raw item answer: status, headers and body, or a transport failure.
+struct RawItem {
+    status: u16,
+    retry_after: Option<String>,
+    request_id: Option<String>,
+    body: Option<Value>,
+}
+
+impl GraphClient {
+    /// Builds a client. Redirects are never followed, so the bearer token
+    /// cannot be carried to another host.
+    pub fn new(
+        endpoints: Endpoints,
+        creds: AppCredentials,
+        cfg: ClientConfig,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("intune-attest/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(16)
+            .build()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let tokens = TokenProvider::new(
+            http.clone(),
+            &endpoints,
+            creds,
+            requests.clone(),
+            cfg.request_timeout,
+        );
+        Ok(Self {
+            beta: format!("{}/beta", endpoints.graph_root()),
+            http,
+            endpoints,
+            tokens,
+            cfg,
+            requests,
+            throttled: AtomicU64::new(0),
+        })
+    }
+
+    fn failure(
+        &self,
+        status: u16,
+        err: GraphError,
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+        outer: bool,
+    ) -> CallFailure {
+        let kind = match status {
+            429 => FailureKind::Throttled,
+            424 if outer => FailureKind::Throttled,
+            401 | 408 | 424 => FailureKind::Transient,
+            404 => FailureKind::NotFound,
+            403 => FailureKind::Forbidden,
+            s if s >= 500 => FailureKind::Transient,
+            _ => FailureKind::Rejected,
+        };
+        if status == 429 {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        CallFailure {
+            kind,
+            status: Some(status),
+            code: err.code,
+            message: err.message,
+            request_id: err.request_id.or(request_id),
+            retry_after,
+        }
+    }
+
+    fn auth_failure(e: AuthError) -> CallFailure {
+        let kind = match e {
+            AuthError::Refused(_) => FailureKind::Rejected,
+            AuthError::Unavailable(_) => FailureKind::Transient,
+        };
+        CallFailure::without_answer(kind, e.to_string())
+    }
+
+    /// Sends one `$batch` call and returns one answer per request, in order.
+    async fn batch(
+        &self,
+        items: Vec<(&'static str, String)>,
+        deadline: Instant,
+    ) -> Vec<Result<RawItem, CallFailure>> {
+        let n = items.len();
+        let all = |f: CallFailure| (0..n).map(|_| Err(f.clone())).collect::<Vec<_>>();
+        let body = BatchRequest {
+            requests: items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (method, url))| {
+                    let post = method == "POST";
+                    BatchItemRequest {
+                        id: (i + 1).to_string(),
+                        method,
+                        url,
+                        headers: post
+                            .then(|| HashMap::from([("Content-Type", "application/json")])),
+                        body: post.then(|| json!({})),
+                    }
+                })
+                .collect(),
+        };
+        let url = format!("{}/$batch", self.beta);
+        for auth_try in 0..2 {
+            let token = match self.tokens.token(deadline).await {
+                Ok(t) => t,
+                Err(e) => return all(Self::auth_failure(e)),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return all(CallFailure::without_answer(
+                    FailureKind::Transient,
+                    "the deadline came before the call was sent",
+                ));
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = self
+                .http
+                .post(&url)
+                .timeout(self.cfg.request_timeout.min(left))
+                .bearer_auth(token.secret.expose_secret())
+                .json(&body)
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    let kind = if e.is_connect() {
+                        FailureKind::Transient
+                    } else {
+                        FailureKind::AnswerLost
+                    };
+                    return all(CallFailure::without_answer(kind, describe_transport(&e)));
+                }
+            };
+            let status = resp.status();
+            let retry_after =
+                header(&resp, "retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+            let request_id = header(&resp, "request-id");
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    return all(CallFailure::without_answer(
+                        FailureKind::AnswerLost,
+                        describe_transport(&e),
+                    ));
+                }
+            };
+            if status == StatusCode::UNAUTHORIZED && auth_try == 0 {
+                self.tokens.invalidate(token.generation).await;
+                continue;
+            }
+            if status != StatusCode::OK {
+                let err = parse_error(serde_json::from_slice::<Value>(&bytes).ok().as_ref());
+                return all(self.failure(status.as_u16(), err, retry_after, request_id, true));
+            }
+            let Ok(parsed) = serde_json::from_slice::<BatchResponse>(&bytes) else {
+                return all(CallFailure::without_answer(
+                    FailureKind::AnswerLost,
+                    "the batch answer was not valid JSON",
+                ));
+            };
+            let mut by_id: HashMap<String, RawItem> = HashMap::with_capacity(n);
+            let mut refused_token = false;
+            for item in parsed.responses {
+                refused_token |= item.status == 401;
+                let raw = RawItem {
+                    status: item.status,
+                    retry_after: item.header("retry-after"),
+                    request_id: item.header("request-id"),
+                    body: item.body,
+                };
+                // An id answered twice keeps its first answer.
+                by_id.entry(item.id.to_ascii_lowercase()).or_insert(raw);
+            }
+            if refused_token {
+                self.tokens.invalidate(token.generation).await;
+            }
+            return (1..=n)
+                .map(|i| {
+                    by_id.remove(&i.to_string()).ok_or_else(|| {
+                        CallFailure::without_answer(
+                            FailureKind::AnswerLost,
+                            "the batch answer had no entry for this request",
+                        )
+                    })
+                })
+                .collect();
+        }
+        all(CallFailure::without_answer(
+            FailureKind::Transient,
+            "Graph refused a freshly issued token (HTTP 401)",
+        ))
+    }
+
+    fn item_failure(&self, raw: RawItem) -> CallFailure {
+        let retry_after = raw
+            .retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let err = parse_error(raw.body.as_ref());
+        self.failure(raw.status, err, retry_after, raw.request_id, false)
+    }
+
+    async fn get_page(&self, url: &Url, deadline: Instant) -> Result<Value, GatewayError> {
+        let mut last = String::new();
+        let mut auth_retried = false;
+        let mut attempt = 0;
+        while attempt < self.cfg.page_attempts {
+            attempt += 1;
+            let token = self.tokens.token(deadline).await.map_err(|e| match e {
+                AuthError::Refused(m) => GatewayError::Credentials(m),
+                AuthError::Unavailable(m) => GatewayError::Unavailable(m),
+            })?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = self
+                .http
+                .get(url.clone())
+                .timeout(self.cfg.request_timeout.min(left))
+                .bearer_auth(token.secret.expose_secret())
+                .send()
+                .await;
+            let mut wait = Duration::from_millis(500 * (1 << attempt.min(6)))
+                .mul_f64(0.5 + fastrand::f64() * 0.5);
+            match sent {
+                Err(e) => last = describe_transport(&e),
+                Ok(resp) => {
+                    let status = resp.status();
+                    if let Some(ra) = header(&resp, "retry-after")
+                        .and_then(|v| parse_retry_after(&v, SystemTime::now()))
+                    {
+                        wait = ra;
+                    }
+                    let request_id = header(&resp, "request-id");
+                    let body = resp.bytes().await;
+                    match (status, body) {
+                        (StatusCode::OK, Ok(b)) => match serde_json::from_slice::<Value>(&b) {
+                            Ok(v) => return Ok(v),
+                            Err(_) => last = "a device list page was not valid JSON".into(),
+                        },
+                        (StatusCode::UNAUTHORIZED, _) if !auth_retried => {
+                            auth_retried = true;
+                            attempt -= 1;
+                            self.tokens.invalidate(token.generation).await;
+                            continue;
+                        }
+                        (s, body) => {
+                            let err = parse_error(
+                                body.ok()
+                                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                                    .as_ref(),
+                            );
+                            let f = self.failure(s.as_u16(), err, None, request_id, true);
+                            let what = format!(
+                                "listing devices: HTTP {}{}{}",
+                                s.as_u16(),
+                                f.code
+                                    .as_deref()
+                                    .map(|c| format!(" {c}"))
+                                    .unwrap_or_default(),
+                                f.request_id
+                                    .as_deref()
+                                    .map(|r| format!(" (request-id {r})"))
+                                    .unwrap_or_default()
+                            );
+                            if !f.kind.is_retryable() {
+                                return Err(GatewayError::Refused(what));
+                            }
+                            last = what;
+                        }
+                    }
+                }
+            }
+            if Instant::now() + wait >= deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        Err(GatewayError::Unavailable(if last.is_empty() {
+            "listing devices: deadline reached".into()
+        } else {
+            last
+        }))
+    }
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn device_info(body: Option<&Value>) -> DeviceInfo {
+    let os = body
+        .and_then(|b| b.get("operatingSystem"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let tpm = match body
+        .and_then(|b| b.get("hardwareInformation"))
+        .and_then(|h| h.get("tpmSpecificationVersion"))
+    {
+        Some(Value::String(s)) if s.trim().is_empty() => TpmReport::Empty,
+        Some(Value::String(s)) => TpmReport::Present(s.clone()),
+        _ => TpmReport::Unknown,
+    };
+    DeviceInfo {
+        operating_system: os,
+        tpm,
+    }
+}
+
+impl DeviceGateway for GraphClient {
+    async fn prepare(&self, deadline: Instant) -> Result<(), GatewayError> {
+        match self.tokens.token(deadline).await {
+            Ok(_) => Ok(()),
+            Err(AuthError::Refused(m)) => Err(GatewayError::Credentials(m)),
+            Err(AuthError::Unavailable(m)) => Err(GatewayError::Unavailable(m)),
+        }
+    }
+
+    async fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Vec<DeviceId>, GatewayError> {
+        let mut url = Url::parse(&format!("{}/deviceManagement/managedDevices", self.beta))
+            .map_err(|e| GatewayError::Refused(format!("bad Graph URL: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("$filter", &filter.to_string())
+            .append_pair("$select", "id,operatingSystem")
+            .append_pair("$top", &self.cfg.page_size.to_string());
+        let mut ids = Vec::new();
+        let mut next = Some(url);
+        while let Some(page_url) = next.take() {
+            let page = self.get_page(&page_url, deadline).await?;
+            for item in page
+                .get("value")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(DeviceId::parse)
+                {
+                    Some(id) => ids.push(id),
+                    None => tracing::warn!("a listed device had no GUID id; skipped"),
+                }
+                if ids.len() > limit {
+                    return Err(GatewayError::TooManyDevices { limit });
+                }
+            }
+            if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
+                let link = Url::parse(link)
+                    .map_err(|_| GatewayError::Refused("@odata.nextLink is not a URL".into()))?;
+                if !self.endpoints.is_graph_origin(&link) {
+                    return Err(GatewayError::Refused(
+                        "@odata.nextLink points outside the configured Graph endpoint".into(),
+                    ));
+                }
+                next = Some(link);
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn read_devices(
+        &self,
+        devices: &[DeviceRef],
+        deadline: Instant,
+    ) -> Vec<ItemAnswer<DeviceInfo>> {
+        let items = devices.iter().map(|d| ("GET", d.read_path())).collect();
+        self.batch(items, deadline)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
+                    value: device_info(raw.body.as_ref()),
+                    status: raw.status,
+                    request_id: raw.request_id,
+                },
+                Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
+                Err(f) => ItemAnswer::Failed(f),
+            })
+            .collect()
+    }
+
+    async fn initiate(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<()>> {
+        let items = devices.iter().map(|d| ("POST", d.action_path())).collect();
+        self.batch(items, deadline)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
+                    value: (),
+                    status: raw.status,
+                    request_id: raw
+                        .request_id
+                        .or_else(|| parse_error(raw.body.as_ref()).request_id),
+                },
+                Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
+                Err(f) => ItemAnswer::Failed(f),
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> GatewayStats {
+        GatewayStats {
+            http_requests: self.requests.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+        }
+    }
+}
