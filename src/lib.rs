@@ -10,6 +10,7 @@
 //! - [`frontdoor`]: thin entry points (the CLI) that decode, call the core
 //!   and encode.
 
+pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod frontdoor;

@@ -1,1 +1,233 @@
-//! placeholder
+//! The command line: `intune-attest invoke --event FILE` runs one request
+//! locally and prints the result document on stdout.
+//!
+//! Exit codes: 0 the run succeeded (or its failures are ignored), 1 the run
+//! failed, 2 bad input or configuration.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::config::Settings;
+use crate::core::engine::{Engine, RunError};
+use crate::core::progress::Progress;
+use crate::core::request::AttestationRequest;
+use crate::credentials::AppCredentials;
+use crate::graph::GraphClient;
+
+/// Largest event file read, in bytes.
+const MAX_EVENT_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "intune-attest",
+    version,
+    about = "Start TPM device attestation on Intune-managed Windows devices, in bulk."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one request and print the result document on stdout.
+    Invoke {
+        /// The request payload: a JSON file, or `-` for standard input.
+        #[arg(long, value_name = "FILE|-")]
+        event: String,
+        /// Never draw a progress bar (progress is still logged).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate a payload without calling Graph; print the normalised request.
+    Check {
+        /// The request payload: a JSON file, or `-` for standard input.
+        #[arg(long, value_name = "FILE|-")]
+        event: String,
+    },
+}
+
+static BAR: OnceLock<ProgressBar> = OnceLock::new();
+
+/// Log output that steps around the progress bar when one is drawn.
+#[derive(Clone, Copy)]
+struct StderrAroundBar;
+
+impl Write for StderrAroundBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match BAR.get() {
+            Some(bar) if !bar.is_finished() => bar.suspend(|| std::io::stderr().write(buf)),
+            _ => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for StderrAroundBar {
+    type Writer = StderrAroundBar;
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("ATTEST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(StderrAroundBar);
+    if std::env::var("ATTEST_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if source == "-" {
+        std::io::stdin()
+            .take(MAX_EVENT_BYTES + 1)
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+    } else {
+        let path = PathBuf::from(source);
+        std::fs::File::open(&path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .take(MAX_EVENT_BYTES + 1)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        buf.len() as u64 <= MAX_EVENT_BYTES,
+        "the event is larger than {MAX_EVENT_BYTES} bytes"
+    );
+    Ok(buf)
+}
+
+/// Runs the CLI and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    match cli.command {
+        Command::Check { event } => {
+            let settings = Settings::from_env(env)?;
+            let bytes = read_event(&event)?;
+            let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+            let devices: Vec<_> = req
+                .devices
+                .iter()
+                .map(|d| serde_json::json!({"device_id": d.id, "kind": d.kind}))
+                .collect();
+            let doc = serde_json::json!({
+                "devices": devices,
+                "device_filter": req.device_filter.as_ref().map(|f| f.to_string()),
+                "timeout_ms": req.timeout.as_millis() as u64,
+                "validate_device_exists": req.validate_device_exists,
+                "ignore_partial_failures": req.ignore_partial_failures,
+                "dry_run": req.dry_run,
+                "warnings": req.warnings,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke { event, no_progress } => {
+            let settings = Settings::from_env(env)?;
+            let bytes = read_event(&event)?;
+            // Validate before anything else, so bad input never reaches Graph.
+            let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+            let creds = AppCredentials::from_env(env)?;
+            let client =
+                GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
+            let engine = Engine::new(Arc::new(client), settings.engine.clone());
+            let progress = Arc::new(Progress::new());
+            let bar = (!no_progress && std::io::stderr().is_terminal())
+                .then(|| spawn_bar(progress.clone()));
+            let outcome = engine.run(req, None, progress).await;
+            if let Some((bar, task)) = bar {
+                task.abort();
+                bar.finish_and_clear();
+            }
+            let result = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    let code = match e {
+                        RunError::Credentials(_) => 2,
+                        RunError::Selection(_) | RunError::Unavailable(_) => 1,
+                    };
+                    return Ok(ExitCode::from(code));
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(if result.failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn spawn_bar(progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} devices, {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let _ = BAR.set(bar.clone());
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let s = progress.snapshot();
+            b.set_length(s.total);
+            b.set_position(s.done);
+            b.set_message(format!(
+                "{} initiated, {:.1}/s, ETA {}",
+                s.initiated,
+                s.rate,
+                s.eta
+                    .map(
+                        |d| humantime::format_duration(Duration::from_secs(d.as_secs()))
+                            .to_string()
+                    )
+                    .unwrap_or_else(|| "-".into())
+            ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (bar, task)
+}

@@ -226,7 +226,9 @@ impl GraphClient {
                 let raw = RawItem {
                     status: item.status,
                     retry_after: item.header("retry-after"),
-                    request_id: item.header("request-id"),
+                    // Items rarely carry their own request-id; the batch's
+                    // identifies the call for Microsoft support.
+                    request_id: item.header("request-id").or_else(|| request_id.clone()),
                     body: item.body,
                 };
                 // An id answered twice keeps its first answer.

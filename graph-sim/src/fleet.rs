@@ -1,0 +1,136 @@
+//! A seeded fleet of devices with a realistic mix of platforms.
+
+use serde_json::{Value, json};
+
+/// One simulated device.
+#[derive(Clone, Debug)]
+pub struct SimDevice {
+    /// Lower-case GUID.
+    pub id: String,
+    /// `deviceName`.
+    pub name: String,
+    /// `operatingSystem`.
+    pub os: &'static str,
+    /// `osVersion`.
+    pub os_version: &'static str,
+    /// Whether it is co-managed with Configuration Manager.
+    pub comanaged: bool,
+    /// `hardwareInformation.tpmSpecificationVersion`: `Some("")` means no
+    /// TPM reported, `None` means the field is not reported.
+    pub tpm: Option<&'static str>,
+}
+
+impl SimDevice {
+    /// The device as Graph's managedDevice entity.
+    pub fn to_json(&self, with_hardware: bool) -> Value {
+        let agent = if self.comanaged {
+            "configurationManagerClientMdm"
+        } else {
+            "mdm"
+        };
+        let hardware = if with_hardware {
+            match self.tpm {
+                Some(spec) => {
+                    json!({"tpmSpecificationVersion": spec, "tpmVersion": if spec.is_empty() {""} else {"2.0"}, "tpmManufacturer": if spec.is_empty() {""} else {"IFX"}})
+                }
+                None => Value::Null,
+            }
+        } else {
+            Value::Null
+        };
+        json!({
+            "id": self.id,
+            "deviceName": self.name,
+            "operatingSystem": self.os,
+            "osVersion": self.os_version,
+            "managementAgent": agent,
+            "hardwareInformation": hardware,
+        })
+    }
+
+    /// Whether attestation can be initiated on it.
+    pub fn is_windows(&self) -> bool {
+        self.os == "Windows"
+    }
+}
+
+/// The platform mix of a generated fleet, as fractions that sum to at most
+/// 1; the rest is Windows with a TPM.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// Devices in the fleet.
+    pub size: usize,
+    /// Seed: the same seed gives the same fleet.
+    pub seed: u64,
+    /// Windows devices that report an empty TPM specification.
+    pub windows_no_tpm: f64,
+    /// Windows devices that do not report hardware information.
+    pub windows_unknown_tpm: f64,
+    /// macOS, iOS, Android and Linux devices together.
+    pub non_windows: f64,
+    /// Fraction of Windows devices that are co-managed.
+    pub comanaged: f64,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        Self {
+            size: 200,
+            seed: 7,
+            windows_no_tpm: 0.05,
+            windows_unknown_tpm: 0.05,
+            non_windows: 0.2,
+            comanaged: 0.15,
+        }
+    }
+}
+
+/// A GUID from the generator.
+pub fn guid(rng: &mut fastrand::Rng) -> String {
+    let b: [u8; 16] = std::array::from_fn(|_| rng.u8(..));
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Generates the fleet.
+pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    let others: [(&str, &str); 4] = [
+        ("macOS", "14.5"),
+        ("iOS", "17.5.1"),
+        ("Android", "14"),
+        ("Linux", "22.04"),
+    ];
+    (0..spec.size)
+        .map(|i| {
+            let id = guid(&mut rng);
+            let roll = rng.f64();
+            let (os, os_version, tpm) = if roll < spec.non_windows {
+                let (os, v) = others[rng.usize(..others.len())];
+                (os, v, None)
+            } else if roll < spec.non_windows + spec.windows_no_tpm {
+                ("Windows", "10.0.19045.4529", Some(""))
+            } else if roll < spec.non_windows + spec.windows_no_tpm + spec.windows_unknown_tpm {
+                ("Windows", "10.0.22631.3737", None)
+            } else {
+                ("Windows", "10.0.22631.3737", Some("2.0, 0, 1.59"))
+            };
+            let comanaged = os == "Windows" && rng.f64() < spec.comanaged;
+            SimDevice {
+                id,
+                name: format!("DEV-{i:06}"),
+                os,
+                os_version,
+                comanaged,
+                tpm,
+            }
+        })
+        .collect()
+}
