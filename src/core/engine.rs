@@ -589,6 +589,7 @@ impl<G: DeviceGateway> Engine<G> {
         let now = Instant::now();
         let mut replies = replies.into_iter();
         let mut throttle_pause: Option<Duration> = None;
+        let mut accepted = 0u32;
         for mut w in batch {
             let reply = replies.next().unwrap_or_else(|| {
                 let f = CallFailure::without_answer(
@@ -604,11 +605,13 @@ impl<G: DeviceGateway> Engine<G> {
                 Reply::Write(ItemAnswer::Ok {
                     status, request_id, ..
                 }) => {
+                    accepted += 1;
                     w.last = None;
                     run.finish(&w, Outcome::Initiated, None, Some((status, request_id)));
                     continue;
                 }
                 Reply::Read(ItemAnswer::Ok { value, .. }) => {
+                    accepted += 1;
                     w.last = None;
                     if let Some(reason) = unsupported_reason(&value) {
                         run.finish(&w, Outcome::Unsupported, Some(reason), None);
@@ -666,11 +669,12 @@ impl<G: DeviceGateway> Engine<G> {
                 }
             }
         }
+        let pacer = match stage {
+            Stage::Read => &self.read_pacer,
+            Stage::Write => &self.write_pacer,
+        };
+        lock(pacer).on_accepted(now, accepted);
         if let Some(pause) = throttle_pause {
-            let pacer = match stage {
-                Stage::Read => &self.read_pacer,
-                Stage::Write => &self.write_pacer,
-            };
             let mut p = lock(pacer);
             p.on_throttled(now, pause);
             tracing::warn!(stage = ?stage, pause_ms = pause.as_millis() as u64, budget = p.effective_budget(), "throttled by Graph; pausing and lowering the pace");

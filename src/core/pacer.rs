@@ -9,8 +9,10 @@
 //!   settles at the budget instead of bursting and idling.
 //!
 //! On a 429 the pacer pauses for `Retry-After` and cuts its effective budget
-//! (at most once per window); each clean window afterwards restores part of
-//! it. The clock is passed in, so the rules are tested without sleeping.
+//! (at most once per window) to the lower of a fixed fraction and what Graph
+//! actually accepted in the last window, which is the best estimate of the
+//! real ceiling when the tenant is shared; each clean window afterwards
+//! restores part of it. The clock is passed in, so the rules are tested without sleeping.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub struct Pacer {
     cfg: PacerConfig,
     log: VecDeque<(Instant, u32)>,
     in_window: u32,
+    accepted: VecDeque<(Instant, u32)>,
+    accepted_in_window: u32,
     next_at: Option<Instant>,
     factor: f64,
     paused_until: Option<Instant>,
@@ -68,6 +72,8 @@ impl Pacer {
             cfg,
             log: VecDeque::new(),
             in_window: 0,
+            accepted: VecDeque::new(),
+            accepted_in_window: 0,
             next_at: None,
             factor: 1.0,
             paused_until: None,
@@ -112,6 +118,14 @@ impl Pacer {
                 break;
             }
         }
+        while let Some(&(at, n)) = self.accepted.front() {
+            if now.saturating_duration_since(at) >= span {
+                self.accepted.pop_front();
+                self.accepted_in_window -= n;
+            } else {
+                break;
+            }
+        }
         if self.factor < 1.0 && now.saturating_duration_since(self.clean_since) >= self.span() {
             self.factor = (self.factor + self.cfg.recover).min(1.0);
             self.clean_since = now;
@@ -141,16 +155,33 @@ impl Pacer {
         Ok(())
     }
 
+    /// Records `n` requests Graph accepted.
+    pub fn on_accepted(&mut self, now: Instant, n: u32) {
+        if n > 0 {
+            self.accepted.push_back((now, n));
+            self.accepted_in_window += n;
+        }
+    }
+
     /// Records a 429: pause for `retry_after` and cut the budget (at most
     /// once per window, so one burst of 429s counts once).
     pub fn on_throttled(&mut self, now: Instant, retry_after: Duration) {
+        self.expire(now);
         let until = now + retry_after;
         self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
         let cut_recently = self
             .last_cut
             .is_some_and(|at| now.saturating_duration_since(at) < self.span());
         if !cut_recently {
-            self.factor = (self.factor * self.cfg.cut).max(self.cfg.min_factor);
+            let fixed = self.factor * self.cfg.cut;
+            // What Graph accepted in the last window, with a little headroom.
+            let observed = f64::from(self.accepted_in_window) * 0.95 / f64::from(self.cfg.budget);
+            let estimate = if self.accepted_in_window > 0 {
+                observed
+            } else {
+                fixed
+            };
+            self.factor = fixed.min(estimate).max(self.cfg.min_factor);
             self.last_cut = Some(now);
         }
         self.clean_since = until;
@@ -238,6 +269,25 @@ mod tests {
             let _ = pacer.try_acquire(1, t);
         }
         assert_eq!(pacer.effective_budget(), 200);
+    }
+
+    #[test]
+    fn a_cut_follows_what_graph_accepted_when_that_is_lower() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(PacerConfig::new(190, Duration::from_secs(20)), start);
+        pacer.on_accepted(start, 40);
+        pacer.on_accepted(start + Duration::from_secs(1), 20);
+        pacer.on_throttled(start + Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(pacer.effective_budget(), 57);
+        // Acceptances older than the window no longer count.
+        let later = start + Duration::from_secs(60);
+        pacer.on_accepted(later, 150);
+        pacer.on_throttled(later, Duration::ZERO);
+        assert!(
+            pacer.effective_budget() < 57,
+            "{}",
+            pacer.effective_budget()
+        );
     }
 
     #[test]

@@ -1,0 +1,572 @@
+//! The engine and Graph client over real HTTP against the simulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use graph_sim::{AppRegistration, Faults, FleetSpec, RetryAfterForm, SimConfig};
+use intune_attest::core::device::DeviceKind;
+use intune_attest::core::engine::RunError;
+use intune_attest::core::outcome::{Outcome, RunStatus};
+use serde_json::json;
+
+const MISSING: &str = "00000000-dead-4bad-8bad-000000000001";
+
+#[tokio::test]
+async fn mixed_fleet_gets_one_precise_outcome_per_device_on_both_endpoints() {
+    let h = harness(sim_config()).await;
+    let windows = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let no_tpm = h.ids(|d| d.is_windows() && d.tpm == Some(""));
+    let mac = h.ids(|d| !d.is_windows());
+    let comanaged = h.ids(|d| d.comanaged);
+    let mut managed: Vec<String> = windows.iter().take(60).cloned().collect();
+    managed.push(no_tpm[0].clone());
+    managed.push(mac[0].to_uppercase());
+    managed.push(MISSING.into());
+    let result = h
+        .run(json!({"managed_device_ids": managed, "comanaged_device_ids": [comanaged[0]], "correlation_id": "t-1"}))
+        .await
+        .unwrap();
+    h.assert_ledger_agrees(&result);
+    let o = outcomes(&result);
+    assert_eq!(o[&Outcome::Initiated], 61, "{o:?}");
+    assert_eq!(o[&Outcome::Unsupported], 2);
+    assert_eq!(o[&Outcome::NotFound], 1);
+    assert_eq!(result.status, RunStatus::PartiallyFailed);
+    assert!(result.failed, "ignore_partial_failures defaults to false");
+    assert_eq!(result.correlation_id, "t-1");
+    let reasons: Vec<_> = result
+        .devices
+        .iter()
+        .filter_map(|d| d.reason.clone())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "no TPM reported"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not Windows")),
+        "{reasons:?}"
+    );
+    let co = result
+        .devices
+        .iter()
+        .find(|d| d.kind == DeviceKind::Comanaged)
+        .unwrap();
+    assert_eq!(co.outcome, Outcome::Initiated);
+    assert!(
+        h.sim
+            .ledger_counts()
+            .contains_key(&(comanaged[0].clone(), "comanaged"))
+    );
+    let missing = result
+        .devices
+        .iter()
+        .find(|d| d.device_id.as_str() == MISSING)
+        .unwrap();
+    assert_eq!(
+        (missing.http_status, missing.error_code.as_deref()),
+        (Some(404), Some("ResourceNotFound"))
+    );
+    assert!(missing.request_id.is_some());
+    // Batches were full: reads and writes of 64 devices in a handful of calls.
+    assert!(result.stats.http_requests <= 12, "{:?}", result.stats);
+}
+
+#[tokio::test]
+async fn without_validation_graph_decides_and_the_comanaged_route_is_separate() {
+    let h = harness(sim_config()).await;
+    let plain = h.ids(|d| d.is_windows() && !d.comanaged);
+    let mac = h.ids(|d| !d.is_windows());
+    let result = h
+        .run(json!({
+            "managed_device_ids": [plain[0], mac[0], MISSING],
+            "comanaged_device_ids": [plain[0]],
+            "validate_device_exists": false,
+            "ignore_partial_failures": true
+        }))
+        .await
+        .unwrap();
+    h.assert_ledger_agrees(&result);
+    let by = |id: &str, kind| {
+        result
+            .devices
+            .iter()
+            .find(|d| d.device_id.as_str() == id && d.kind == kind)
+            .unwrap()
+    };
+    assert_eq!(
+        by(&plain[0], DeviceKind::Managed).outcome,
+        Outcome::Initiated
+    );
+    assert_eq!(
+        by(&plain[0], DeviceKind::Comanaged).outcome,
+        Outcome::NotFound
+    );
+    let m = by(&mac[0], DeviceKind::Managed);
+    assert_eq!((m.outcome, m.http_status), (Outcome::Failed, Some(400)));
+    assert_eq!(by(MISSING, DeviceKind::Managed).outcome, Outcome::NotFound);
+    assert!(!result.failed);
+    assert_eq!(result.warnings.len(), 2, "{:?}", result.warnings);
+}
+
+#[tokio::test]
+async fn item_and_batch_faults_are_retried_until_every_device_is_initiated() {
+    let mut cfg = sim_config();
+    cfg.seed = 11;
+    cfg.faults = Faults {
+        latency_ms: (1, 10),
+        item_5xx: 0.15,
+        batch_5xx: 0.1,
+        batch_424: 0.05,
+        ..Faults::default()
+    };
+    let h = harness_with(cfg, &[], |e| e.max_attempts = 12).await;
+    let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.initiated, ids.len(), "{:?}", result.summary);
+    assert!(
+        result.devices.iter().any(|d| d.attempts > 2),
+        "some device must have been retried"
+    );
+    assert!(h.sim.stats().batches as usize > ids.len() / 19 * 2);
+}
+
+async fn throttled_run(form: RetryAfterForm) {
+    let mut cfg = sim_config();
+    cfg.retry_after = form;
+    // The tenant is shared: the real ceiling is far below the configured budget.
+    cfg.limits.as_mut().unwrap().app_writes = 60;
+    let h = harness_with(cfg, &[], |e| e.max_attempts = 12).await;
+    let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let ids: Vec<_> = ids.into_iter().take(150).collect();
+    let result = h
+        .run(json!({"managed_device_ids": ids, "validate_device_exists": false, "timeouts": {"invoke": "60s"}}))
+        .await
+        .unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(
+        result.summary.initiated, 150,
+        "{form:?}: {:?}",
+        result.summary
+    );
+    assert!(
+        result.stats.throttled_responses > 0,
+        "{form:?}: the simulator never throttled"
+    );
+    assert_eq!(result.stats.throttled_responses, h.sim.stats().throttled);
+    // Adaptive pacing keeps the 429s a small share of the write items.
+    let writes = h.sim.stats().writes as f64;
+    assert!(
+        (h.sim.stats().throttled_writes as f64) < writes * 0.5,
+        "{form:?}: {:?}",
+        h.sim.stats()
+    );
+}
+
+#[tokio::test]
+async fn throttling_with_integer_retry_after() {
+    throttled_run(RetryAfterForm::Integer).await;
+}
+
+#[tokio::test]
+async fn throttling_with_decimal_retry_after() {
+    throttled_run(RetryAfterForm::Decimal).await;
+}
+
+#[tokio::test]
+async fn throttling_with_http_date_retry_after() {
+    throttled_run(RetryAfterForm::HttpDate).await;
+}
+
+#[tokio::test]
+async fn throttling_without_retry_after() {
+    throttled_run(RetryAfterForm::Missing).await;
+}
+
+#[tokio::test]
+async fn throttling_with_absurd_retry_after_is_capped() {
+    throttled_run(RetryAfterForm::Absurd).await;
+}
+
+#[tokio::test]
+async fn whole_batch_429s_are_retried() {
+    let mut cfg = sim_config();
+    cfg.faults.batch_429 = 0.3;
+    cfg.retry_after = RetryAfterForm::Rotate;
+    let h = harness_with(cfg, &[], |e| e.max_attempts = 12).await;
+    let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.initiated, ids.len());
+    assert!(result.stats.throttled_responses > 0);
+}
+
+#[tokio::test]
+async fn lost_answers_are_retried_and_reported() {
+    let mut cfg = sim_config();
+    cfg.seed = 5;
+    cfg.faults = Faults {
+        latency_ms: (1, 5),
+        drop_after_accept: 0.15,
+        truncate: 0.1,
+        missing_item: 0.1,
+        duplicate_item: 0.1,
+        ..Faults::default()
+    };
+    let h = harness_with(cfg, &[], |e| e.max_attempts = 10).await;
+    let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let result = h
+        .run(json!({"managed_device_ids": ids, "validate_device_exists": false}))
+        .await
+        .unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.initiated, ids.len(), "{:?}", result.summary);
+    let lost: u32 = result.devices.iter().map(|d| d.lost_answers).sum();
+    assert!(lost > 0, "some answers must have been lost");
+    let extra = h.sim.ledger().len() - ids.len();
+    assert!(
+        extra as u32 <= lost,
+        "{extra} duplicate acceptances but only {lost} lost answers reported"
+    );
+}
+
+#[tokio::test]
+async fn hung_requests_time_out_and_are_retried() {
+    let mut cfg = sim_config();
+    cfg.faults = Faults {
+        latency_ms: (1, 5),
+        hang: 0.1,
+        ..Faults::default()
+    };
+    let h = harness_with(cfg, &[("ATTEST_REQUEST_TIMEOUT", "300ms")], |e| {
+        e.max_attempts = 10
+    })
+    .await;
+    let ids: Vec<_> = h
+        .ids(|d| d.is_windows() && d.tpm != Some(""))
+        .into_iter()
+        .take(80)
+        .collect();
+    let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.initiated, 80, "{:?}", result.summary);
+}
+
+#[tokio::test]
+async fn tokens_expiring_mid_run_are_refreshed() {
+    let mut cfg = sim_config();
+    cfg.token_lifetime = Duration::from_secs(1);
+    cfg.limits.as_mut().unwrap().app_writes = 100;
+    let h = harness_with(cfg, &[("ATTEST_WRITE_BUDGET", "95")], |_| {}).await;
+    let ids: Vec<_> = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let result = h
+        .run(json!({"managed_device_ids": ids, "validate_device_exists": false}))
+        .await
+        .unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.initiated, ids.len());
+    assert!(h.sim.stats().token_requests >= 2, "{:?}", h.sim.stats());
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refreshed_once_on_401() {
+    let h = harness(sim_config()).await;
+    let ids: Vec<_> = h.ids(|d| d.is_windows() && d.tpm != Some(""));
+    let first = h
+        .run(json!({"managed_device_ids": [ids[0]]}))
+        .await
+        .unwrap();
+    assert_eq!(first.summary.initiated, 1);
+    h.sim.revoke_tokens();
+    let second = h
+        .run(json!({"managed_device_ids": [ids[1]]}))
+        .await
+        .unwrap();
+    h.assert_ledger_agrees_from(&second, 1);
+    assert_eq!(second.summary.initiated, 1);
+    let s = h.sim.stats();
+    assert_eq!((s.token_requests, s.unauthorized), (2, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn the_deadline_leaves_untried_devices_not_attempted() {
+    let mut cfg = sim_config();
+    cfg.fleet = FleetSpec {
+        size: 1200,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        ..FleetSpec::default()
+    };
+    let h = harness_with(cfg, &[("ATTEST_WRITE_BUDGET", "100")], |e| {
+        e.finish_reserve = Duration::from_millis(200)
+    })
+    .await;
+    let ids = h.ids(|_| true);
+    let started = std::time::Instant::now();
+    let result = h
+        .run(json!({"managed_device_ids": ids, "validate_device_exists": false, "timeouts": {"invoke": "2s"}}))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    h.assert_ledger_agrees(&result);
+    assert!(
+        took < Duration::from_secs(2),
+        "the run overran its deadline: {took:?}"
+    );
+    let o = outcomes(&result);
+    assert!(o[&Outcome::Initiated] > 0);
+    assert!(o[&Outcome::NotAttempted] > 0);
+    assert_eq!(
+        o[&Outcome::Initiated] + o[&Outcome::NotAttempted],
+        1200,
+        "{o:?}"
+    );
+    for d in result
+        .devices
+        .iter()
+        .filter(|d| d.outcome == Outcome::NotAttempted)
+    {
+        assert_eq!(d.attempts, 0);
+    }
+}
+
+#[tokio::test]
+async fn dry_run_validates_and_sends_nothing() {
+    let h = harness(sim_config()).await;
+    let ids: Vec<_> = h.ids(|_| true).into_iter().take(50).collect();
+    let result = h
+        .run(json!({"managed_device_ids": ids, "dry_run": true}))
+        .await
+        .unwrap();
+    assert!(h.sim.ledger().is_empty());
+    assert_eq!(h.sim.stats().writes, 0);
+    let o = outcomes(&result);
+    assert!(o[&Outcome::WouldInitiate] > 0);
+    assert_eq!(
+        o[&Outcome::WouldInitiate] + o.get(&Outcome::Unsupported).unwrap_or(&0),
+        50,
+        "{o:?}"
+    );
+    assert!(result.dry_run);
+
+    let result = h.run(json!({"managed_device_ids": [MISSING], "dry_run": true, "validate_device_exists": false})).await.unwrap();
+    assert_eq!(result.summary.would_initiate, 1);
+    assert_eq!(
+        result.stats.http_requests, 0,
+        "a dry run without validation needs no Graph call"
+    );
+}
+
+#[tokio::test]
+async fn a_filter_selects_across_pages_and_unions_with_named_ids() {
+    let mut cfg = sim_config();
+    cfg.max_page = 7;
+    cfg.fleet.size = 120;
+    let h = harness(cfg).await;
+    let windows = h.ids(|d| d.is_windows());
+    let mac = h.ids(|d| !d.is_windows());
+    let result = h
+        .run(json!({
+            "device_filter": "operatingSystem eq 'Windows'",
+            "managed_device_ids": [windows[0], mac[0]],
+            "dry_run": true,
+            "validate_device_exists": false
+        }))
+        .await
+        .unwrap();
+    assert_eq!(result.devices.len(), windows.len() + 1);
+    assert_eq!(result.devices[1].device_id.as_str(), mac[0]);
+    assert!(
+        h.sim.stats().list_pages as usize >= windows.len() / 7,
+        "{:?}",
+        h.sim.stats()
+    );
+    assert!(
+        result.warnings.iter().any(|w| w.contains("also listed")),
+        "{:?}",
+        result.warnings
+    );
+}
+
+#[tokio::test]
+async fn a_filter_selecting_too_many_devices_fails_before_any_write() {
+    let mut cfg = sim_config();
+    cfg.fleet.size = 100;
+    let h = harness_with(cfg, &[], |e| e.max_devices = 10).await;
+    let err = h
+        .run(json!({"device_filter": "operatingSystem eq 'Windows'"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Selection(_)), "{err:?}");
+    assert_eq!(h.sim.stats().writes, 0);
+}
+
+#[tokio::test]
+async fn missing_permission_is_forbidden_with_a_hint() {
+    let mut cfg = sim_config();
+    cfg.apps[0].can_write = false;
+    let h = harness(cfg).await;
+    let ids: Vec<_> = h
+        .ids(|d| d.is_windows() && d.tpm != Some(""))
+        .into_iter()
+        .take(3)
+        .collect();
+    let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.forbidden, 3);
+    assert_eq!(result.status, RunStatus::Failed);
+    let d = &result.devices[0];
+    assert_eq!(
+        (d.http_status, d.error_code.as_deref()),
+        (Some(403), Some("Forbidden"))
+    );
+    assert!(
+        d.reason
+            .as_deref()
+            .unwrap()
+            .contains("PrivilegedOperations.All")
+    );
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_run_without_device_calls() {
+    let h = harness_with(
+        sim_config(),
+        &[("AZURE_CLIENT_SECRET", "a-wrong-secret")],
+        |_| {},
+    )
+    .await;
+    let err = h
+        .run(json!({"managed_device_ids": [MISSING]}))
+        .await
+        .unwrap_err();
+    match &err {
+        RunError::Credentials(m) => assert!(
+            m.contains("invalid_client") && m.contains("AADSTS7000215"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{err} {err:?}").contains("a-wrong-secret"));
+    assert_eq!(h.sim.stats().batches, 0);
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_stays_down_is_reported_as_unavailable() {
+    let mut cfg = sim_config();
+    cfg.faults.token_down = true;
+    let h = harness(cfg).await;
+    let err = h
+        .run(json!({"managed_device_ids": [MISSING], "timeouts": {"invoke": "3s"}}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Unavailable(_)), "{err:?}");
+    assert!(
+        h.sim.stats().token_requests >= 2,
+        "the token request must be retried"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_credential_signs_a_client_assertion() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let public = std::fs::read_to_string(format!("{fixtures}/test-app-public-key.pem")).unwrap();
+    let x5t = std::fs::read_to_string(format!("{fixtures}/test-app-x5t-s256.txt")).unwrap();
+    let mut cfg = sim_config();
+    cfg.apps = vec![AppRegistration {
+        client_id: graph_sim::CLIENT_ID.into(),
+        secret: None,
+        certificate: Some((public, x5t.trim().to_owned())),
+        can_write: true,
+    }];
+    let path = format!("{fixtures}/test-app-certificate.pem");
+    let h = harness_with(
+        cfg,
+        &[
+            ("AZURE_CLIENT_CERTIFICATE_PATH", &path),
+            ("AZURE_CLIENT_SECRET", ""),
+        ],
+        |_| {},
+    )
+    .await;
+    let ids: Vec<_> = h
+        .ids(|d| d.is_windows() && d.tpm != Some(""))
+        .into_iter()
+        .take(5)
+        .collect();
+    let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
+    assert_eq!(result.summary.initiated, 5);
+    assert_eq!(h.sim.stats().token_requests, 1);
+}
+
+#[tokio::test]
+async fn a_certificate_with_the_wrong_thumbprint_is_refused() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let public = std::fs::read_to_string(format!("{fixtures}/test-app-public-key.pem")).unwrap();
+    let mut cfg = sim_config();
+    cfg.apps = vec![AppRegistration {
+        client_id: graph_sim::CLIENT_ID.into(),
+        secret: None,
+        certificate: Some((public, "not-the-thumbprint".into())),
+        can_write: true,
+    }];
+    let path = format!("{fixtures}/test-app-certificate.pem");
+    let h = harness_with(
+        cfg,
+        &[
+            ("AZURE_CLIENT_CERTIFICATE_PATH", &path),
+            ("AZURE_CLIENT_SECRET", ""),
+        ],
+        |_| {},
+    )
+    .await;
+    let err = h
+        .run(json!({"managed_device_ids": [MISSING]}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Credentials(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn writes_stay_under_the_budget_in_every_window() {
+    let mut cfg = sim_config();
+    cfg.fleet = FleetSpec {
+        size: 700,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        ..FleetSpec::default()
+    };
+    let h = harness(cfg).await;
+    let ids = h.ids(|_| true);
+    let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
+    h.assert_ledger_agrees(&result);
+    assert_eq!(result.summary.initiated, 700);
+    assert_eq!(
+        result.stats.throttled_responses, 0,
+        "pacing must stay under Intune's limit"
+    );
+    // Server-side view: no sliding window ever saw more than the client budget.
+    assert!(
+        h.sim.max_writes_in_any_window(WINDOW) <= 190,
+        "{}",
+        h.sim.max_writes_in_any_window(WINDOW)
+    );
+    // Batches were nearly full: reads and writes of 700 devices at 19-20 a call.
+    let per_device = result.stats.http_requests as f64 / 700.0;
+    assert!(per_device <= 0.12, "{per_device} requests per device");
+}
+
+#[tokio::test]
+async fn unused_sim_config_is_default() {
+    // The simulator's defaults are Intune's documented limits.
+    let c = SimConfig::default();
+    let l = c.limits.unwrap();
+    assert_eq!(
+        (l.app_writes, l.tenant_writes, l.app_any, l.tenant_any),
+        (200, 400, 2000, 4000)
+    );
+    assert_eq!(c.window, Duration::from_secs(20));
+}
