@@ -143,6 +143,19 @@ enum Reply {
     Write(ItemAnswer<()>),
 }
 
+impl Reply {
+    /// Whether an HTTP answer came back for this item.
+    fn answered(&self) -> bool {
+        let failure = match self {
+            Reply::Read(ItemAnswer::Ok { .. }) | Reply::Write(ItemAnswer::Ok { .. }) => {
+                return true;
+            }
+            Reply::Read(ItemAnswer::Failed(f)) | Reply::Write(ItemAnswer::Failed(f)) => f,
+        };
+        failure.status.is_some()
+    }
+}
+
 struct Delayed {
     at: Instant,
     seq: u64,
@@ -478,7 +491,7 @@ impl<G: DeviceGateway> Engine<G> {
                     let n = size.min(pending.len());
                     let granted = lock(pacer).try_acquire(n as u32, now);
                     match granted {
-                        Ok(()) => {
+                        Ok(grant) => {
                             let mut batch: Vec<Work> = pending.drain(..n).collect();
                             for w in &mut batch {
                                 w.attempts += 1;
@@ -490,8 +503,9 @@ impl<G: DeviceGateway> Engine<G> {
                             batches.insert(id, batch);
                             let gateway = self.gateway.clone();
                             let cutoff = run.cutoff;
+                            let rtt_pacer = pacer.clone();
                             let handle = inflight.spawn(async move {
-                                let replies = match stage {
+                                let replies: Vec<Reply> = match stage {
                                     Stage::Read => gateway
                                         .read_devices(&refs, cutoff)
                                         .await
@@ -505,6 +519,8 @@ impl<G: DeviceGateway> Engine<G> {
                                         .map(Reply::Write)
                                         .collect(),
                                 };
+                                let answered = replies.iter().any(Reply::answered);
+                                lock(&rtt_pacer).complete(grant, Instant::now(), answered);
                                 (id, replies)
                             });
                             task_ids.insert(handle.id(), id);

@@ -1,18 +1,23 @@
 //! Client-side pacing under the Intune throttling budget.
 //!
-//! Two rules hold together:
-//! - a sliding-window log: the permits granted in any `window` (plus a small
-//!   guard for network jitter), however it is aligned, never exceed the
-//!   effective budget, so a fresh start cannot release a full bucket and then
-//!   refill it inside the same window;
-//! - a steady emission interval (GCRA): permits are spread evenly, so a run
-//!   settles at the budget instead of bursting and idling.
+//! Graph counts a request when it *arrives*; the client only knows when it
+//! sent the request and when the answer came back. A grant is therefore
+//! held in the pacer's sliding window from the moment it is sent until
+//! `window - min_rtt` after its answer arrived (the latest it can have been
+//! counted, measured against the earliest a new request can arrive), plus a
+//! small guard. Calls still in flight are always held. With that rule no
+//! server-side window, however aligned and however round trips vary, sees
+//! more than the budget from this client, and a fresh start cannot release a
+//! full bucket and refill it inside one window.
 //!
-//! On a 429 the pacer pauses for `Retry-After` and cuts its effective budget
-//! (at most once per window) to the lower of a fixed fraction and what Graph
-//! actually accepted in the last window, which is the best estimate of the
-//! real ceiling when the tenant is shared; each clean window afterwards
-//! restores part of it. The clock is passed in, so the rules are tested without sleeping.
+//! Grants are also spread evenly (GCRA) at the rate the rule sustains, so a
+//! run settles at the budget instead of bursting and idling.
+//!
+//! On a 429 the pacer pauses for `Retry-After` and lowers its effective
+//! budget (at most once per window) to what Graph accepted in the last
+//! window, which is the best estimate of the real ceiling when the tenant is
+//! shared with other apps; each clean window afterwards restores part of it.
+//! The clock is passed in, so the rules are tested without sleeping.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,11 +31,11 @@ pub struct PacerConfig {
     pub budget: u32,
     /// The window the budget applies to (Intune: 20 s).
     pub window: Duration,
-    /// Extra width added to the window to absorb network jitter.
+    /// Extra time every grant is held, against timing noise.
     pub guard: Duration,
     /// The lowest fraction of the budget adaptive cuts may reach.
     pub min_factor: f64,
-    /// The factor applied to the effective budget on a 429.
+    /// The cut applied on a 429 when nothing is known of what Graph accepted.
     pub cut: f64,
     /// The fraction of the budget restored after each clean window.
     pub recover: f64,
@@ -42,7 +47,7 @@ impl PacerConfig {
         Self {
             budget: budget.max(1),
             window,
-            guard: window / 40,
+            guard: window / 100,
             min_factor: 0.2,
             cut: 0.8,
             recover: 0.05,
@@ -50,12 +55,29 @@ impl PacerConfig {
     }
 }
 
+/// A handle on granted permits; give it back with [`Pacer::complete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant(u64);
+
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    n: u32,
+    sent: Instant,
+    done: Option<Instant>,
+}
+
+/// Round trips remembered for the latency estimates.
+const RTT_SAMPLES: usize = 64;
+/// Round trips needed before their minimum is trusted.
+const MIN_SAMPLES: usize = 5;
+
 /// The pacer's state. Not thread-safe by itself; the engine wraps it.
 #[derive(Debug)]
 pub struct Pacer {
     cfg: PacerConfig,
-    log: VecDeque<(Instant, u32)>,
-    in_window: u32,
+    held: VecDeque<Held>,
+    next_id: u64,
     accepted: VecDeque<(Instant, u32)>,
     accepted_in_window: u32,
     next_at: Option<Instant>,
@@ -63,6 +85,9 @@ pub struct Pacer {
     paused_until: Option<Instant>,
     last_cut: Option<Instant>,
     clean_since: Instant,
+    rtts: VecDeque<Duration>,
+    min_rtt: Duration,
+    mean_rtt: Duration,
 }
 
 impl Pacer {
@@ -70,8 +95,8 @@ impl Pacer {
     pub fn new(cfg: PacerConfig, now: Instant) -> Self {
         Self {
             cfg,
-            log: VecDeque::new(),
-            in_window: 0,
+            held: VecDeque::new(),
+            next_id: 0,
             accepted: VecDeque::new(),
             accepted_in_window: 0,
             next_at: None,
@@ -79,6 +104,9 @@ impl Pacer {
             paused_until: None,
             last_cut: None,
             clean_since: now,
+            rtts: VecDeque::with_capacity(RTT_SAMPLES),
+            min_rtt: Duration::ZERO,
+            mean_rtt: Duration::ZERO,
         }
     }
 
@@ -87,8 +115,15 @@ impl Pacer {
         &self.cfg
     }
 
-    fn span(&self) -> Duration {
-        self.cfg.window + self.cfg.guard
+    /// How long a completed grant is held after its answer.
+    fn hold_after_answer(&self) -> Duration {
+        (self.cfg.window + self.cfg.guard).saturating_sub(self.min_rtt)
+    }
+
+    /// The time one grant occupies the window on average: what the steady
+    /// emission interval is based on.
+    fn cycle(&self) -> Duration {
+        self.hold_after_answer() + self.mean_rtt
     }
 
     /// The budget after adaptive cuts.
@@ -108,32 +143,36 @@ impl Pacer {
         (budget / batches).max(1)
     }
 
+    fn release_at(&self, h: &Held) -> Option<Instant> {
+        h.done.map(|d| d + self.hold_after_answer())
+    }
+
     fn expire(&mut self, now: Instant) {
-        let span = self.span();
-        while let Some(&(at, n)) = self.log.front() {
-            if now.saturating_duration_since(at) >= span {
-                self.log.pop_front();
-                self.in_window -= n;
-            } else {
-                break;
-            }
-        }
+        let hold = self.hold_after_answer();
+        self.held.retain(|h| h.done.is_none_or(|d| d + hold > now));
+        let window = self.cfg.window;
         while let Some(&(at, n)) = self.accepted.front() {
-            if now.saturating_duration_since(at) >= span {
+            if now.saturating_duration_since(at) >= window {
                 self.accepted.pop_front();
                 self.accepted_in_window -= n;
             } else {
                 break;
             }
         }
-        if self.factor < 1.0 && now.saturating_duration_since(self.clean_since) >= self.span() {
+        let clean_for = self.cfg.window + self.cfg.guard;
+        if self.factor < 1.0 && now.saturating_duration_since(self.clean_since) >= clean_for {
             self.factor = (self.factor + self.cfg.recover).min(1.0);
             self.clean_since = now;
         }
     }
 
+    /// Permits currently held in the window (sent, and not yet released).
+    pub fn in_window(&self) -> u32 {
+        self.held.iter().map(|h| h.n).sum()
+    }
+
     /// Takes `n` permits now, or says when to ask again.
-    pub fn try_acquire(&mut self, n: u32, now: Instant) -> Result<(), Instant> {
+    pub fn try_acquire(&mut self, n: u32, now: Instant) -> Result<Grant, Instant> {
         self.expire(now);
         if let Some(until) = self.paused_until.filter(|u| *u > now) {
             return Err(until);
@@ -142,17 +181,59 @@ impl Pacer {
             return Err(at);
         }
         let budget = self.effective_budget();
-        let fits = self.in_window + n <= budget || self.in_window == 0;
-        if !fits {
-            // Wait for the oldest grant to leave the window.
-            let oldest = self.log.front().map_or(now, |(at, _)| *at);
-            return Err(oldest + self.span());
+        let held = self.in_window();
+        if held + n > budget && held > 0 {
+            // The earliest release of a completed grant; with everything in
+            // flight, look again shortly (an answer will arrive).
+            let at = self
+                .held
+                .iter()
+                .filter_map(|h| self.release_at(h))
+                .min()
+                .unwrap_or(now + self.cfg.window / 50);
+            return Err(at.max(now + Duration::from_millis(1)));
         }
-        self.log.push_back((now, n));
-        self.in_window += n;
-        let interval = self.span().mul_f64(f64::from(n) / f64::from(budget));
+        self.next_id += 1;
+        self.held.push_back(Held {
+            id: self.next_id,
+            n,
+            sent: now,
+            done: None,
+        });
+        let interval = self.cycle().mul_f64(f64::from(n) / f64::from(budget));
         self.next_at = Some(self.next_at.map_or(now, |a| a.max(now)) + interval);
-        Ok(())
+        Ok(Grant(self.next_id))
+    }
+
+    /// Records that the call made with `grant` ended. Only calls that got an
+    /// HTTP answer (`answered`) teach the pacer about round trips: a timeout
+    /// says nothing about how fast a request reaches Graph.
+    pub fn complete(&mut self, grant: Grant, now: Instant, answered: bool) {
+        let Some(h) = self.held.iter_mut().find(|h| h.id == grant.0) else {
+            return;
+        };
+        h.done = Some(now);
+        if !answered {
+            return;
+        }
+        let rtt = now.saturating_duration_since(h.sent);
+        if self.rtts.len() == RTT_SAMPLES {
+            self.rtts.pop_front();
+        }
+        self.rtts.push_back(rtt);
+        self.mean_rtt = self.rtts.iter().sum::<Duration>() / self.rtts.len() as u32;
+        // Trust the minimum only once it rests on a few samples, and never
+        // let it shorten the hold by more than a quarter window.
+        self.min_rtt = if self.rtts.len() >= MIN_SAMPLES {
+            self.rtts
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or_default()
+                .min(self.cfg.window / 4)
+        } else {
+            Duration::ZERO
+        };
     }
 
     /// Records `n` requests Graph accepted.
@@ -163,7 +244,7 @@ impl Pacer {
         }
     }
 
-    /// Records a 429: pause for `retry_after` and cut the budget (at most
+    /// Records a 429: pause for `retry_after` and lower the budget (at most
     /// once per window, so one burst of 429s counts once).
     pub fn on_throttled(&mut self, now: Instant, retry_after: Duration) {
         self.expire(now);
@@ -171,25 +252,22 @@ impl Pacer {
         self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
         let cut_recently = self
             .last_cut
-            .is_some_and(|at| now.saturating_duration_since(at) < self.span());
+            .is_some_and(|at| now.saturating_duration_since(at) < self.cfg.window);
         if !cut_recently {
-            let fixed = self.factor * self.cfg.cut;
-            // What Graph accepted in the last window, with a little headroom.
-            let observed = f64::from(self.accepted_in_window) * 0.95 / f64::from(self.cfg.budget);
+            // What Graph accepted in the last window, with a little headroom,
+            // is the best estimate of the real ceiling; without it, a fixed cut.
             let estimate = if self.accepted_in_window > 0 {
-                observed
+                f64::from(self.accepted_in_window) * 0.95 / f64::from(self.cfg.budget)
             } else {
-                fixed
+                self.factor * self.cfg.cut
             };
-            self.factor = fixed.min(estimate).max(self.cfg.min_factor);
+            self.factor = self.factor.min(estimate).max(self.cfg.min_factor);
+            if self.factor >= 1.0 {
+                self.factor = 1.0 - self.cfg.recover;
+            }
             self.last_cut = Some(now);
         }
         self.clean_since = until;
-    }
-
-    /// Permits granted within the current window.
-    pub fn in_window(&self) -> u32 {
-        self.in_window
     }
 }
 
@@ -197,27 +275,48 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    /// Drives a pacer with unbounded demand and returns the grant times.
-    fn drive(pacer: &mut Pacer, start: Instant, until: Duration, n: u32) -> Vec<(Duration, u32)> {
+    /// Drives a pacer with unbounded demand; each call takes `rtt(i)` and
+    /// "arrives" at the server `arrive(i)` after it is sent. Returns arrival
+    /// times and sizes.
+    fn drive(
+        pacer: &mut Pacer,
+        start: Instant,
+        until: Duration,
+        n: u32,
+        rtt: impl Fn(usize) -> Duration,
+        arrive: impl Fn(usize) -> Duration,
+    ) -> Vec<(Duration, u32)> {
         let mut t = start;
-        let mut grants = Vec::new();
+        let mut arrivals = Vec::new();
+        let mut pending: Vec<(Instant, Grant)> = Vec::new();
+        let mut i = 0;
         while t.duration_since(start) < until {
+            pending.sort_by_key(|(at, _)| *at);
+            while pending.first().is_some_and(|(at, _)| *at <= t) {
+                let (at, g) = pending.remove(0);
+                pacer.complete(g, at, true);
+            }
             match pacer.try_acquire(n, t) {
-                Ok(()) => grants.push((t.duration_since(start), n)),
+                Ok(g) => {
+                    arrivals.push((t.duration_since(start) + arrive(i), n));
+                    pending.push((t + rtt(i), g));
+                    i += 1;
+                }
                 Err(at) => {
                     assert!(at > t, "asked to retry in the past");
-                    t = at;
+                    let next_done = pending.iter().map(|(a, _)| *a).min().unwrap_or(at);
+                    t = at.min(next_done).max(t + Duration::from_micros(1));
                 }
             }
         }
-        grants
+        arrivals
     }
 
-    fn max_in_any_window(grants: &[(Duration, u32)], window: Duration) -> u32 {
-        grants
+    fn max_in_any_window(arrivals: &[(Duration, u32)], window: Duration) -> u32 {
+        arrivals
             .iter()
             .map(|(start, _)| {
-                grants
+                arrivals
                     .iter()
                     .filter(|(t, _)| *t >= *start && *t < *start + window)
                     .map(|(_, n)| n)
@@ -228,26 +327,74 @@ mod tests {
     }
 
     #[test]
-    fn no_window_however_aligned_exceeds_the_budget_and_the_rate_holds() {
+    fn no_server_window_exceeds_the_budget_and_the_rate_holds() {
         let start = Instant::now();
         let window = Duration::from_secs(20);
         let mut pacer = Pacer::new(PacerConfig::new(190, window), start);
         let size = pacer.batch_size(20) as u32;
         assert_eq!(size, 19);
-        let grants = drive(&mut pacer, start, Duration::from_secs(600), size);
-        assert!(max_in_any_window(&grants, window) <= 190);
-        let total: u32 = grants.iter().map(|(_, n)| n).sum();
+        let steady = |_| Duration::from_millis(150);
+        let arrivals = drive(
+            &mut pacer,
+            start,
+            Duration::from_secs(600),
+            size,
+            steady,
+            |_| Duration::from_millis(75),
+        );
+        assert!(max_in_any_window(&arrivals, window) <= 190);
+        let total: u32 = arrivals.iter().map(|(_, n)| n).sum();
         let per_window = f64::from(total) / 30.0;
-        assert!(per_window >= 0.95 * 190.0, "{per_window} per window");
+        assert!(per_window >= 0.97 * 190.0, "{per_window} per window");
+    }
+
+    #[test]
+    fn varying_round_trips_cannot_squeeze_two_windows_into_one() {
+        let start = Instant::now();
+        let window = Duration::from_secs(2);
+        let mut pacer = Pacer::new(PacerConfig::new(190, window), start);
+        // Round trips from 80 ms to 1 s; Graph counts each call at a random
+        // point of its round trip.
+        let rtt = |i: usize| Duration::from_millis(80 + ((i * 7919) % 920) as u64);
+        let arrive = |i: usize| rtt(i).mul_f64(((i * 104_729) % 100) as f64 / 100.0);
+        let arrivals = drive(&mut pacer, start, Duration::from_secs(120), 19, rtt, arrive);
+        assert!(
+            max_in_any_window(&arrivals, window) <= 190,
+            "{}",
+            max_in_any_window(&arrivals, window)
+        );
+        let total: u32 = arrivals.iter().map(|(_, n)| n).sum();
+        assert!(f64::from(total) / 60.0 >= 0.7 * 190.0, "{total}");
     }
 
     #[test]
     fn a_fresh_pacer_does_not_burst_the_whole_budget() {
         let start = Instant::now();
         let mut pacer = Pacer::new(PacerConfig::new(100, Duration::from_secs(20)), start);
-        let grants = drive(&mut pacer, start, Duration::from_secs(5), 10);
-        let first_five_seconds: u32 = grants.iter().map(|(_, n)| n).sum();
+        let fast = |_| Duration::from_millis(10);
+        let arrivals = drive(&mut pacer, start, Duration::from_secs(5), 10, fast, fast);
+        let first_five_seconds: u32 = arrivals.iter().map(|(_, n)| n).sum();
         assert!(first_five_seconds <= 40, "{first_five_seconds}");
+    }
+
+    #[test]
+    fn calls_in_flight_hold_their_permits() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(PacerConfig::new(40, Duration::from_secs(1)), start);
+        let g1 = pacer.try_acquire(20, start).unwrap();
+        let later = start + Duration::from_secs(5);
+        let _g2 = pacer.try_acquire(20, later).unwrap();
+        // Both calls hang: nothing is released however long it takes.
+        let answer = later + Duration::from_secs(60);
+        assert!(pacer.try_acquire(20, answer).is_err());
+        // A timeout teaches nothing about round trips; the hold stays whole.
+        pacer.complete(g1, answer, false);
+        let free_at = answer + Duration::from_millis(1010);
+        assert_eq!(
+            pacer.try_acquire(20, answer + Duration::from_millis(500)),
+            Err(free_at)
+        );
+        assert!(pacer.try_acquire(20, free_at).is_ok());
     }
 
     #[test]
@@ -272,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_follows_what_graph_accepted_when_that_is_lower() {
+    fn a_cut_follows_what_graph_accepted() {
         let start = Instant::now();
         let mut pacer = Pacer::new(PacerConfig::new(190, Duration::from_secs(20)), start);
         pacer.on_accepted(start, 40);
@@ -281,13 +428,14 @@ mod tests {
         assert_eq!(pacer.effective_budget(), 57);
         // Acceptances older than the window no longer count.
         let later = start + Duration::from_secs(60);
-        pacer.on_accepted(later, 150);
+        pacer.on_accepted(later, 50);
         pacer.on_throttled(later, Duration::ZERO);
-        assert!(
-            pacer.effective_budget() < 57,
-            "{}",
-            pacer.effective_budget()
-        );
+        assert_eq!(pacer.effective_budget(), 47);
+        // A 429 while Graph accepted more than the budget: a small step down.
+        let mut p = Pacer::new(PacerConfig::new(100, Duration::from_secs(20)), start);
+        p.on_accepted(start, 100);
+        p.on_throttled(start, Duration::ZERO);
+        assert_eq!(p.effective_budget(), 95);
     }
 
     #[test]

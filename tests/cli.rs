@@ -1,0 +1,263 @@
+//! The `intune-attest` binary end to end: exit codes, stdout, and that bad
+//! input never reaches Graph.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{env_of, sim_config};
+use graph_sim::Sim;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_intune-attest");
+
+async fn invoke(
+    sim: &Sim,
+    extra: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .envs(env_of(sim, extra))
+        .env("ATTEST_LOG", "info");
+    cmd.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("binary runs");
+    if let Some(bytes) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(&bytes).await.expect("write stdin");
+        drop(pipe);
+    }
+    child.wait_with_output().await.expect("binary finishes")
+}
+
+fn schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/result.schema.json"
+    ))
+    .unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
+}
+
+fn assert_valid_result(stdout: &[u8]) -> Value {
+    let doc: Value = serde_json::from_slice(stdout).expect("stdout is one JSON document");
+    let validator = schema();
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    doc
+}
+
+#[tokio::test]
+async fn every_malformed_payload_is_refused_with_exit_2_and_no_graph_call() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20);
+    for file in &files {
+        let out = invoke(
+            &sim,
+            &[],
+            &["invoke", "--event", file.to_str().unwrap()],
+            None,
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", file.display());
+        assert!(out.stdout.is_empty(), "{}: wrote a result", file.display());
+        assert!(
+            stderr.contains("invalid request"),
+            "{}: {stderr}",
+            file.display()
+        );
+        assert!(
+            stderr.len() < 2000,
+            "{}: error is not bounded ({} bytes)",
+            file.display(),
+            stderr.len()
+        );
+    }
+    assert_eq!(
+        sim.stats().http_requests,
+        0,
+        "a malformed payload reached the simulator"
+    );
+}
+
+#[tokio::test]
+async fn errors_name_the_field_and_the_value() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let out = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-"],
+        Some(br#"{"managed_device_ids": ["12345678-1234-1234-1234-123456789abc", "nope"], "timeouts": {"invoke": "1d"}}"#.to_vec()),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains(r#"managed_device_ids[1]: got "nope""#),
+        "{stderr}"
+    );
+    assert!(stderr.contains(r#"timeouts.invoke: got "1d""#), "{stderr}");
+}
+
+#[tokio::test]
+async fn oversize_requests_are_refused_before_any_call() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let ids: Vec<String> = (0..60_000u64)
+        .map(|i| format!("12345678-1234-1234-1234-{i:012x}"))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids})).unwrap();
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(body)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("at most 50000 devices"), "{stderr}");
+    assert_eq!(sim.stats().http_requests, 0);
+}
+
+#[tokio::test]
+async fn a_successful_run_exits_0_and_prints_a_schema_valid_result() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let ids: Vec<&str> = sim
+        .fleet()
+        .iter()
+        .filter(|d| d.is_windows() && d.tpm != Some(""))
+        .take(30)
+        .map(|d| d.id.as_str())
+        .collect();
+    let payload = serde_json::to_vec(
+        &serde_json::json!({"managed_device_ids": ids, "correlation_id": "cli-ok"}),
+    )
+    .unwrap();
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = assert_valid_result(&out.stdout);
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["summary"]["initiated"], 30);
+    assert_eq!(sim.ledger().len(), 30);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("run finished"), "{stderr}");
+}
+
+#[tokio::test]
+async fn partial_failure_exits_1_unless_ignored() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let good = sim
+        .fleet()
+        .iter()
+        .find(|d| d.is_windows() && d.tpm != Some(""))
+        .unwrap()
+        .id
+        .clone();
+    let missing = "00000000-dead-4bad-8bad-000000000001";
+    for (ignore, code) in [(false, 1), (true, 0)] {
+        let payload = serde_json::to_vec(&serde_json::json!({
+            "managed_device_ids": [good, missing], "ignore_partial_failures": ignore
+        }))
+        .unwrap();
+        let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload)).await;
+        assert_eq!(out.status.code(), Some(code), "ignore={ignore}");
+        let doc = assert_valid_result(&out.stdout);
+        assert_eq!(doc["status"], "partially_failed");
+        assert_eq!(doc["failed"], !ignore);
+    }
+}
+
+#[tokio::test]
+async fn dry_runs_and_the_sample_events_produce_valid_results() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/events/quickstart.json");
+    let mut payload: Value =
+        serde_json::from_str(&std::fs::read_to_string(quickstart).unwrap()).unwrap();
+    payload["dry_run"] = Value::Bool(true);
+    let out = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-"],
+        Some(serde_json::to_vec(&payload).unwrap()),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = assert_valid_result(&out.stdout);
+    assert!(doc["summary"]["would_initiate"].as_u64().unwrap() > 100);
+    assert!(sim.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_2_naming_the_variable_and_hiding_secrets() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let payload = br#"{"managed_device_ids": ["12345678-1234-1234-1234-123456789abc"]}"#.to_vec();
+    let out = invoke(
+        &sim,
+        &[("GRAPH_ENDPOINT", "http://graph.example.com")],
+        &["invoke", "--event", "-"],
+        Some(payload.clone()),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GRAPH_ENDPOINT"));
+
+    let out = invoke(
+        &sim,
+        &[("AZURE_CLIENT_SECRET", "a-wrong-secret-value")],
+        &["invoke", "--event", "-"],
+        Some(payload),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid_client"), "{stderr}");
+    assert!(!stderr.contains("a-wrong-secret-value"));
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn check_prints_the_normalised_request_without_calling_graph() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let payload = br#"{"managed_device_ids": ["12345678-ABCD-1234-1234-123456789ABC", "12345678-abcd-1234-1234-123456789abc"],
+        "device_filter": "operatingsystem eq 'Windows'", "timeouts": {"invoke": "2h45m"}}"#
+        .to_vec();
+    let out = invoke(&sim, &[], &["check", "--event", "-"], Some(payload)).await;
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        doc["devices"][0]["device_id"],
+        "12345678-abcd-1234-1234-123456789abc"
+    );
+    assert_eq!(doc["device_filter"], "operatingSystem eq 'Windows'");
+    assert_eq!(doc["timeout_ms"], 9_900_000);
+    assert_eq!(
+        doc["warnings"][0],
+        "1 duplicate ID(s) removed from managed_device_ids"
+    );
+    assert_eq!(sim.stats().http_requests, 0);
+}
