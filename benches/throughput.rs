@@ -40,13 +40,8 @@ fn child_usage() -> (Duration, u64) {
     // SAFETY: getrusage writes into the struct we pass and nothing else.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    (
-        tv(usage.ru_utime) + tv(usage.ru_stime),
-        usage.ru_maxrss as u64 * 1024,
-    )
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    (tv(usage.ru_utime) + tv(usage.ru_stime), usage.ru_maxrss as u64 * 1024)
 }
 
 #[tokio::main]
@@ -78,10 +73,7 @@ async fn main() {
     let mut child = tokio::process::Command::new(BIN)
         .args(["invoke", "--event", "-", "--no-progress"])
         .envs(sim.client_env())
-        .env(
-            "ATTEST_THROTTLE_WINDOW",
-            format!("{}ms", window.as_millis()),
-        )
+        .env("ATTEST_THROTTLE_WINDOW", format!("{}ms", window.as_millis()))
         .env("ATTEST_LOG", "warn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -90,15 +82,9 @@ async fn main() {
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(payload.to_string().as_bytes())
-            .await
-            .expect("payload");
+        stdin.write_all(payload.to_string().as_bytes()).await.expect("payload");
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .expect("intune-attest finishes");
+    let out = child.wait_with_output().await.expect("intune-attest finishes");
     let wall = started.elapsed();
     let (cpu, peak_rss) = child_usage();
     let result: Value = serde_json::from_slice(&out.stdout).expect("a result document");
@@ -137,18 +123,9 @@ async fn main() {
         warm.len()
     );
     println!("    per window                {per_window:?}");
-    println!(
-        "    of configured budget 190  {:.1}%",
-        100.0 * mean / budget
-    );
-    println!(
-        "    of Intune ceiling 200     {:.1}%",
-        100.0 * mean / ceiling
-    );
-    println!(
-        "  max in any sliding window   {}",
-        sim.max_writes_in_any_window(window)
-    );
+    println!("    of configured budget 190  {:.1}%", 100.0 * mean / budget);
+    println!("    of Intune ceiling 200     {:.1}%", 100.0 * mean / ceiling);
+    println!("  max in any sliding window   {}", sim.max_writes_in_any_window(window));
     println!(
         "  429 answers                 {} ({:.2}% of write items)",
         s.throttled,
@@ -172,16 +149,10 @@ async fn main() {
         cpu.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / a.devices as f64
     );
-    println!(
-        "  peak memory (client RSS)    {:.1} MB",
-        peak_rss as f64 / 1e6
-    );
+    println!("  peak memory (client RSS)    {:.1} MB", peak_rss as f64 / 1e6);
     let ok = |b: bool| if b { "met" } else { "NOT met" };
     println!("targets");
-    println!(
-        "  >= 95% of budget when warm  {}",
-        ok(mean >= 0.95 * budget)
-    );
+    println!("  >= 95% of budget when warm  {}", ok(mean >= 0.95 * budget));
     println!(
         "  429s <= 1% of write items   {}",
         ok(s.throttled_writes as f64 <= 0.01 * write_items as f64)
@@ -190,8 +161,5 @@ async fn main() {
         "  <= 0.12 requests per device {}",
         ok(s.http_requests as f64 / a.devices as f64 <= 0.12)
     );
-    println!(
-        "  peak memory <= 64 MB        {}",
-        ok(peak_rss <= 64_000_000)
-    );
+    println!("  peak memory <= 64 MB        {}", ok(peak_rss <= 64_000_000));
 }

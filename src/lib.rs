@@ -10,8 +10,10 @@
 //! - [`frontdoor`]: thin entry points (the CLI) that decode, call the core
 //!   and encode.
 
+pub mod aws;
 pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod frontdoor;
 pub mod graph;
+pub mod service;

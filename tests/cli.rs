@@ -12,12 +12,7 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_intune-attest");
 
-async fn invoke(
-    sim: &Sim,
-    extra: &[(&str, &str)],
-    args: &[&str],
-    stdin: Option<Vec<u8>>,
-) -> Output {
+async fn invoke(sim: &Sim, extra: &[(&str, &str)], args: &[&str], stdin: Option<Vec<u8>>) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .env_clear()
@@ -41,11 +36,7 @@ async fn invoke(
 }
 
 fn schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/schema/result.schema.json"
-    ))
-    .unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/result.schema.json")).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
 }
 
@@ -64,28 +55,15 @@ fn assert_valid_result(stdout: &[u8]) -> Value {
 async fn every_malformed_payload_is_refused_with_exit_2_and_no_graph_call() {
     let sim = Sim::start(sim_config()).await.unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(files.len() >= 20);
     for file in &files {
-        let out = invoke(
-            &sim,
-            &[],
-            &["invoke", "--event", file.to_str().unwrap()],
-            None,
-        )
-        .await;
+        let out = invoke(&sim, &[], &["invoke", "--event", file.to_str().unwrap()], None).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {stderr}", file.display());
         assert!(out.stdout.is_empty(), "{}: wrote a result", file.display());
-        assert!(
-            stderr.contains("invalid request"),
-            "{}: {stderr}",
-            file.display()
-        );
+        assert!(stderr.contains("invalid request"), "{}: {stderr}", file.display());
         assert!(
             stderr.len() < 2000,
             "{}: error is not bounded ({} bytes)",
@@ -112,10 +90,7 @@ async fn errors_name_the_field_and_the_value() {
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr.contains(r#"managed_device_ids[1]: got "nope""#),
-        "{stderr}"
-    );
+    assert!(stderr.contains(r#"managed_device_ids[1]: got "nope""#), "{stderr}");
     assert!(stderr.contains(r#"timeouts.invoke: got "1d""#), "{stderr}");
 }
 
@@ -143,17 +118,10 @@ async fn a_successful_run_exits_0_and_prints_a_schema_valid_result() {
         .take(30)
         .map(|d| d.id.as_str())
         .collect();
-    let payload = serde_json::to_vec(
-        &serde_json::json!({"managed_device_ids": ids, "correlation_id": "cli-ok"}),
-    )
-    .unwrap();
+    let payload =
+        serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids, "correlation_id": "cli-ok"})).unwrap();
     let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload)).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let doc = assert_valid_result(&out.stdout);
     assert_eq!(doc["status"], "succeeded");
     assert_eq!(doc["summary"]["initiated"], 30);
@@ -190,8 +158,7 @@ async fn partial_failure_exits_1_unless_ignored() {
 async fn dry_runs_and_the_sample_events_produce_valid_results() {
     let sim = Sim::start(sim_config()).await.unwrap();
     let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/events/quickstart.json");
-    let mut payload: Value =
-        serde_json::from_str(&std::fs::read_to_string(quickstart).unwrap()).unwrap();
+    let mut payload: Value = serde_json::from_str(&std::fs::read_to_string(quickstart).unwrap()).unwrap();
     payload["dry_run"] = Value::Bool(true);
     let out = invoke(
         &sim,
@@ -200,12 +167,7 @@ async fn dry_runs_and_the_sample_events_produce_valid_results() {
         Some(serde_json::to_vec(&payload).unwrap()),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let doc = assert_valid_result(&out.stdout);
     assert!(doc["summary"]["would_initiate"].as_u64().unwrap() > 100);
     assert!(sim.ledger().is_empty());
@@ -242,22 +204,17 @@ async fn bad_configuration_exits_2_naming_the_variable_and_hiding_secrets() {
 #[tokio::test]
 async fn check_prints_the_normalised_request_without_calling_graph() {
     let sim = Sim::start(sim_config()).await.unwrap();
-    let payload = br#"{"managed_device_ids": ["12345678-ABCD-1234-1234-123456789ABC", "12345678-abcd-1234-1234-123456789abc"],
+    let payload =
+        br#"{"managed_device_ids": ["12345678-ABCD-1234-1234-123456789ABC", "12345678-abcd-1234-1234-123456789abc"],
         "device_filter": "operatingsystem eq 'Windows'", "timeouts": {"invoke": "2h45m"}}"#
-        .to_vec();
+            .to_vec();
     let out = invoke(&sim, &[], &["check", "--event", "-"], Some(payload)).await;
     assert_eq!(out.status.code(), Some(0));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        doc["devices"][0]["device_id"],
-        "12345678-abcd-1234-1234-123456789abc"
-    );
+    assert_eq!(doc["devices"][0]["device_id"], "12345678-abcd-1234-1234-123456789abc");
     assert_eq!(doc["device_filter"], "operatingSystem eq 'Windows'");
     assert_eq!(doc["timeout_ms"], 9_900_000);
-    assert_eq!(
-        doc["warnings"][0],
-        "1 duplicate ID(s) removed from managed_device_ids"
-    );
+    assert_eq!(doc["warnings"][0], "1 duplicate ID(s) removed from managed_device_ids");
     assert_eq!(sim.stats().http_requests, 0);
 }

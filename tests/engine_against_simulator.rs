@@ -36,35 +36,13 @@ async fn mixed_fleet_gets_one_precise_outcome_per_device_on_both_endpoints() {
     assert_eq!(result.status, RunStatus::PartiallyFailed);
     assert!(result.failed, "ignore_partial_failures defaults to false");
     assert_eq!(result.correlation_id, "t-1");
-    let reasons: Vec<_> = result
-        .devices
-        .iter()
-        .filter_map(|d| d.reason.clone())
-        .collect();
-    assert!(
-        reasons.iter().any(|r| r == "no TPM reported"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("not Windows")),
-        "{reasons:?}"
-    );
-    let co = result
-        .devices
-        .iter()
-        .find(|d| d.kind == DeviceKind::Comanaged)
-        .unwrap();
+    let reasons: Vec<_> = result.devices.iter().filter_map(|d| d.reason.clone()).collect();
+    assert!(reasons.iter().any(|r| r == "no TPM reported"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("not Windows")), "{reasons:?}");
+    let co = result.devices.iter().find(|d| d.kind == DeviceKind::Comanaged).unwrap();
     assert_eq!(co.outcome, Outcome::Initiated);
-    assert!(
-        h.sim
-            .ledger_counts()
-            .contains_key(&(comanaged[0].clone(), "comanaged"))
-    );
-    let missing = result
-        .devices
-        .iter()
-        .find(|d| d.device_id.as_str() == MISSING)
-        .unwrap();
+    assert!(h.sim.ledger_counts().contains_key(&(comanaged[0].clone(), "comanaged")));
+    let missing = result.devices.iter().find(|d| d.device_id.as_str() == MISSING).unwrap();
     assert_eq!(
         (missing.http_status, missing.error_code.as_deref()),
         (Some(404), Some("ResourceNotFound"))
@@ -96,14 +74,8 @@ async fn without_validation_graph_decides_and_the_comanaged_route_is_separate() 
             .find(|d| d.device_id.as_str() == id && d.kind == kind)
             .unwrap()
     };
-    assert_eq!(
-        by(&plain[0], DeviceKind::Managed).outcome,
-        Outcome::Initiated
-    );
-    assert_eq!(
-        by(&plain[0], DeviceKind::Comanaged).outcome,
-        Outcome::NotFound
-    );
+    assert_eq!(by(&plain[0], DeviceKind::Managed).outcome, Outcome::Initiated);
+    assert_eq!(by(&plain[0], DeviceKind::Comanaged).outcome, Outcome::NotFound);
     let m = by(&mac[0], DeviceKind::Managed);
     assert_eq!((m.outcome, m.http_status), (Outcome::Failed, Some(400)));
     assert_eq!(by(MISSING, DeviceKind::Managed).outcome, Outcome::NotFound);
@@ -147,11 +119,7 @@ async fn throttled_run(form: RetryAfterForm) {
         .await
         .unwrap();
     h.assert_ledger_agrees(&result);
-    assert_eq!(
-        result.summary.initiated, 150,
-        "{form:?}: {:?}",
-        result.summary
-    );
+    assert_eq!(result.summary.initiated, 150, "{form:?}: {:?}", result.summary);
     assert!(
         result.stats.throttled_responses > 0,
         "{form:?}: the simulator never throttled"
@@ -241,10 +209,7 @@ async fn hung_requests_time_out_and_are_retried() {
         hang: 0.1,
         ..Faults::default()
     };
-    let h = harness_with(cfg, &[("ATTEST_REQUEST_TIMEOUT", "300ms")], |e| {
-        e.max_attempts = 10
-    })
-    .await;
+    let h = harness_with(cfg, &[("ATTEST_REQUEST_TIMEOUT", "300ms")], |e| e.max_attempts = 10).await;
     let ids: Vec<_> = h
         .ids(|d| d.is_windows() && d.tpm != Some(""))
         .into_iter()
@@ -275,16 +240,10 @@ async fn tokens_expiring_mid_run_are_refreshed() {
 async fn revoked_tokens_are_refreshed_once_on_401() {
     let h = harness(sim_config()).await;
     let ids: Vec<_> = h.ids(|d| d.is_windows() && d.tpm != Some(""));
-    let first = h
-        .run(json!({"managed_device_ids": [ids[0]]}))
-        .await
-        .unwrap();
+    let first = h.run(json!({"managed_device_ids": [ids[0]]})).await.unwrap();
     assert_eq!(first.summary.initiated, 1);
     h.sim.revoke_tokens();
-    let second = h
-        .run(json!({"managed_device_ids": [ids[1]]}))
-        .await
-        .unwrap();
+    let second = h.run(json!({"managed_device_ids": [ids[1]]})).await.unwrap();
     h.assert_ledger_agrees_from(&second, 1);
     assert_eq!(second.summary.initiated, 1);
     let s = h.sim.stats();
@@ -312,23 +271,12 @@ async fn the_deadline_leaves_untried_devices_not_attempted() {
         .unwrap();
     let took = started.elapsed();
     h.assert_ledger_agrees(&result);
-    assert!(
-        took < Duration::from_secs(2),
-        "the run overran its deadline: {took:?}"
-    );
+    assert!(took < Duration::from_secs(2), "the run overran its deadline: {took:?}");
     let o = outcomes(&result);
     assert!(o[&Outcome::Initiated] > 0);
     assert!(o[&Outcome::NotAttempted] > 0);
-    assert_eq!(
-        o[&Outcome::Initiated] + o[&Outcome::NotAttempted],
-        1200,
-        "{o:?}"
-    );
-    for d in result
-        .devices
-        .iter()
-        .filter(|d| d.outcome == Outcome::NotAttempted)
-    {
+    assert_eq!(o[&Outcome::Initiated] + o[&Outcome::NotAttempted], 1200, "{o:?}");
+    for d in result.devices.iter().filter(|d| d.outcome == Outcome::NotAttempted) {
         assert_eq!(d.attempts, 0);
     }
 }
@@ -352,7 +300,10 @@ async fn dry_run_validates_and_sends_nothing() {
     );
     assert!(result.dry_run);
 
-    let result = h.run(json!({"managed_device_ids": [MISSING], "dry_run": true, "validate_device_exists": false})).await.unwrap();
+    let result = h
+        .run(json!({"managed_device_ids": [MISSING], "dry_run": true, "validate_device_exists": false}))
+        .await
+        .unwrap();
     assert_eq!(result.summary.would_initiate, 1);
     assert_eq!(
         result.stats.http_requests, 0,
@@ -419,35 +370,16 @@ async fn missing_permission_is_forbidden_with_a_hint() {
     assert_eq!(result.summary.forbidden, 3);
     assert_eq!(result.status, RunStatus::Failed);
     let d = &result.devices[0];
-    assert_eq!(
-        (d.http_status, d.error_code.as_deref()),
-        (Some(403), Some("Forbidden"))
-    );
-    assert!(
-        d.reason
-            .as_deref()
-            .unwrap()
-            .contains("PrivilegedOperations.All")
-    );
+    assert_eq!((d.http_status, d.error_code.as_deref()), (Some(403), Some("Forbidden")));
+    assert!(d.reason.as_deref().unwrap().contains("PrivilegedOperations.All"));
 }
 
 #[tokio::test]
 async fn refused_credentials_stop_the_run_without_device_calls() {
-    let h = harness_with(
-        sim_config(),
-        &[("AZURE_CLIENT_SECRET", "a-wrong-secret")],
-        |_| {},
-    )
-    .await;
-    let err = h
-        .run(json!({"managed_device_ids": [MISSING]}))
-        .await
-        .unwrap_err();
+    let h = harness_with(sim_config(), &[("AZURE_CLIENT_SECRET", "a-wrong-secret")], |_| {}).await;
+    let err = h.run(json!({"managed_device_ids": [MISSING]})).await.unwrap_err();
     match &err {
-        RunError::Credentials(m) => assert!(
-            m.contains("invalid_client") && m.contains("AADSTS7000215"),
-            "{m}"
-        ),
+        RunError::Credentials(m) => assert!(m.contains("invalid_client") && m.contains("AADSTS7000215"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert!(!format!("{err} {err:?}").contains("a-wrong-secret"));
@@ -464,10 +396,7 @@ async fn a_token_endpoint_that_stays_down_is_reported_as_unavailable() {
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::Unavailable(_)), "{err:?}");
-    assert!(
-        h.sim.stats().token_requests >= 2,
-        "the token request must be retried"
-    );
+    assert!(h.sim.stats().token_requests >= 2, "the token request must be retried");
 }
 
 #[tokio::test]
@@ -485,10 +414,7 @@ async fn a_certificate_credential_signs_a_client_assertion() {
     let path = format!("{fixtures}/test-app-certificate.pem");
     let h = harness_with(
         cfg,
-        &[
-            ("AZURE_CLIENT_CERTIFICATE_PATH", &path),
-            ("AZURE_CLIENT_SECRET", ""),
-        ],
+        &[("AZURE_CLIENT_CERTIFICATE_PATH", &path), ("AZURE_CLIENT_SECRET", "")],
         |_| {},
     )
     .await;
@@ -516,17 +442,11 @@ async fn a_certificate_with_the_wrong_thumbprint_is_refused() {
     let path = format!("{fixtures}/test-app-certificate.pem");
     let h = harness_with(
         cfg,
-        &[
-            ("AZURE_CLIENT_CERTIFICATE_PATH", &path),
-            ("AZURE_CLIENT_SECRET", ""),
-        ],
+        &[("AZURE_CLIENT_CERTIFICATE_PATH", &path), ("AZURE_CLIENT_SECRET", "")],
         |_| {},
     )
     .await;
-    let err = h
-        .run(json!({"managed_device_ids": [MISSING]}))
-        .await
-        .unwrap_err();
+    let err = h.run(json!({"managed_device_ids": [MISSING]})).await.unwrap_err();
     assert!(matches!(err, RunError::Credentials(_)), "{err:?}");
 }
 

@@ -225,11 +225,7 @@ impl Sim {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let fleet = generate(&cfg.fleet);
-        let by_id = fleet
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.id.clone(), i))
-            .collect();
+        let by_id = fleet.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect();
         let state = Arc::new(State {
             rng: Mutex::new(fastrand::Rng::with_seed(cfg.seed)),
             cfg: Mutex::new(cfg),

@@ -46,10 +46,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (lo, hi) = args
-        .latency
-        .split_once('-')
-        .context("--latency takes MIN-MAX")?;
+    let (lo, hi) = args.latency.split_once('-').context("--latency takes MIN-MAX")?;
     let latency_ms = (lo.parse()?, hi.parse()?);
     let retry_after = match args.retry_after.as_str() {
         "integer" => RetryAfterForm::Integer,
@@ -80,10 +77,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let sim = Sim::start_on(cfg, args.port).await?;
     let mut env: Vec<(String, String)> = sim.client_env();
-    env.push((
-        "ATTEST_THROTTLE_WINDOW".into(),
-        format!("{}ms", args.window_ms),
-    ));
+    env.push(("ATTEST_THROTTLE_WINDOW".into(), format!("{}ms", args.window_ms)));
     let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     match &args.env_file {
         Some(path) => {
@@ -93,11 +87,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => print!("{text}"),
     }
-    eprintln!(
-        "graph-sim: serving {} devices on {}",
-        sim.fleet().len(),
-        sim.url()
-    );
+    eprintln!("graph-sim: serving {} devices on {}", sim.fleet().len(), sim.url());
     tokio::signal::ctrl_c().await?;
     let s = sim.stats();
     eprintln!(

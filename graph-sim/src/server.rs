@@ -41,8 +41,8 @@ impl Answer {
     }
 
     fn into_response(self) -> Response {
-        let mut builder = Response::builder()
-            .status(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let mut builder =
+            Response::builder().status(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
         let has_rid = self.headers.iter().any(|(k, _)| k == "request-id");
         for (k, v) in &self.headers {
             builder = builder.header(k.as_str(), v.as_str());
@@ -74,9 +74,7 @@ fn roll(state: &State, p: f64) -> bool {
 
 async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 4 * 1024 * 1024)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, 4 * 1024 * 1024).await.unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     lock(&state.stats).http_requests += 1;
@@ -125,11 +123,7 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     if is_batch {
         if roll(&state, faults.batch_5xx) {
             let status = [500, 502, 503, 504][lock(&state.rng).usize(..4)];
-            let mut a = Answer::error(
-                status,
-                "ServiceUnavailable",
-                "The service is temporarily unavailable.",
-            );
+            let mut a = Answer::error(status, "ServiceUnavailable", "The service is temporarily unavailable.");
             if status == 503 {
                 a.headers.push(("Retry-After".into(), "0.2".into()));
             }
@@ -159,10 +153,7 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     };
 
     if roll(&state, faults.drop_after_accept) {
-        let text = answer
-            .body
-            .map(|b| b.to_string())
-            .unwrap_or_else(|| "{}".into());
+        let text = answer.body.map(|b| b.to_string()).unwrap_or_else(|| "{}".into());
         let half = Bytes::from(text.into_bytes()).slice(..1);
         let stream = futures_util::stream::iter(vec![
             Ok::<Bytes, std::io::Error>(half),
@@ -232,18 +223,10 @@ fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
         return Answer::error(400, "BadRequest", "Invalid batch payload format.");
     };
     let Some(requests) = parsed.get("requests").and_then(Value::as_array) else {
-        return Answer::error(
-            400,
-            "BadRequest",
-            "Invalid batch payload format: requests is missing.",
-        );
+        return Answer::error(400, "BadRequest", "Invalid batch payload format: requests is missing.");
     };
     if requests.is_empty() || requests.len() > 20 {
-        return Answer::error(
-            400,
-            "BadRequest",
-            "Number of batch requests must be between 1 and 20.",
-        );
+        return Answer::error(400, "BadRequest", "Number of batch requests must be between 1 and 20.");
     }
     let mut ids = std::collections::HashSet::new();
     for r in requests {
@@ -253,11 +236,7 @@ fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if id.is_empty() || !ids.insert(id) {
-            return Answer::error(
-                400,
-                "BadRequest",
-                "Batch request ids must be present and unique.",
-            );
+            return Answer::error(400, "BadRequest", "Batch request ids must be present and unique.");
         }
     }
     {
@@ -272,10 +251,7 @@ fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
             let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
             let method = r.get("method").and_then(Value::as_str).unwrap_or_default();
             let url = r.get("url").and_then(Value::as_str).unwrap_or_default();
-            let answer = if !url.starts_with('/')
-                || url.starts_with("/beta/")
-                || url.starts_with("/v1.0/")
-            {
+            let answer = if !url.starts_with('/') || url.starts_with("/beta/") || url.starts_with("/v1.0/") {
                 Answer::error(
                     400,
                     "BadRequest",
@@ -287,11 +263,8 @@ fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
             } else {
                 dispatch(state, method, url, app)
             };
-            let headers: serde_json::Map<String, Value> = answer
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect();
+            let headers: serde_json::Map<String, Value> =
+                answer.headers.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
             let mut item = json!({"id": id, "status": answer.status, "headers": headers});
             if let Some(b) = answer.body {
                 item["body"] = b;
@@ -324,14 +297,7 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
         (cfg.limits, cfg.window, cfg.count_rejected)
     };
     if let Some(limits) = limits {
-        let wait = lock(&state.throttle).admit(
-            app,
-            write,
-            &limits,
-            window,
-            Instant::now(),
-            count_rejected,
-        );
+        let wait = lock(&state.throttle).admit(app, write, &limits, window, Instant::now(), count_rejected);
         if let Some(wait) = wait {
             {
                 let mut s = lock(&state.stats);
@@ -384,14 +350,9 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                 id,
                 action,
             ],
-        ) if *action == "initiateDeviceAttestation"
-            || *action == "microsoft.graph.initiateDeviceAttestation" =>
-        {
+        ) if *action == "initiateDeviceAttestation" || *action == "microsoft.graph.initiateDeviceAttestation" => {
             lock(&state.stats).writes += 1;
-            let can_write = lock(&state.cfg)
-                .apps
-                .iter()
-                .any(|a| a.client_id == app && a.can_write);
+            let can_write = lock(&state.cfg).apps.iter().any(|a| a.client_id == app && a.can_write);
             if !can_write {
                 return Answer::error(
                     403,
@@ -400,10 +361,7 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                 );
             }
             let comanaged_route = *collection == "comanagedDevices";
-            let device = state
-                .by_id
-                .get(&id.to_ascii_lowercase())
-                .map(|&i| &state.fleet[i]);
+            let device = state.by_id.get(&id.to_ascii_lowercase()).map(|&i| &state.fleet[i]);
             match device {
                 None => Answer::error(404, "ResourceNotFound", "Resource not found"),
                 Some(d) if comanaged_route && !d.comanaged => {
@@ -417,11 +375,7 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                 Some(d) => {
                     lock(&state.ledger).push(LedgerEntry {
                         device_id: d.id.clone(),
-                        kind: if comanaged_route {
-                            "comanaged"
-                        } else {
-                            "managed"
-                        },
+                        kind: if comanaged_route { "comanaged" } else { "managed" },
                         at: Instant::now(),
                     });
                     Answer {
@@ -473,17 +427,10 @@ fn list(state: &State, query: &str) -> Answer {
         .iter()
         .filter(|d| {
             let v = d.to_json(false);
-            filter
-                .as_ref()
-                .is_none_or(|f| f.matches(&|k| v.get(k).cloned()))
+            filter.as_ref().is_none_or(|f| f.matches(&|k| v.get(k).cloned()))
         })
         .collect();
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(skip)
-        .take(top)
-        .map(|d| d.to_json(false))
-        .collect();
+    let page: Vec<Value> = matching.iter().skip(skip).take(top).map(|d| d.to_json(false)).collect();
     let mut body = json!({
         "@odata.context": format!("{}/beta/$metadata#deviceManagement/managedDevices", state.base_url),
         "value": page,

@@ -40,11 +40,7 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
             "A transient error has occurred. Please try again.",
         );
     }
-    let path_tenant = path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let path_tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default();
     if path_tenant != tenant {
         return aad_error(400, "invalid_request", 90002, "Tenant not found.");
     }
@@ -75,12 +71,7 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
         );
     };
     if faults.token_invalid_client {
-        return aad_error(
-            401,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        );
+        return aad_error(401, "invalid_client", 7000215, "Invalid client secret provided.");
     }
     let ok = if let Some(secret) = form.get("client_secret") {
         app.secret.as_deref() == Some(secret.as_str())
@@ -123,13 +114,7 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
     )
 }
 
-fn verify_assertion(
-    jwt: &str,
-    public_pem: &str,
-    thumbprint: &str,
-    client_id: &str,
-    token_url: &str,
-) -> bool {
+fn verify_assertion(jwt: &str, public_pem: &str, thumbprint: &str, client_id: &str, token_url: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Claims {
         iss: String,

@@ -43,13 +43,7 @@ fn item(id: &str, url: &str) -> Value {
 async fn batch_limits_are_graphs() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
     let t = token(&sim).await;
-    let dev = sim
-        .fleet()
-        .iter()
-        .find(|d| d.is_windows())
-        .unwrap()
-        .id
-        .clone();
+    let dev = sim.fleet().iter().find(|d| d.is_windows()).unwrap().id.clone();
     let url = format!("/deviceManagement/managedDevices/{dev}/initiateDeviceAttestation");
     let too_many: Vec<Value> = (1..=21).map(|i| item(&i.to_string(), &url)).collect();
     assert_eq!(batch(&sim, &t, json!({"requests": too_many})).await.0, 400);
@@ -58,10 +52,7 @@ async fn batch_limits_are_graphs() {
     assert!(sim.ledger().is_empty(), "a refused batch must not act");
     let absolute = vec![item("1", &format!("/beta{url}"))];
     let (status, body) = batch(&sim, &t, json!({"requests": absolute})).await;
-    assert_eq!(
-        (status, body["responses"][0]["status"].as_u64()),
-        (200, Some(400))
-    );
+    assert_eq!((status, body["responses"][0]["status"].as_u64()), (200, Some(400)));
 }
 
 #[tokio::test]
@@ -76,9 +67,7 @@ async fn both_action_spellings_and_both_collections_are_served() {
         ),
         item(
             "2",
-            &format!(
-                "/deviceManagement/comanagedDevices/{co}/microsoft.graph.initiateDeviceAttestation"
-            ),
+            &format!("/deviceManagement/comanagedDevices/{co}/microsoft.graph.initiateDeviceAttestation"),
         ),
     ];
     let (status, body) = batch(&sim, &t, json!({"requests": requests})).await;
@@ -151,14 +140,7 @@ async fn reads_select_fields_and_lists_page() {
         sim.url()
     );
     assert_eq!(
-        client
-            .get(bad)
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
+        client.get(bad).bearer_auth(&t).send().await.unwrap().status().as_u16(),
         400
     );
 }
@@ -175,12 +157,7 @@ async fn tokens_are_checked() {
         ("client_secret", "wrong"),
         ("scope", "x/.default"),
     ];
-    let resp = reqwest::Client::new()
-        .post(url)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let resp = reqwest::Client::new().post(url).form(&form).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client");

@@ -113,10 +113,7 @@ mod tests {
     fn accepts_either_case_and_normalises_to_lower() {
         let id = DeviceId::parse("12345678-ABCD-1234-abcd-123456789ABC").unwrap();
         assert_eq!(id.as_str(), "12345678-abcd-1234-abcd-123456789abc");
-        assert_eq!(
-            id,
-            DeviceId::parse("12345678-abcd-1234-ABCD-123456789abc").unwrap()
-        );
+        assert_eq!(id, DeviceId::parse("12345678-abcd-1234-ABCD-123456789abc").unwrap());
     }
 
     #[test]
@@ -149,9 +146,6 @@ mod tests {
             co.action_path(),
             "/deviceManagement/comanagedDevices/aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee/initiateDeviceAttestation"
         );
-        assert!(
-            co.read_path()
-                .starts_with("/deviceManagement/managedDevices/aaaaaaaa-")
-        );
+        assert!(co.read_path().starts_with("/deviceManagement/managedDevices/aaaaaaaa-"));
     }
 }

@@ -67,9 +67,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
         } else {
             int_part.parse().map_err(|_| DurationError::Overflow)?
         };
-        let mut nanos = whole
-            .checked_mul(unit_nanos)
-            .ok_or(DurationError::Overflow)?;
+        let mut nanos = whole.checked_mul(unit_nanos).ok_or(DurationError::Overflow)?;
         // The fraction, truncated at nanosecond precision as Go does.
         let mut scale = unit_nanos;
         for digit in frac_part.bytes().take(30) {
@@ -120,11 +118,7 @@ mod tests {
         for bad in [
             "", "10", "1d", "1 h", "h", ".s", "1.5", "5S", "1h 30m", "abc", "1e3s", "+",
         ] {
-            assert_eq!(
-                parse_go_duration(bad),
-                Err(DurationError::Syntax),
-                "{bad:?}"
-            );
+            assert_eq!(parse_go_duration(bad), Err(DurationError::Syntax), "{bad:?}");
         }
         assert_eq!(parse_go_duration("-1s"), Err(DurationError::Negative));
         assert_eq!(

@@ -18,9 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::device::{DeviceId, DeviceKind, DeviceRef};
-use super::gateway::{
-    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport,
-};
+use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport};
 use super::outcome::{DeviceResult, Outcome, RunResult, RunStats};
 use super::pacer::{Pacer, PacerConfig};
 use super::progress::Progress;
@@ -100,21 +98,34 @@ pub enum RunError {
 impl From<GatewayError> for RunError {
     fn from(e: GatewayError) -> Self {
         match e {
-            GatewayError::Credentials(m) => {
-                RunError::Credentials(format!("credentials refused: {m}"))
-            }
-            GatewayError::Unavailable(m) => {
-                RunError::Unavailable(format!("Graph unavailable: {m}"))
-            }
-            e @ (GatewayError::Refused(_) | GatewayError::TooManyDevices { .. }) => {
-                RunError::Selection(e.to_string())
-            }
+            GatewayError::Credentials(m) => RunError::Credentials(format!("credentials refused: {m}")),
+            GatewayError::Unavailable(m) => RunError::Unavailable(format!("Graph unavailable: {m}")),
+            e @ (GatewayError::Refused(_) | GatewayError::TooManyDevices { .. }) => RunError::Selection(e.to_string()),
         }
     }
 }
 
-/// The engine. Keep one per process: its pacers carry the tenant's budget
-/// across runs (warm invocations share it).
+/// The pacing state of one app registration. Clone it to share the budget
+/// between engines (a new Graph client after a credential rotation, say).
+#[derive(Clone)]
+pub struct Pacers {
+    write: Arc<Mutex<Pacer>>,
+    read: Arc<Mutex<Pacer>>,
+}
+
+impl Pacers {
+    /// Fresh pacers for `cfg`.
+    pub fn new(cfg: &EngineConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            write: Arc::new(Mutex::new(Pacer::new(cfg.writes, now))),
+            read: Arc::new(Mutex::new(Pacer::new(cfg.reads, now))),
+        }
+    }
+}
+
+/// The engine. Keep its pacers for the life of the process: they carry the
+/// tenant's budget across runs (warm invocations share it).
 pub struct Engine<G> {
     gateway: Arc<G>,
     cfg: EngineConfig,
@@ -192,13 +203,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Run {
-    fn finish(
-        &self,
-        w: &Work,
-        outcome: Outcome,
-        reason: Option<String>,
-        answer: Option<(u16, Option<String>)>,
-    ) {
+    fn finish(&self, w: &Work, outcome: Outcome, reason: Option<String>, answer: Option<(u16, Option<String>)>) {
         let mut r = DeviceResult::new(w.dev.id, w.dev.kind, outcome);
         r.reason = reason;
         r.attempts = w.attempts;
@@ -256,15 +261,25 @@ impl Run {
 }
 
 impl<G: DeviceGateway> Engine<G> {
-    /// An engine over `gateway`.
+    /// An engine over `gateway` with fresh pacers.
     pub fn new(gateway: Arc<G>, cfg: EngineConfig) -> Self {
-        let now = Instant::now();
+        let pacers = Pacers::new(&cfg);
+        Self::with_pacers(gateway, cfg, pacers)
+    }
+
+    /// An engine over `gateway` that shares `pacers` with other engines.
+    pub fn with_pacers(gateway: Arc<G>, cfg: EngineConfig, pacers: Pacers) -> Self {
         Self {
-            write_pacer: Arc::new(Mutex::new(Pacer::new(cfg.writes, now))),
-            read_pacer: Arc::new(Mutex::new(Pacer::new(cfg.reads, now))),
+            write_pacer: pacers.write,
+            read_pacer: pacers.read,
             gateway,
             cfg,
         }
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<G> {
+        &self.gateway
     }
 
     /// The configuration.
@@ -322,7 +337,9 @@ impl<G: DeviceGateway> Engine<G> {
                 }
             }
             if overlap > 0 {
-                warnings.push(format!("{overlap} device(s) selected by device_filter were also listed in managed_device_ids"));
+                warnings.push(format!(
+                    "{overlap} device(s) selected by device_filter were also listed in managed_device_ids"
+                ));
             }
             tracing::info!(selected = seen.len(), filter = %filter, "devices selected by filter");
         }
@@ -347,11 +364,7 @@ impl<G: DeviceGateway> Engine<G> {
             })
             .collect();
 
-        let ticker = spawn_progress_log(
-            progress.clone(),
-            self.cfg.progress_interval,
-            correlation_id.clone(),
-        );
+        let ticker = spawn_progress_log(progress.clone(), self.cfg.progress_interval, correlation_id.clone());
         if req.dry_run && !req.validate_device_exists {
             for w in &works {
                 run.finish(w, Outcome::WouldInitiate, None, None);
@@ -361,8 +374,7 @@ impl<G: DeviceGateway> Engine<G> {
             let reads = self.stage(Stage::Read, &run, works, None, Some(tx));
             let writes = async {
                 if !req.dry_run {
-                    self.stage(Stage::Write, &run, VecDeque::new(), Some(rx), None)
-                        .await;
+                    self.stage(Stage::Write, &run, VecDeque::new(), Some(rx), None).await;
                 }
             };
             tokio::join!(reads, writes);
@@ -565,15 +577,7 @@ impl<G: DeviceGateway> Engine<G> {
                 Err(e) => (task_ids.get(&e.id()).copied().unwrap_or(0), Vec::new()),
             };
             if let Some(batch) = batches.remove(&id) {
-                self.settle(
-                    stage,
-                    run,
-                    batch,
-                    replies,
-                    &mut delayed,
-                    &mut seq,
-                    forward.as_ref(),
-                );
+                self.settle(stage, run, batch, replies, &mut delayed, &mut seq, forward.as_ref());
             }
         }
         for w in pending.drain(..) {
@@ -618,9 +622,7 @@ impl<G: DeviceGateway> Engine<G> {
                 }
             });
             let failure = match reply {
-                Reply::Write(ItemAnswer::Ok {
-                    status, request_id, ..
-                }) => {
+                Reply::Write(ItemAnswer::Ok { status, request_id, .. }) => {
                     accepted += 1;
                     w.last = None;
                     run.finish(&w, Outcome::Initiated, None, Some((status, request_id)));
@@ -656,16 +658,12 @@ impl<G: DeviceGateway> Engine<G> {
             w.last = Some(failure);
             match kind {
                 FailureKind::NotFound => run.finish(&w, Outcome::NotFound, None, None),
-                FailureKind::Forbidden => {
-                    run.finish(&w, Outcome::Forbidden, Some(FORBIDDEN_HINT.into()), None)
-                }
+                FailureKind::Forbidden => run.finish(&w, Outcome::Forbidden, Some(FORBIDDEN_HINT.into()), None),
                 FailureKind::Rejected => run.finish(&w, Outcome::Failed, None, None),
                 FailureKind::Throttled | FailureKind::Transient | FailureKind::AnswerLost => {
                     let delay = match (kind, retry_after) {
                         (_, Some(ra)) => ra.min(self.cfg.max_retry_after),
-                        (FailureKind::Throttled, None) => {
-                            self.backoff(w.stage_attempts).max(self.cfg.backoff_base)
-                        }
+                        (FailureKind::Throttled, None) => self.backoff(w.stage_attempts).max(self.cfg.backoff_base),
                         _ => self.backoff(w.stage_attempts),
                     };
                     if kind == FailureKind::Throttled {
@@ -676,11 +674,7 @@ impl<G: DeviceGateway> Engine<G> {
                         run.give_up(&w);
                     } else {
                         *seq += 1;
-                        delayed.push(Reverse(Delayed {
-                            at,
-                            seq: *seq,
-                            work: w,
-                        }));
+                        delayed.push(Reverse(Delayed { at, seq: *seq, work: w }));
                     }
                 }
             }
@@ -718,11 +712,7 @@ pub fn unsupported_reason(info: &DeviceInfo) -> Option<String> {
     }
 }
 
-fn spawn_progress_log(
-    progress: Arc<Progress>,
-    every: Duration,
-    correlation_id: String,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;

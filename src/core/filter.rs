@@ -299,10 +299,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FilterError> {
                         }
                     }
                 }
-                out.push(Token {
-                    kind: Kind::Str(s),
-                    at,
-                });
+                out.push(Token { kind: Kind::Str(s), at });
             }
             c if c.is_ascii_digit() || c == '-' => {
                 let start = i;
@@ -311,13 +308,10 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FilterError> {
                     i += 1;
                 }
                 let lit: String = chars[start..i].iter().map(|(_, ch)| ch).collect();
-                let n = lit.parse::<i64>().map_err(|_| {
-                    FilterError(format!("{lit:?} at character {at} is not a whole number"))
-                })?;
-                out.push(Token {
-                    kind: Kind::Int(n),
-                    at,
-                });
+                let n = lit
+                    .parse::<i64>()
+                    .map_err(|_| FilterError(format!("{lit:?} at character {at} is not a whole number")))?;
+                out.push(Token { kind: Kind::Int(n), at });
             }
             c if c.is_ascii_alphabetic() => {
                 let start = i;
@@ -513,10 +507,7 @@ mod tests {
             ),
             "operatingSystem eq 'Windows' and (managementAgent eq 'mdm' or startswith(deviceName,'LAB-'))"
         );
-        assert_eq!(
-            canonical("deviceName eq 'O''Brien'"),
-            "deviceName eq 'O''Brien'"
-        );
+        assert_eq!(canonical("deviceName eq 'O''Brien'"), "deviceName eq 'O''Brien'");
         assert_eq!(canonical("isEncrypted ne false"), "isEncrypted ne false");
         assert_eq!(
             canonical("model eq 1 or skuFamily eq 2"),
@@ -551,12 +542,7 @@ mod tests {
         let deep = format!("{}operatingSystem eq 'W'{}", "(".repeat(20), ")".repeat(20));
         assert!(DeviceFilter::parse(&deep).unwrap_err().0.contains("nest"));
         let many = vec!["model eq 'x'"; 40].join(" or ");
-        assert!(
-            DeviceFilter::parse(&many)
-                .unwrap_err()
-                .0
-                .contains("comparisons")
-        );
+        assert!(DeviceFilter::parse(&many).unwrap_err().0.contains("comparisons"));
         assert!(DeviceFilter::parse(&"x".repeat(2000)).is_err());
     }
 
@@ -573,8 +559,7 @@ mod tests {
         )
         .unwrap();
         let dev = |os: &str, name: &str, enc: bool| {
-            let v =
-                serde_json::json!({"operatingSystem": os, "deviceName": name, "isEncrypted": enc});
+            let v = serde_json::json!({"operatingSystem": os, "deviceName": name, "isEncrypted": enc});
             move |k: &str| v.get(k).cloned()
         };
         assert!(f.matches(&dev("Windows", "LAB-1", false)));

@@ -156,11 +156,7 @@ pub trait DeviceGateway: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<ItemAnswer<DeviceInfo>>> + Send;
 
     /// Sends `initiateDeviceAttestation` for the devices in one batch.
-    fn initiate(
-        &self,
-        devices: &[DeviceRef],
-        deadline: Instant,
-    ) -> impl Future<Output = Vec<ItemAnswer<()>>> + Send;
+    fn initiate(&self, devices: &[DeviceRef], deadline: Instant) -> impl Future<Output = Vec<ItemAnswer<()>>> + Send;
 
     /// Traffic so far.
     fn stats(&self) -> GatewayStats;

@@ -27,13 +27,17 @@ pub enum Outcome {
     Throttled,
     /// The deadline came before this device was tried.
     NotAttempted,
+    /// The deadline came before this device was tried, and it was handed on
+    /// to the next part of the run (a continuation message on the work
+    /// queue); its outcome is in that part's result.
+    Continued,
     /// Dry run: the device would have been attested.
     WouldInitiate,
 }
 
 impl Outcome {
     /// Every outcome, in the order the summary lists them.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Initiated,
         Outcome::NotFound,
         Outcome::Unsupported,
@@ -41,12 +45,14 @@ impl Outcome {
         Outcome::Failed,
         Outcome::Throttled,
         Outcome::NotAttempted,
+        Outcome::Continued,
         Outcome::WouldInitiate,
     ];
 
-    /// Whether this outcome counts as success for the run.
+    /// Whether this outcome counts as success for the run (a continued
+    /// device is judged in the part that tries it).
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Initiated | Outcome::WouldInitiate)
+        matches!(self, Outcome::Initiated | Outcome::WouldInitiate | Outcome::Continued)
     }
 
     /// The snake_case name used in the result document.
@@ -59,6 +65,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Throttled => "throttled",
             Outcome::NotAttempted => "not_attempted",
+            Outcome::Continued => "continued",
             Outcome::WouldInitiate => "would_initiate",
         }
     }
@@ -139,6 +146,9 @@ pub struct Summary {
     pub throttled: usize,
     /// `not_attempted`
     pub not_attempted: usize,
+    /// `continued` (handed to the next part)
+    #[serde(skip_serializing_if = "is_zero")]
+    pub continued: usize,
     /// `would_initiate` (dry runs only)
     #[serde(skip_serializing_if = "is_zero")]
     pub would_initiate: usize,
@@ -170,6 +180,7 @@ impl Summary {
             Outcome::Failed => &mut self.failed,
             Outcome::Throttled => &mut self.throttled,
             Outcome::NotAttempted => &mut self.not_attempted,
+            Outcome::Continued => &mut self.continued,
             Outcome::WouldInitiate => &mut self.would_initiate,
         }
     }
@@ -191,6 +202,23 @@ pub struct RunStats {
     /// Milliseconds the run took.
     pub duration_ms: u64,
 }
+
+/// How a run was invoked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Invocation {
+    /// `cli`, `direct`, `sqs`, `webhook`, `schedule` or `azure-*`.
+    pub trigger: String,
+    /// The platform's id for this delivery (Lambda request id, SQS message id...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+    /// The authenticated caller, when the platform names one (IAM ARN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// Which part of a run split across invocations this is (1 = the first).
+    pub part: u32,
+}
+
+const IGNORED_SUFFIX: &str = "ignored because ignore_partial_failures is true";
 
 /// The result document.
 #[derive(Clone, Debug, Serialize)]
@@ -216,6 +244,9 @@ pub struct RunResult {
     pub warnings: Vec<String>,
     /// Traffic figures.
     pub stats: RunStats,
+    /// How the run was invoked, when a front door says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<Invocation>,
     /// One entry per device, in request order.
     pub devices: Vec<DeviceResult>,
 }
@@ -253,7 +284,7 @@ impl RunResult {
                 })
                 .collect();
             warnings.push(format!(
-                "{} of {} devices were not initiated ({}); ignored because ignore_partial_failures is true",
+                "{} of {} devices were not initiated ({}); {IGNORED_SUFFIX}",
                 devices.len() - ok,
                 devices.len(),
                 bad.join(", ")
@@ -270,8 +301,31 @@ impl RunResult {
             summary,
             warnings,
             stats,
+            invocation: None,
             devices,
         }
+    }
+
+    /// Re-derives the summary, status and failure after outcomes changed
+    /// (a front door handing devices on to a continuation).
+    pub fn refresh(&mut self, ignore_partial_failures: bool) {
+        let rebuilt = RunResult::new(
+            std::mem::take(&mut self.correlation_id),
+            self.dry_run,
+            ignore_partial_failures,
+            std::mem::take(&mut self.started_at),
+            std::mem::take(&mut self.finished_at),
+            self.warnings
+                .iter()
+                .filter(|w| !w.ends_with(IGNORED_SUFFIX))
+                .cloned()
+                .collect(),
+            std::mem::take(&mut self.stats),
+            std::mem::take(&mut self.devices),
+        );
+        let invocation = self.invocation.take();
+        *self = rebuilt;
+        self.invocation = invocation;
     }
 }
 
@@ -285,11 +339,7 @@ mod tests {
     }
 
     fn run(ignore: bool, outcomes: &[Outcome]) -> RunResult {
-        let devices = outcomes
-            .iter()
-            .enumerate()
-            .map(|(i, o)| dev(i as u8, *o))
-            .collect();
+        let devices = outcomes.iter().enumerate().map(|(i, o)| dev(i as u8, *o)).collect();
         RunResult::new(
             "c".into(),
             false,
@@ -316,10 +366,7 @@ mod tests {
 
     #[test]
     fn ignored_failures_become_a_warning() {
-        let r = run(
-            true,
-            &[Outcome::Initiated, Outcome::NotFound, Outcome::Unsupported],
-        );
+        let r = run(true, &[Outcome::Initiated, Outcome::NotFound, Outcome::Unsupported]);
         assert_eq!((r.status, r.failed), (RunStatus::PartiallyFailed, false));
         assert_eq!(r.warnings.len(), 1);
         assert!(

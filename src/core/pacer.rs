@@ -334,14 +334,9 @@ mod tests {
         let size = pacer.batch_size(20) as u32;
         assert_eq!(size, 19);
         let steady = |_| Duration::from_millis(150);
-        let arrivals = drive(
-            &mut pacer,
-            start,
-            Duration::from_secs(600),
-            size,
-            steady,
-            |_| Duration::from_millis(75),
-        );
+        let arrivals = drive(&mut pacer, start, Duration::from_secs(600), size, steady, |_| {
+            Duration::from_millis(75)
+        });
         assert!(max_in_any_window(&arrivals, window) <= 190);
         let total: u32 = arrivals.iter().map(|(_, n)| n).sum();
         let per_window = f64::from(total) / 30.0;
@@ -390,10 +385,7 @@ mod tests {
         // A timeout teaches nothing about round trips; the hold stays whole.
         pacer.complete(g1, answer, false);
         let free_at = answer + Duration::from_millis(1010);
-        assert_eq!(
-            pacer.try_acquire(20, answer + Duration::from_millis(500)),
-            Err(free_at)
-        );
+        assert_eq!(pacer.try_acquire(20, answer + Duration::from_millis(500)), Err(free_at));
         assert!(pacer.try_acquire(20, free_at).is_ok());
     }
 
@@ -405,9 +397,7 @@ mod tests {
         pacer.on_throttled(start, Duration::from_secs(3));
         pacer.on_throttled(start + Duration::from_millis(10), Duration::from_secs(1));
         assert_eq!(pacer.effective_budget(), 160);
-        let at = pacer
-            .try_acquire(1, start + Duration::from_secs(1))
-            .unwrap_err();
+        let at = pacer.try_acquire(1, start + Duration::from_secs(1)).unwrap_err();
         assert_eq!(at, start + Duration::from_secs(3));
         // Clean windows restore the budget step by step.
         let mut t = start + Duration::from_secs(3);
@@ -454,14 +444,7 @@ mod tests {
     #[test]
     fn batch_sizes_pack_the_budget() {
         let now = Instant::now();
-        for (budget, want) in [
-            (190, 19),
-            (200, 20),
-            (100, 20),
-            (7, 7),
-            (45, 15),
-            (1000, 20),
-        ] {
+        for (budget, want) in [(190, 19), (200, 20), (100, 20), (7, 7), (45, 15), (1000, 20)] {
             let p = Pacer::new(PacerConfig::new(budget, Duration::from_secs(20)), now);
             assert_eq!(p.batch_size(20), want, "budget {budget}");
         }

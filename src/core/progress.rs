@@ -66,8 +66,7 @@ impl Progress {
         let done = self.done.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-        let eta = (rate > 0.0 && total >= done)
-            .then(|| Duration::from_secs_f64((total - done) as f64 / rate));
+        let eta = (rate > 0.0 && total >= done).then(|| Duration::from_secs_f64((total - done) as f64 / rate));
         ProgressSnapshot {
             total,
             done,

@@ -31,7 +31,11 @@ const FIELDS: &[&str] = &[
     "device_filter",
     "dry_run",
     "correlation_id",
+    "part",
 ];
+
+/// The highest `part` number accepted.
+pub const MAX_PART: u64 = 100_000;
 
 /// A validated request: what to attest and how.
 #[derive(Debug, Clone)]
@@ -51,6 +55,9 @@ pub struct AttestationRequest {
     pub dry_run: bool,
     /// The caller's correlation id, if given.
     pub correlation_id: Option<String>,
+    /// Which part of a run split across invocations this is (1 = the first;
+    /// continuation messages carry higher numbers).
+    pub part: u32,
     /// Things worth saying that do not stop the run (duplicates removed...).
     pub warnings: Vec<String>,
 }
@@ -209,10 +216,7 @@ impl AttestationRequest {
             problems.add(
                 "managed_device_ids + comanaged_device_ids",
                 format!("{total_ids} IDs"),
-                format!(
-                    "at most {} devices per request (split the request)",
-                    limits.max_devices
-                ),
+                format!("at most {} devices per request (split the request)", limits.max_devices),
             );
         }
 
@@ -238,20 +242,12 @@ impl AttestationRequest {
             Some(Value::String(text)) => match DeviceFilter::parse(text) {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    problems.add(
-                        "device_filter",
-                        excerpt(&Value::String(text.clone())),
-                        format!("{e}"),
-                    );
+                    problems.add("device_filter", excerpt(&Value::String(text.clone())), format!("{e}"));
                     None
                 }
             },
             Some(other) => {
-                problems.add(
-                    "device_filter",
-                    excerpt(other),
-                    "expected an OData filter string",
-                );
+                problems.add("device_filter", excerpt(other), "expected an OData filter string");
                 None
             }
         };
@@ -263,22 +259,39 @@ impl AttestationRequest {
                 problems.add(
                     "correlation_id",
                     excerpt(other),
-                    format!(
-                        "expected 1 to {MAX_CORRELATION_ID_LEN} characters of letters, digits and . _ : / -"
-                    ),
+                    format!("expected 1 to {MAX_CORRELATION_ID_LEN} characters of letters, digits and . _ : / -"),
                 );
                 None
             }
         };
 
         // Lists whose entries were all refused already have their problems.
+        let part = match present(obj, "part") {
+            None => 1,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=MAX_PART).contains(&p)) => {
+                n.as_u64().unwrap_or(1) as u32
+            }
+            Some(other) => {
+                problems.add(
+                    "part",
+                    excerpt(other),
+                    format!("expected a whole number from 1 to {MAX_PART}"),
+                );
+                1
+            }
+        };
+
         let selects_something = total_ids > 0 || present(obj, "device_filter").is_some();
-        let named_lists = present(obj, "managed_device_ids").is_some()
-            || present(obj, "comanaged_device_ids").is_some();
+        let named_lists =
+            present(obj, "managed_device_ids").is_some() || present(obj, "comanaged_device_ids").is_some();
         if !selects_something && !too_many {
             problems.add(
                 "managed_device_ids",
-                if named_lists { "empty lists".into() } else { "nothing".into() },
+                if named_lists {
+                    "empty lists".into()
+                } else {
+                    "nothing".into()
+                },
                 "at least one of managed_device_ids, comanaged_device_ids or device_filter must select devices",
             );
         }
@@ -311,6 +324,7 @@ impl AttestationRequest {
             timeout,
             dry_run,
             correlation_id,
+            part,
             warnings,
         })
     }
@@ -329,21 +343,12 @@ fn valid_correlation_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
 }
 
-fn id_list(
-    obj: &Map<String, Value>,
-    key: &str,
-    problems: &mut Problems,
-    warnings: &mut Vec<String>,
-) -> Vec<DeviceId> {
+fn id_list(obj: &Map<String, Value>, key: &str, problems: &mut Problems, warnings: &mut Vec<String>) -> Vec<DeviceId> {
     let Some(value) = present(obj, key) else {
         return Vec::new();
     };
     let Some(items) = value.as_array() else {
-        problems.add(
-            key,
-            excerpt(value),
-            "expected a list of device ID strings (GUIDs)",
-        );
+        problems.add(key, excerpt(value), "expected a list of device ID strings (GUIDs)");
         return Vec::new();
     };
     let mut seen = HashSet::with_capacity(items.len());
@@ -405,11 +410,7 @@ fn timeouts(obj: &Map<String, Value>, problems: &mut Problems) -> Duration {
         None => DEFAULT_TIMEOUT,
         Some(Value::String(s)) => match parse_go_duration(s) {
             Ok(d) if d.is_zero() => {
-                problems.add(
-                    "timeouts.invoke",
-                    excerpt_str(s),
-                    "expected a positive duration",
-                );
+                problems.add("timeouts.invoke", excerpt_str(s), "expected a positive duration");
                 DEFAULT_TIMEOUT
             }
             Ok(d) => d,
@@ -469,8 +470,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_terraform_action() {
-        let r =
-            parse(json!({"managed_device_ids": [A], "timeouts": null, "dry_run": null})).unwrap();
+        let r = parse(json!({"managed_device_ids": [A], "timeouts": null, "dry_run": null})).unwrap();
         assert_eq!(r.timeout, DEFAULT_TIMEOUT);
         assert!(r.validate_device_exists);
         assert!(!r.ignore_partial_failures);
@@ -484,11 +484,7 @@ mod tests {
             "comanaged_device_ids": [A]
         }))
         .unwrap();
-        let ids: Vec<_> = r
-            .devices
-            .iter()
-            .map(|d| (d.id.as_str().to_owned(), d.kind))
-            .collect();
+        let ids: Vec<_> = r.devices.iter().map(|d| (d.id.as_str().to_owned(), d.kind)).collect();
         assert_eq!(
             ids,
             vec![
@@ -534,10 +530,7 @@ mod tests {
             text.contains("managed_device_ids[1]: got \"not-a-guid\"; expected a device ID GUID"),
             "{text}"
         );
-        assert!(
-            text.contains("timeouts.invoke: got \"10 minutes\""),
-            "{text}"
-        );
+        assert!(text.contains("timeouts.invoke: got \"10 minutes\""), "{text}");
     }
 
     #[test]
@@ -555,27 +548,17 @@ mod tests {
 
     #[test]
     fn non_objects_and_non_json_are_refused() {
-        assert!(
-            parse(json!([A]))
-                .unwrap_err()
-                .to_string()
-                .contains("JSON object")
-        );
-        let err =
-            AttestationRequest::from_slice(b"\xff\xfe{", RequestLimits::default()).unwrap_err();
+        assert!(parse(json!([A])).unwrap_err().to_string().contains("JSON object"));
+        let err = AttestationRequest::from_slice(b"\xff\xfe{", RequestLimits::default()).unwrap_err();
         assert!(err.to_string().contains("not JSON"));
     }
 
     #[test]
     fn oversize_requests_are_refused_without_listing_every_id() {
-        let ids: Vec<String> = (0..11)
-            .map(|i| format!("12345678-1234-1234-1234-{i:012x}"))
-            .collect();
-        let err = AttestationRequest::from_value(
-            &json!({"managed_device_ids": ids}),
-            RequestLimits { max_devices: 10 },
-        )
-        .unwrap_err();
+        let ids: Vec<String> = (0..11).map(|i| format!("12345678-1234-1234-1234-{i:012x}")).collect();
+        let err =
+            AttestationRequest::from_value(&json!({"managed_device_ids": ids}), RequestLimits { max_devices: 10 })
+                .unwrap_err();
         assert_eq!(err.problems.len(), 1);
         assert!(err.to_string().contains("at most 10 devices"), "{err}");
     }
@@ -593,12 +576,10 @@ mod tests {
     #[test]
     fn bad_durations_are_named() {
         for bad in ["0s", "-1s", "1d", "", "10"] {
-            let err =
-                parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": bad}})).unwrap_err();
+            let err = parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": bad}})).unwrap_err();
             assert_eq!(err.problems[0].field, "timeouts.invoke", "{bad}");
         }
-        let r =
-            parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": "1h30m10s"}})).unwrap();
+        let r = parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": "1h30m10s"}})).unwrap();
         assert_eq!(r.timeout, Duration::from_secs(5410));
     }
 }

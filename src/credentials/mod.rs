@@ -46,36 +46,24 @@ impl ClientCertificate {
     /// Builds a certificate credential from a certificate PEM and a private
     /// key PEM (which may be the same text, as in azure-identity's
     /// `AZURE_CLIENT_CERTIFICATE_PATH` files).
-    pub fn from_pem(
-        certificate_pem: &str,
-        private_key_pem: &str,
-    ) -> Result<Self, CredentialsError> {
+    pub fn from_pem(certificate_pem: &str, private_key_pem: &str) -> Result<Self, CredentialsError> {
         let blocks = pem::parse_many(certificate_pem)
             .map_err(|_| CredentialsError("the certificate is not valid PEM".into()))?;
         let cert = blocks
             .iter()
             .find(|b| b.tag() == "CERTIFICATE")
-            .ok_or_else(|| {
-                CredentialsError("no CERTIFICATE block in the certificate PEM".into())
-            })?;
-        let thumbprint_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(Sha256::digest(cert.contents()));
+            .ok_or_else(|| CredentialsError("no CERTIFICATE block in the certificate PEM".into()))?;
+        let thumbprint_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(cert.contents()));
         let keys = pem::parse_many(private_key_pem)
             .map_err(|_| CredentialsError("the private key is not valid PEM".into()))?;
         let key = keys
             .iter()
             .find(|b| b.tag() == "PRIVATE KEY" || b.tag() == "RSA PRIVATE KEY")
-            .ok_or_else(|| {
-                CredentialsError("no PRIVATE KEY or RSA PRIVATE KEY block in the key PEM".into())
-            })?;
+            .ok_or_else(|| CredentialsError("no PRIVATE KEY or RSA PRIVATE KEY block in the key PEM".into()))?;
         let private_key_pem = SecretString::from(pem::encode(key));
         // Check the key is usable now rather than at the first token request.
         jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.expose_secret().as_bytes())
-            .map_err(|_| {
-                CredentialsError(
-                    "the private key is not an RSA key jsonwebtoken can sign with".into(),
-                )
-            })?;
+            .map_err(|_| CredentialsError("the private key is not an RSA key jsonwebtoken can sign with".into()))?;
         Ok(Self {
             thumbprint_s256,
             private_key_pem,
@@ -95,10 +83,7 @@ pub struct AppCredentials {
 }
 
 fn is_tenant(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 impl AppCredentials {
@@ -114,8 +99,7 @@ impl AppCredentials {
         };
         let tenant_id = need("AZURE_TENANT_ID")?;
         let client_id = need("AZURE_CLIENT_ID")?;
-        let credential = if let Some(secret) = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty())
-        {
+        let credential = if let Some(secret) = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty()) {
             ClientCredential::Secret(SecretString::from(secret))
         } else if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH").filter(|s| !s.is_empty()) {
             let text = std::fs::read_to_string(Path::new(&path)).map_err(|e| {
@@ -124,9 +108,8 @@ impl AppCredentials {
                     e.kind()
                 ))
             })?;
-            let cert = ClientCertificate::from_pem(&text, &text).map_err(|e| {
-                CredentialsError(format!("AZURE_CLIENT_CERTIFICATE_PATH {path:?}: {e}"))
-            })?;
+            let cert = ClientCertificate::from_pem(&text, &text)
+                .map_err(|e| CredentialsError(format!("AZURE_CLIENT_CERTIFICATE_PATH {path:?}: {e}")))?;
             ClientCredential::Certificate(cert)
         } else {
             return Err(CredentialsError(
@@ -137,15 +120,9 @@ impl AppCredentials {
     }
 
     /// Checks the identifiers' shape (they go into the token URL and form).
-    pub fn new(
-        tenant_id: String,
-        client_id: String,
-        credential: ClientCredential,
-    ) -> Result<Self, CredentialsError> {
+    pub fn new(tenant_id: String, client_id: String, credential: ClientCredential) -> Result<Self, CredentialsError> {
         if !is_tenant(&tenant_id) {
-            return Err(CredentialsError(
-                "the tenant ID must be a GUID or a domain name".into(),
-            ));
+            return Err(CredentialsError("the tenant ID must be a GUID or a domain name".into()));
         }
         if !is_tenant(&client_id) {
             return Err(CredentialsError("the client ID must be a GUID".into()));
@@ -156,6 +133,85 @@ impl AppCredentials {
             credential,
         })
     }
+}
+
+/// Credentials from azure-identity's environment variables (read at each
+/// load, so a changed environment is picked up).
+pub struct EnvCredentials;
+
+impl crate::service::CredentialSource for EnvCredentials {
+    fn load(&self) -> crate::service::BoxFuture<'_, Result<crate::service::Loaded, CredentialsError>> {
+        Box::pin(async move {
+            let creds = AppCredentials::from_env(|k| std::env::var(k).ok())?;
+            Ok(crate::service::Loaded {
+                creds,
+                cloud: None,
+                version: None,
+            })
+        })
+    }
+
+    fn name(&self) -> String {
+        "the AZURE_* environment variables".into()
+    }
+}
+
+/// Credentials as a secret store holds them (the JSON of the secret named
+/// by `SECRET_ID`):
+///
+/// ```json
+/// {"tenant_id": "...", "client_id": "...", "client_secret": "...", "cloud": "global"}
+/// {"tenant_id": "...", "client_id": "...", "certificate_pem": "-----BEGIN CERTIFICATE-----...",
+///  "private_key_pem": "-----BEGIN PRIVATE KEY-----..."}
+/// ```
+///
+/// Other fields are ignored. Errors name the store and the field, never a value.
+pub fn parse_stored(
+    json: &str,
+    source: &str,
+) -> Result<(AppCredentials, Option<crate::graph::Cloud>), CredentialsError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        client_secret: Option<SecretString>,
+        certificate_pem: Option<String>,
+        private_key_pem: Option<SecretString>,
+        cloud: Option<String>,
+    }
+    let stored: Stored = serde_json::from_str(json).map_err(|_| {
+        CredentialsError(format!(
+            "{source}: the secret is not a JSON object of the documented shape"
+        ))
+    })?;
+    let field = |v: Option<String>, name: &str| {
+        v.filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| CredentialsError(format!("{source}: the secret has no {name}")))
+    };
+    let tenant_id = field(stored.tenant_id, "tenant_id")?;
+    let client_id = field(stored.client_id, "client_id")?;
+    let credential = match (stored.client_secret, stored.certificate_pem, stored.private_key_pem) {
+        (Some(secret), _, _) if !secret.expose_secret().is_empty() => ClientCredential::Secret(secret),
+        (_, Some(cert), Some(key)) => ClientCredential::Certificate(
+            ClientCertificate::from_pem(&cert, key.expose_secret())
+                .map_err(|e| CredentialsError(format!("{source}: {e}")))?,
+        ),
+        _ => {
+            return Err(CredentialsError(format!(
+                "{source}: the secret has neither client_secret nor certificate_pem with private_key_pem"
+            )));
+        }
+    };
+    let cloud =
+        match stored.cloud.filter(|c| !c.is_empty()) {
+            Some(c) => Some(c.parse().map_err(|_| {
+                CredentialsError(format!("{source}: cloud {c:?} is not global, usgov, usgovdod or china"))
+            })?),
+            None => None,
+        };
+    let creds = AppCredentials::new(tenant_id, client_id, credential)
+        .map_err(|e| CredentialsError(format!("{source}: {e}")))?;
+    Ok((creds, cloud))
 }
 
 #[cfg(test)]
@@ -178,9 +234,35 @@ mod tests {
     }
 
     #[test]
+    fn stored_secrets_are_parsed_and_their_errors_name_the_field_only() {
+        let (c, cloud) = parse_stored(
+            r#"{"tenant_id": "t", "client_id": "c", "client_secret": "s3cr3t-value", "cloud": "usgov", "note": "x"}"#,
+            "secret app/intune",
+        )
+        .unwrap();
+        assert_eq!(c.client_id, "c");
+        assert_eq!(cloud, Some(crate::graph::Cloud::UsGov));
+        let err = parse_stored(
+            r#"{"tenant_id": "t", "client_secret": "s3cr3t-value"}"#,
+            "secret app/intune",
+        )
+        .unwrap_err();
+        assert_eq!(err.0, "secret app/intune: the secret has no client_id");
+        let err = parse_stored(r#"{"tenant_id": "t", "client_id": "c"}"#, "secret x").unwrap_err();
+        assert!(err.0.contains("neither client_secret"), "{err}");
+        let err = parse_stored("s3cr3t-value", "secret x").unwrap_err();
+        assert!(!err.0.contains("s3cr3t"), "{err}");
+        let err = parse_stored(
+            r#"{"tenant_id": "t", "client_id": "c", "client_secret": "s", "cloud": "mars"}"#,
+            "secret x",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("mars"), "{err}");
+    }
+
+    #[test]
     fn missing_settings_are_named() {
-        let err = AppCredentials::from_env(|k| (k == "AZURE_TENANT_ID").then(|| "t".to_string()))
-            .unwrap_err();
+        let err = AppCredentials::from_env(|k| (k == "AZURE_TENANT_ID").then(|| "t".to_string())).unwrap_err();
         assert_eq!(err.0, "AZURE_CLIENT_ID is not set");
         let err = AppCredentials::from_env(|k| match k {
             "AZURE_TENANT_ID" | "AZURE_CLIENT_ID" => Some("x".to_string()),

@@ -119,10 +119,7 @@ fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -168,12 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Validate before anything else, so bad input never reaches Graph.
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
             let creds = AppCredentials::from_env(env)?;
-            let client =
-                GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
+            let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
             let engine = Engine::new(Arc::new(client), settings.engine.clone());
             let progress = Arc::new(Progress::new());
-            let bar = (!no_progress && std::io::stderr().is_terminal())
-                .then(|| spawn_bar(progress.clone()));
+            let bar = (!no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
             let outcome = engine.run(req, None, progress).await;
             if let Some((bar, task)) = bar {
                 task.abort();
@@ -203,10 +198,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn spawn_bar(progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} devices, {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} devices, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let _ = BAR.set(bar.clone());
     let b = bar.clone();
@@ -220,10 +213,7 @@ fn spawn_bar(progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<(
                 s.initiated,
                 s.rate,
                 s.eta
-                    .map(
-                        |d| humantime::format_duration(Duration::from_secs(d.as_secs()))
-                            .to_string()
-                    )
+                    .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
                     .unwrap_or_else(|| "-".into())
             ));
             tokio::time::sleep(Duration::from_millis(200)).await;

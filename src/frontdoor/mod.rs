@@ -1,3 +1,6 @@
 //! Thin entry points: decode the input, call the core, encode the answer.
 
 pub mod cli;
+pub mod lambda;
+pub mod metrics;
+pub mod webhook;

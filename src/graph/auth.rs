@@ -134,8 +134,7 @@ impl TokenProvider {
         let mut last = String::from("no attempt made before the deadline");
         for attempt in 0..4u32 {
             if attempt > 0 {
-                let wait = Duration::from_millis(250 * (1 << attempt))
-                    .mul_f64(0.5 + fastrand::f64() * 0.5);
+                let wait = Duration::from_millis(250 * (1 << attempt)).mul_f64(0.5 + fastrand::f64() * 0.5);
                 if Instant::now() + wait >= deadline {
                     break;
                 }
@@ -171,9 +170,7 @@ impl TokenProvider {
             };
             if status.is_success() {
                 let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-                    AuthError::Unavailable(
-                        "the token endpoint answered without an access_token".into(),
-                    )
+                    AuthError::Unavailable("the token endpoint answered without an access_token".into())
                 })?;
                 let secs = match parsed.expires_in {
                     Some(Value64::Num(n)) => n,
@@ -210,9 +207,7 @@ impl TokenProvider {
             ("scope", self.scope.clone()),
         ];
         match &self.creds.credential {
-            ClientCredential::Secret(s) => {
-                form.push(("client_secret", s.expose_secret().to_owned()))
-            }
+            ClientCredential::Secret(s) => form.push(("client_secret", s.expose_secret().to_owned())),
             ClientCredential::Certificate(cert) => {
                 form.push((
                     "client_assertion_type",
@@ -251,10 +246,8 @@ impl TokenProvider {
             iat: now,
             exp: now + 600,
         };
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(
-            cert.private_key_pem.expose_secret().as_bytes(),
-        )
-        .map_err(|_| AuthError::Refused("the certificate's private key cannot sign".into()))?;
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(cert.private_key_pem.expose_secret().as_bytes())
+            .map_err(|_| AuthError::Refused("the certificate's private key cannot sign".into()))?;
         jsonwebtoken::encode(&header, &claims, &key)
             .map_err(|_| AuthError::Refused("the client assertion could not be signed".into()))
     }

@@ -14,8 +14,7 @@ use tokio::time::Instant;
 use crate::core::device::{DeviceId, DeviceRef};
 use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{
-    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
-    TpmReport,
+    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer, TpmReport,
 };
 use crate::credentials::AppCredentials;
 
@@ -67,24 +66,14 @@ struct RawItem {
 impl GraphClient {
     /// Builds a client. Redirects are never followed, so the bearer token
     /// cannot be carried to another host.
-    pub fn new(
-        endpoints: Endpoints,
-        creds: AppCredentials,
-        cfg: ClientConfig,
-    ) -> Result<Self, reqwest::Error> {
+    pub fn new(endpoints: Endpoints, creds: AppCredentials, cfg: ClientConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("intune-attest/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(16)
             .build()?;
         let requests = Arc::new(AtomicU64::new(0));
-        let tokens = TokenProvider::new(
-            http.clone(),
-            &endpoints,
-            creds,
-            requests.clone(),
-            cfg.request_timeout,
-        );
+        let tokens = TokenProvider::new(http.clone(), &endpoints, creds, requests.clone(), cfg.request_timeout);
         Ok(Self {
             beta: format!("{}/beta", endpoints.graph_root()),
             http,
@@ -135,11 +124,7 @@ impl GraphClient {
     }
 
     /// Sends one `$batch` call and returns one answer per request, in order.
-    async fn batch(
-        &self,
-        items: Vec<(&'static str, String)>,
-        deadline: Instant,
-    ) -> Vec<Result<RawItem, CallFailure>> {
+    async fn batch(&self, items: Vec<(&'static str, String)>, deadline: Instant) -> Vec<Result<RawItem, CallFailure>> {
         let n = items.len();
         let all = |f: CallFailure| (0..n).map(|_| Err(f.clone())).collect::<Vec<_>>();
         let body = BatchRequest {
@@ -152,8 +137,7 @@ impl GraphClient {
                         id: (i + 1).to_string(),
                         method,
                         url,
-                        headers: post
-                            .then(|| HashMap::from([("Content-Type", "application/json")])),
+                        headers: post.then(|| HashMap::from([("Content-Type", "application/json")])),
                         body: post.then(|| json!({})),
                     }
                 })
@@ -193,8 +177,7 @@ impl GraphClient {
                 }
             };
             let status = resp.status();
-            let retry_after =
-                header(&resp, "retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+            let retry_after = header(&resp, "retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
             let request_id = header(&resp, "request-id");
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
@@ -285,14 +268,13 @@ impl GraphClient {
                 .bearer_auth(token.secret.expose_secret())
                 .send()
                 .await;
-            let mut wait = Duration::from_millis(500 * (1 << attempt.min(6)))
-                .mul_f64(0.5 + fastrand::f64() * 0.5);
+            let mut wait = Duration::from_millis(500 * (1 << attempt.min(6))).mul_f64(0.5 + fastrand::f64() * 0.5);
             match sent {
                 Err(e) => last = describe_transport(&e),
                 Ok(resp) => {
                     let status = resp.status();
-                    if let Some(ra) = header(&resp, "retry-after")
-                        .and_then(|v| parse_retry_after(&v, SystemTime::now()))
+                    if let Some(ra) =
+                        header(&resp, "retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()))
                     {
                         wait = ra;
                     }
@@ -319,10 +301,7 @@ impl GraphClient {
                             let what = format!(
                                 "listing devices: HTTP {}{}{}",
                                 s.as_u16(),
-                                f.code
-                                    .as_deref()
-                                    .map(|c| format!(" {c}"))
-                                    .unwrap_or_default(),
+                                f.code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
                                 f.request_id
                                     .as_deref()
                                     .map(|r| format!(" (request-id {r})"))
@@ -400,17 +379,8 @@ impl DeviceGateway for GraphClient {
         let mut next = Some(url);
         while let Some(page_url) = next.take() {
             let page = self.get_page(&page_url, deadline).await?;
-            for item in page
-                .get("value")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                match item
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .and_then(DeviceId::parse)
-                {
+            for item in page.get("value").and_then(Value::as_array).into_iter().flatten() {
+                match item.get("id").and_then(Value::as_str).and_then(DeviceId::parse) {
                     Some(id) => ids.push(id),
                     None => tracing::warn!("a listed device had no GUID id; skipped"),
                 }
@@ -419,8 +389,8 @@ impl DeviceGateway for GraphClient {
                 }
             }
             if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
-                let link = Url::parse(link)
-                    .map_err(|_| GatewayError::Refused("@odata.nextLink is not a URL".into()))?;
+                let link =
+                    Url::parse(link).map_err(|_| GatewayError::Refused("@odata.nextLink is not a URL".into()))?;
                 if !self.endpoints.is_graph_origin(&link) {
                     return Err(GatewayError::Refused(
                         "@odata.nextLink points outside the configured Graph endpoint".into(),
@@ -432,11 +402,7 @@ impl DeviceGateway for GraphClient {
         Ok(ids)
     }
 
-    async fn read_devices(
-        &self,
-        devices: &[DeviceRef],
-        deadline: Instant,
-    ) -> Vec<ItemAnswer<DeviceInfo>> {
+    async fn read_devices(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {
         let items = devices.iter().map(|d| ("GET", d.read_path())).collect();
         self.batch(items, deadline)
             .await
@@ -462,9 +428,7 @@ impl DeviceGateway for GraphClient {
                 Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
                     value: (),
                     status: raw.status,
-                    request_id: raw
-                        .request_id
-                        .or_else(|| parse_error(raw.body.as_ref()).request_id),
+                    request_id: raw.request_id.or_else(|| parse_error(raw.body.as_ref()).request_id),
                 },
                 Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
                 Err(f) => ItemAnswer::Failed(f),

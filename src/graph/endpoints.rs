@@ -81,19 +81,14 @@ fn is_loopback(url: &Url) -> bool {
 /// Parses a host root: `https://` (or `http://` for loopback only), no
 /// credentials, query or fragment; a trailing `/` is dropped.
 pub fn parse_root(name: &str, raw: &str) -> Result<Url, EndpointError> {
-    let url = Url::parse(raw.trim())
-        .map_err(|e| EndpointError(format!("{name}: {raw:?} is not a URL ({e})")))?;
+    let url = Url::parse(raw.trim()).map_err(|e| EndpointError(format!("{name}: {raw:?} is not a URL ({e})")))?;
     let ok_scheme = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&url));
     if !ok_scheme {
         return Err(EndpointError(format!(
             "{name}: {raw:?} must use https (http is allowed only for 127.0.0.1, ::1 or localhost)"
         )));
     }
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
         return Err(EndpointError(format!(
             "{name}: {raw:?} must be a bare origin without credentials, query or fragment"
         )));
@@ -164,12 +159,7 @@ mod tests {
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     }
 
     #[test]
@@ -177,10 +167,7 @@ mod tests {
         let e = Endpoints::from_env(env(&[("ATTEST_CLOUD", "usgovdod")])).unwrap();
         assert_eq!(e.graph_root(), "https://dod-graph.microsoft.us");
         assert_eq!(e.scope(), "https://dod-graph.microsoft.us/.default");
-        assert_eq!(
-            e.token_url("t"),
-            "https://login.microsoftonline.us/t/oauth2/v2.0/token"
-        );
+        assert_eq!(e.token_url("t"), "https://login.microsoftonline.us/t/oauth2/v2.0/token");
         let e = Endpoints::from_env(env(&[
             ("ATTEST_CLOUD", "china"),
             ("GRAPH_ENDPOINT", "http://127.0.0.1:8080/"),
@@ -215,21 +202,15 @@ mod tests {
                 .contains("ATTEST_CLOUD")
         );
         assert!(Endpoints::from_env(env(&[("AZURE_AUTHORITY_HOST", "http://[::1]:9")])).is_ok());
-        assert!(
-            Endpoints::from_env(env(&[("AZURE_AUTHORITY_HOST", "http://localhost:9")])).is_ok()
-        );
+        assert!(Endpoints::from_env(env(&[("AZURE_AUTHORITY_HOST", "http://localhost:9")])).is_ok());
     }
 
     #[test]
     fn origin_check_compares_scheme_host_and_port() {
         let e = Endpoints::for_cloud(Cloud::Global);
-        assert!(e.is_graph_origin(
-            &Url::parse("https://graph.microsoft.com/beta/x?$skiptoken=1").unwrap()
-        ));
+        assert!(e.is_graph_origin(&Url::parse("https://graph.microsoft.com/beta/x?$skiptoken=1").unwrap()));
         assert!(!e.is_graph_origin(&Url::parse("https://evil.example/beta/x").unwrap()));
         assert!(!e.is_graph_origin(&Url::parse("http://graph.microsoft.com/beta/x").unwrap()));
-        assert!(
-            !e.is_graph_origin(&Url::parse("https://graph.microsoft.com:8443/beta/x").unwrap())
-        );
+        assert!(!e.is_graph_origin(&Url::parse("https://graph.microsoft.com:8443/beta/x").unwrap()));
     }
 }

@@ -38,10 +38,7 @@ pub fn sim_config() -> SimConfig {
 
 pub fn env_of(sim: &Sim, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = sim.client_env().into_iter().collect();
-    env.insert(
-        "ATTEST_THROTTLE_WINDOW".into(),
-        format!("{}ms", WINDOW.as_millis()),
-    );
+    env.insert("ATTEST_THROTTLE_WINDOW".into(), format!("{}ms", WINDOW.as_millis()));
     env.insert("ATTEST_MAX_RETRY_AFTER".into(), "2s".into());
     for (k, v) in extra {
         env.insert((*k).into(), (*v).into());
@@ -53,11 +50,7 @@ pub async fn harness(cfg: SimConfig) -> Harness {
     harness_with(cfg, &[], |_| {}).await
 }
 
-pub async fn harness_with(
-    cfg: SimConfig,
-    extra_env: &[(&str, &str)],
-    tune: impl FnOnce(&mut EngineConfig),
-) -> Harness {
+pub async fn harness_with(cfg: SimConfig, extra_env: &[(&str, &str)], tune: impl FnOnce(&mut EngineConfig)) -> Harness {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ATTEST_LOG"))
@@ -67,8 +60,7 @@ pub async fn harness_with(
     let get = |k: &str| env.get(k).cloned();
     let settings = Settings::from_env(get).expect("settings");
     let creds = AppCredentials::from_env(get).expect("credentials");
-    let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())
-        .expect("client");
+    let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone()).expect("client");
     let mut engine_cfg = settings.engine.clone();
     engine_cfg.backoff_base = Duration::from_millis(50);
     engine_cfg.backoff_cap = Duration::from_millis(500);
@@ -86,9 +78,7 @@ pub fn request(v: Value) -> AttestationRequest {
 
 impl Harness {
     pub async fn run(&self, v: Value) -> Result<RunResult, RunError> {
-        self.engine
-            .run(request(v), None, Arc::new(Progress::new()))
-            .await
+        self.engine.run(request(v), None, Arc::new(Progress::new())).await
     }
 
     /// IDs of fleet devices matching `pred`.
@@ -123,16 +113,10 @@ impl Harness {
                 intune_attest::core::device::DeviceKind::Comanaged => "comanaged",
             };
             let key = (d.device_id.to_string(), kind);
-            assert!(
-                seen.insert(key.clone()),
-                "{key:?} has more than one outcome"
-            );
+            assert!(seen.insert(key.clone()), "{key:?} has more than one outcome");
             let n = counts.get(&key).copied().unwrap_or(0);
             if d.outcome == Outcome::Initiated {
-                assert!(
-                    n >= 1,
-                    "{key:?} reported initiated but Graph never accepted it"
-                );
+                assert!(n >= 1, "{key:?} reported initiated but Graph never accepted it");
                 assert!(
                     n as u32 <= 1 + d.lost_answers,
                     "{key:?} accepted {n} times with {} lost answers",

@@ -1,0 +1,326 @@
+//! Result events on EventBridge.
+//!
+//! Each run puts a summary entry (`DetailType` "Device Attestation Result":
+//! the result without its device list) and device entries ("Device
+//! Attestation Result Devices"), each under 256 KB, all sharing the
+//! correlation id and saying `event_part` k of `event_parts` n. Entries go 10
+//! per call; entries EventBridge reports failed are sent again, and the
+//! publication fails if any still fails.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::core::outcome::RunResult;
+use crate::service::{BoxFuture, DeliveryError, Rejection, ResultSink};
+
+/// `Source` of every entry.
+pub const SOURCE: &str = "intune-attest";
+/// `DetailType` of the summary entry.
+pub const SUMMARY_DETAIL_TYPE: &str = "Device Attestation Result";
+/// `DetailType` of a refused request.
+pub const REJECTED_DETAIL_TYPE: &str = "Device Attestation Request Rejected";
+/// `DetailType` of the device entries.
+pub const DEVICES_DETAIL_TYPE: &str = "Device Attestation Result Devices";
+/// The largest entry sent (EventBridge's limit is 256 KiB).
+pub const MAX_ENTRY_BYTES: usize = 256 * 1000;
+/// EventBridge's limit of entries per `PutEvents` call.
+pub const MAX_ENTRIES_PER_CALL: usize = 10;
+
+/// One entry to put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `DetailType`.
+    pub detail_type: &'static str,
+    /// `Detail` (JSON).
+    pub detail: String,
+}
+
+impl Entry {
+    /// The size EventBridge counts: source, detail type and detail.
+    pub fn size(&self) -> usize {
+        SOURCE.len() + self.detail_type.len() + self.detail.len()
+    }
+}
+
+/// Splits a result into entries of at most `max_bytes`.
+pub fn entries(result: &RunResult, max_bytes: usize) -> Vec<Entry> {
+    let mut summary = serde_json::to_value(result).unwrap_or(Value::Null);
+    if let Some(obj) = summary.as_object_mut() {
+        obj.remove("devices");
+    }
+    let base = |part: usize| json!({"schema_version": result.schema_version, "correlation_id": result.correlation_id, "event_part": part, "devices": []});
+    // Pack devices greedily; `{"event_parts": n}` is filled in at the end.
+    let overhead = SOURCE.len() + DEVICES_DETAIL_TYPE.len() + base(0).to_string().len() + 32;
+    let mut chunks: Vec<Vec<Value>> = Vec::new();
+    let mut current: Vec<Value> = Vec::new();
+    let mut size = overhead;
+    for d in &result.devices {
+        let v = serde_json::to_value(d).unwrap_or(Value::Null);
+        let len = v.to_string().len() + 1;
+        if !current.is_empty() && size + len > max_bytes {
+            chunks.push(std::mem::take(&mut current));
+            size = overhead;
+        }
+        size += len;
+        current.push(v);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    let parts = chunks.len() + 1;
+    if let Some(obj) = summary.as_object_mut() {
+        obj.insert("event_part".into(), json!(1));
+        obj.insert("event_parts".into(), json!(parts));
+    }
+    let mut out = vec![Entry {
+        detail_type: SUMMARY_DETAIL_TYPE,
+        detail: summary.to_string(),
+    }];
+    for (i, devices) in chunks.into_iter().enumerate() {
+        let mut detail = base(i + 2);
+        detail["event_parts"] = json!(parts);
+        detail["devices"] = Value::Array(devices);
+        out.push(Entry {
+            detail_type: DEVICES_DETAIL_TYPE,
+            detail: detail.to_string(),
+        });
+    }
+    out
+}
+
+/// The `PutEvents` call, as a port, so partial failures can be exercised.
+pub trait PutEvents: Send + Sync {
+    /// Puts up to 10 entries; returns, per entry, `None` when accepted or
+    /// the error code.
+    fn put<'a>(&'a self, bus: &'a str, entries: &'a [Entry]) -> BoxFuture<'a, Result<Vec<Option<String>>, String>>;
+}
+
+impl PutEvents for aws_sdk_eventbridge::Client {
+    fn put<'a>(&'a self, bus: &'a str, entries: &'a [Entry]) -> BoxFuture<'a, Result<Vec<Option<String>>, String>> {
+        Box::pin(async move {
+            let req: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                        .event_bus_name(bus)
+                        .source(SOURCE)
+                        .detail_type(e.detail_type)
+                        .detail(&e.detail)
+                        .build()
+                })
+                .collect();
+            let out = self.put_events().set_entries(Some(req)).send().await.map_err(|e| {
+                e.as_service_error()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "EventBridge did not answer".into())
+            })?;
+            let results = out.entries();
+            Ok((0..entries.len())
+                .map(|i| match results.get(i) {
+                    Some(r) if r.error_code().is_none() && r.event_id().is_some() => None,
+                    Some(r) => Some(r.error_code().unwrap_or("Unknown").to_owned()),
+                    None => Some("NoResult".to_owned()),
+                })
+                .collect())
+        })
+    }
+}
+
+/// Publishes results to an event bus.
+pub struct EventBridgeSink<P> {
+    put: P,
+    bus: String,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl<P: PutEvents> EventBridgeSink<P> {
+    /// A sink putting to `bus` through `put`.
+    pub fn new(put: P, bus: String) -> Self {
+        Self {
+            put,
+            bus,
+            attempts: 4,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    async fn put_all(&self, mut pending: Vec<Entry>) -> Result<(), DeliveryError> {
+        let mut last = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff * 2u32.pow(attempt - 1)).await;
+            }
+            let mut failed = Vec::new();
+            for chunk in pending.chunks(MAX_ENTRIES_PER_CALL) {
+                match self.put.put(&self.bus, chunk).await {
+                    Ok(codes) => {
+                        for (entry, code) in chunk.iter().zip(codes) {
+                            if let Some(code) = code {
+                                last = code;
+                                failed.push(entry.clone());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        last = e;
+                        failed.extend(chunk.iter().cloned());
+                    }
+                }
+            }
+            if failed.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(failed = failed.len(), error = %last, attempt = attempt + 1, "EventBridge refused result entries");
+            pending = failed;
+        }
+        Err(DeliveryError(format!(
+            "{} EventBridge entries failed ({last})",
+            pending.len()
+        )))
+    }
+}
+
+impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
+    fn publish<'a>(&'a self, result: &'a RunResult) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move { self.put_all(entries(result, MAX_ENTRY_BYTES)).await })
+    }
+
+    fn reject<'a>(&'a self, rejection: &'a Rejection) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let detail = serde_json::to_string(rejection).unwrap_or_default();
+            self.put_all(vec![Entry {
+                detail_type: REJECTED_DETAIL_TYPE,
+                detail,
+            }])
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::device::{DeviceId, DeviceKind};
+    use crate::core::outcome::{DeviceResult, Outcome, RunStats};
+    use std::sync::Mutex;
+
+    fn result(n: usize) -> RunResult {
+        let devices = (0..n)
+            .map(|i| {
+                let id = DeviceId::parse(&format!("00000000-0000-0000-0000-{i:012x}")).unwrap();
+                let mut d = DeviceResult::new(id, DeviceKind::Managed, Outcome::Failed);
+                d.message = Some("x".repeat(300));
+                d
+            })
+            .collect();
+        RunResult::new(
+            "corr".into(),
+            false,
+            false,
+            "s".into(),
+            "f".into(),
+            vec![],
+            RunStats::default(),
+            devices,
+        )
+    }
+
+    #[test]
+    fn large_results_split_under_the_limit_and_keep_every_device() {
+        let r = result(5000);
+        let es = entries(&r, MAX_ENTRY_BYTES);
+        assert!(es.len() > 3, "{}", es.len());
+        let mut ids = 0;
+        for (i, e) in es.iter().enumerate() {
+            assert!(e.size() <= MAX_ENTRY_BYTES, "entry {i} is {} bytes", e.size());
+            let v: Value = serde_json::from_str(&e.detail).unwrap();
+            assert_eq!(v["correlation_id"], "corr");
+            assert_eq!(v["event_part"], i + 1);
+            assert_eq!(v["event_parts"], es.len());
+            ids += v["devices"].as_array().map_or(0, Vec::len);
+        }
+        assert_eq!(ids, 5000);
+        assert_eq!(es[0].detail_type, SUMMARY_DETAIL_TYPE);
+        let summary: Value = serde_json::from_str(&es[0].detail).unwrap();
+        assert_eq!(summary["summary"]["failed"], 5000);
+    }
+
+    #[test]
+    fn a_small_result_is_a_summary_and_one_device_entry() {
+        let es = entries(&result(2), MAX_ENTRY_BYTES);
+        assert_eq!(es.len(), 2);
+    }
+
+    /// Fails the first `fail` entries of each call for the first `rounds` calls.
+    struct Flaky {
+        rounds: Mutex<u32>,
+        fail: usize,
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl PutEvents for Flaky {
+        fn put<'a>(
+            &'a self,
+            _bus: &'a str,
+            entries: &'a [Entry],
+        ) -> BoxFuture<'a, Result<Vec<Option<String>>, String>> {
+            Box::pin(async move {
+                assert!(entries.len() <= MAX_ENTRIES_PER_CALL);
+                let mut rounds = self.rounds.lock().unwrap();
+                let failing = *rounds > 0;
+                *rounds = rounds.saturating_sub(1);
+                Ok(entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        if failing && i < self.fail {
+                            Some("ThrottlingException".to_owned())
+                        } else {
+                            self.sent.lock().unwrap().push(e.detail.clone());
+                            None
+                        }
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn partly_failed_puts_are_retried_until_every_entry_is_in() {
+        let flaky = Flaky {
+            rounds: Mutex::new(2),
+            fail: 2,
+            sent: Mutex::new(vec![]),
+        };
+        let sink = EventBridgeSink::new(flaky, "bus".into()).with_retries(4, Duration::from_millis(1));
+        let r = result(3000);
+        sink.publish(&r).await.unwrap();
+        let sent = sink.put.sent.lock().unwrap().clone();
+        assert_eq!(
+            sent.len(),
+            entries(&r, MAX_ENTRY_BYTES).len(),
+            "each entry exactly once"
+        );
+    }
+
+    #[tokio::test]
+    async fn puts_that_keep_failing_are_reported() {
+        let flaky = Flaky {
+            rounds: Mutex::new(100),
+            fail: 10,
+            sent: Mutex::new(vec![]),
+        };
+        let sink = EventBridgeSink::new(flaky, "bus".into()).with_retries(3, Duration::from_millis(1));
+        let err = sink.publish(&result(1)).await.unwrap_err();
+        assert!(err.0.contains("ThrottlingException"), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The work queue on SQS: continuation messages and sweep chunks.
+
+use crate::service::{BoxFuture, DeliveryError, WorkMessage, WorkQueue};
+
+/// Sends work messages to one queue, 10 per call, retrying failed entries.
+/// On a FIFO queue (`.fifo`) the group and deduplication ids are set, so
+/// SQS drops a repeated send within its 5-minute deduplication window.
+pub struct SqsWorkQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsWorkQueue {
+    /// A queue at `url`.
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+        Self { client, url }
+    }
+}
+
+fn dedup_token(id: &str) -> String {
+    // SQS ids allow [A-Za-z0-9_-] and at most 80 characters (dedup: 128, more characters).
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(80)
+        .collect()
+}
+
+impl WorkQueue for SqsWorkQueue {
+    fn send(&self, messages: Vec<WorkMessage>) -> BoxFuture<'_, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let fifo = self.url.ends_with(".fifo");
+            let mut pending: Vec<(usize, WorkMessage)> = messages.into_iter().enumerate().collect();
+            let mut last = String::new();
+            for attempt in 0..4u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * 2u64.pow(attempt - 1))).await;
+                }
+                let mut failed = Vec::new();
+                for chunk in pending.chunks(10) {
+                    let mut entries = Vec::with_capacity(chunk.len());
+                    for (i, m) in chunk {
+                        let mut b = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                            .id(format!("m{i}"))
+                            .message_body(&m.body);
+                        if fifo {
+                            b = b
+                                .message_group_id(dedup_token(&m.group_id))
+                                .message_deduplication_id(dedup_token(&m.dedup_id));
+                        }
+                        entries.push(b.build().map_err(|e| DeliveryError(format!("bad SQS entry: {e}")))?);
+                    }
+                    match self
+                        .client
+                        .send_message_batch()
+                        .queue_url(&self.url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                    {
+                        Ok(out) => {
+                            for f in out.failed() {
+                                last = format!("{} {}", f.code(), f.message().unwrap_or_default());
+                                if let Some(entry) = chunk.iter().find(|(i, _)| format!("m{i}") == f.id()) {
+                                    failed.push(entry.clone());
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            last = e
+                                .as_service_error()
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "SQS did not answer".into());
+                            failed.extend(chunk.iter().cloned());
+                        }
+                    }
+                }
+                if failed.is_empty() {
+                    return Ok(());
+                }
+                tracing::warn!(failed = failed.len(), error = %last, "SQS refused work messages");
+                pending = failed;
+            }
+            Err(DeliveryError(format!(
+                "{} message(s) not sent to the work queue ({last})",
+                pending.len()
+            )))
+        })
+    }
+}
