@@ -66,12 +66,25 @@ struct TokenError {
     error_description: Option<String>,
 }
 
+/// Loads the credentials again (after Entra ID refused the current ones, as
+/// happens when a secret was rotated).
+pub type Reloader = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<AppCredentials, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// How often refused credentials may be reloaded.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Obtains and caches app-only tokens for Graph.
 pub struct TokenProvider {
     http: reqwest::Client,
-    token_url: String,
+    endpoints: Endpoints,
     scope: String,
-    creds: AppCredentials,
+    creds: std::sync::RwLock<Arc<AppCredentials>>,
+    reloader: Option<Reloader>,
+    last_reload: std::sync::Mutex<Option<Instant>>,
     cache: Mutex<Option<Cached>>,
     generation: AtomicU64,
     requests: Arc<AtomicU64>,
@@ -89,14 +102,34 @@ impl TokenProvider {
     ) -> Self {
         Self {
             http,
-            token_url: endpoints.token_url(&creds.tenant_id),
+            endpoints: endpoints.clone(),
             scope: endpoints.scope(),
-            creds,
+            creds: std::sync::RwLock::new(Arc::new(creds)),
+            reloader: None,
+            last_reload: std::sync::Mutex::new(None),
             cache: Mutex::new(None),
             generation: AtomicU64::new(0),
             requests,
             timeout,
         }
+    }
+
+    /// Lets the provider load the credentials again when Entra ID refuses them.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
+    }
+
+    fn creds(&self) -> Arc<AppCredentials> {
+        self.creds.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn may_reload(&self) -> bool {
+        let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = self.reloader.is_some() && last.is_none_or(|at| at.elapsed() >= RELOAD_INTERVAL);
+        if ok {
+            *last = Some(Instant::now());
+        }
+        ok
     }
 
     /// A valid token, from the cache or freshly fetched.
@@ -108,7 +141,21 @@ impl TokenProvider {
                 generation: c.generation,
             });
         }
-        let (token, lifetime) = self.fetch(deadline).await?;
+        let (token, lifetime) = match self.fetch(deadline).await {
+            Err(AuthError::Refused(why)) if self.may_reload() => {
+                tracing::warn!(reason = %why, "credentials refused; loading them again");
+                let reload = self.reloader.as_ref().map(|r| r());
+                let fresh = match reload {
+                    Some(f) => f
+                        .await
+                        .map_err(|e| AuthError::Refused(format!("{why}; reloading failed: {e}")))?,
+                    None => return Err(AuthError::Refused(why)),
+                };
+                *self.creds.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                self.fetch(deadline).await?
+            }
+            other => other?,
+        };
         let early = (lifetime / 5).min(Duration::from_secs(300));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *cache = Some(Cached {
@@ -144,11 +191,13 @@ impl TokenProvider {
             if left.is_zero() {
                 break;
             }
-            let form = self.form()?;
+            let creds = self.creds();
+            let token_url = self.endpoints.token_url(&creds.tenant_id);
+            let form = self.form(&creds, &token_url)?;
             self.requests.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .http
-                .post(&self.token_url)
+                .post(&token_url)
                 .timeout(self.timeout.min(left))
                 .form(&form)
                 .send()
@@ -200,57 +249,58 @@ impl TokenProvider {
         Err(AuthError::Unavailable(last))
     }
 
-    fn form(&self) -> Result<Vec<(&'static str, String)>, AuthError> {
+    fn form(&self, creds: &AppCredentials, token_url: &str) -> Result<Vec<(&'static str, String)>, AuthError> {
         let mut form = vec![
             ("grant_type", "client_credentials".to_owned()),
-            ("client_id", self.creds.client_id.clone()),
+            ("client_id", creds.client_id.clone()),
             ("scope", self.scope.clone()),
         ];
-        match &self.creds.credential {
+        match &creds.credential {
             ClientCredential::Secret(s) => form.push(("client_secret", s.expose_secret().to_owned())),
             ClientCredential::Certificate(cert) => {
                 form.push((
                     "client_assertion_type",
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
                 ));
-                form.push(("client_assertion", self.assertion(cert)?));
+                form.push(("client_assertion", assertion(cert, &creds.client_id, token_url)?));
             }
         }
         Ok(form)
     }
+}
 
-    fn assertion(&self, cert: &ClientCertificate) -> Result<String, AuthError> {
-        #[derive(serde::Serialize)]
-        struct Claims<'a> {
-            aud: &'a str,
-            iss: &'a str,
-            sub: &'a str,
-            jti: String,
-            nbf: u64,
-            iat: u64,
-            exp: u64,
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
-        header.typ = Some("JWT".into());
-        header.x5t_s256 = Some(cert.thumbprint_s256.clone());
-        let claims = Claims {
-            aud: &self.token_url,
-            iss: &self.creds.client_id,
-            sub: &self.creds.client_id,
-            jti: uuid::Uuid::new_v4().to_string(),
-            nbf: now,
-            iat: now,
-            exp: now + 600,
-        };
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(cert.private_key_pem.expose_secret().as_bytes())
-            .map_err(|_| AuthError::Refused("the certificate's private key cannot sign".into()))?;
-        jsonwebtoken::encode(&header, &claims, &key)
-            .map_err(|_| AuthError::Refused("the client assertion could not be signed".into()))
+/// A client assertion JWT for `client_id` at `token_url`.
+fn assertion(cert: &ClientCertificate, client_id: &str, token_url: &str) -> Result<String, AuthError> {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        aud: &'a str,
+        iss: &'a str,
+        sub: &'a str,
+        jti: String,
+        nbf: u64,
+        iat: u64,
+        exp: u64,
     }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
+    header.typ = Some("JWT".into());
+    header.x5t_s256 = Some(cert.thumbprint_s256.clone());
+    let claims = Claims {
+        aud: token_url,
+        iss: client_id,
+        sub: client_id,
+        jti: uuid::Uuid::new_v4().to_string(),
+        nbf: now,
+        iat: now,
+        exp: now + 600,
+    };
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(cert.private_key_pem.expose_secret().as_bytes())
+        .map_err(|_| AuthError::Refused("the certificate's private key cannot sign".into()))?;
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|_| AuthError::Refused("the client assertion could not be signed".into()))
 }
 
 /// Describes a transport error without its URL (which may carry a tenant)

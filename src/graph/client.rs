@@ -123,6 +123,13 @@ impl GraphClient {
         CallFailure::without_answer(kind, e.to_string())
     }
 
+    /// Lets the client load its credentials again when Entra ID refuses
+    /// them (a rotated secret), at most every 30 seconds.
+    pub fn with_reloader(mut self, reloader: super::auth::Reloader) -> Self {
+        self.tokens.set_reloader(reloader);
+        self
+    }
+
     /// Sends one `$batch` call and returns one answer per request, in order.
     async fn batch(&self, items: Vec<(&'static str, String)>, deadline: Instant) -> Vec<Result<RawItem, CallFailure>> {
         let n = items.len();

@@ -25,6 +25,7 @@ use crate::core::outcome::{Invocation, Outcome, RunResult};
 use crate::core::progress::Progress;
 use crate::core::request::AttestationRequest;
 use crate::credentials::{AppCredentials, CredentialsError};
+use crate::graph::auth::Reloader;
 use crate::graph::{Cloud, GraphClient};
 
 pub use recent::RecentSet;
@@ -275,8 +276,14 @@ impl AttestService {
             .settings
             .endpoints_for(loaded.cloud)
             .map_err(|e| ServiceError::Configuration(e.0))?;
+        let source = self.credentials.clone();
+        let reloader: Reloader = Arc::new(move || {
+            let source = source.clone();
+            Box::pin(async move { source.load().await.map(|l| l.creds).map_err(|e| e.0) })
+        });
         let client = GraphClient::new(endpoints, loaded.creds, self.settings.client.clone())
-            .map_err(|e| ServiceError::Configuration(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| ServiceError::Configuration(format!("cannot build the HTTP client: {e}")))?
+            .with_reloader(reloader);
         let client = Arc::new(client);
         *cached = Some(CachedClient {
             client: client.clone(),
