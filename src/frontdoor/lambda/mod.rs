@@ -339,6 +339,8 @@ impl LambdaApp {
             .and_then(Value::as_str)
             .map(str::to_owned);
         match &self.webhook_secrets {
+            // AuthType AWS_IAM: the function URL authenticated the caller.
+            _ if caller.is_some() => {}
             Some(source) => {
                 let secrets = match source.secrets().await {
                     Ok(s) => s,
@@ -365,7 +367,6 @@ impl LambdaApp {
                     return http(401, json!({"error": "unauthorized"}));
                 }
             }
-            None if caller.is_some() => {}
             None => {
                 tracing::warn!("webhook refused: no signing secret configured and no IAM caller");
                 return http(401, json!({"error": "unauthorized"}));
