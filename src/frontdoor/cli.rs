@@ -81,7 +81,9 @@ impl<'a> MakeWriter<'a> for StderrAroundBar {
     }
 }
 
-fn init_logging() {
+/// Logs to standard error, around the progress bar; `ATTEST_LOG` filters,
+/// `ATTEST_LOG_FORMAT=json` gives one JSON object per line.
+pub fn init_logging() {
     let filter = EnvFilter::try_from_env("ATTEST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,0 +1,164 @@
+//! The built binary as an Azure Functions custom handler, driven over HTTP
+//! with the request shapes the Functions host sends, against the simulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{env_of, sim_config};
+use graph_sim::Sim;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+struct Handler {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start(sim: &Sim, extra: &[(&str, &str)]) -> Handler {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_intune-attest"))
+        .env_clear()
+        .envs(env_of(sim, extra))
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("FUNCTIONS_WORKER_RUNTIME", "Custom")
+        .env("ATTEST_WEBHOOK_SECRETS", "whsec-a, whsec-b")
+        .env("ATTEST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the handler starts");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Handler {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the handler did not listen");
+}
+
+async fn post(h: &Handler, function: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/{function}", h.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn windows(sim: &Sim, n: usize) -> Vec<String> {
+    sim.fleet()
+        .iter()
+        .filter(|d| d.is_windows() && d.tpm != Some(""))
+        .take(n)
+        .map(|d| d.id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn queue_messages_in_every_shape_the_host_sends_are_run() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let h = start(&sim, &[]).await;
+    let ids = windows(&sim, 3);
+    let payloads = [
+        json!({"managed_device_ids": [ids[0]]}),
+        Value::String(json!({"managed_device_ids": [ids[1]]}).to_string()),
+        Value::String(Value::String(json!({"managed_device_ids": [ids[2]]}).to_string()).to_string()),
+    ];
+    for (i, message) in payloads.into_iter().enumerate() {
+        let envelope = json!({"Data": {"message": message}, "Metadata": {"Id": format!("msg-{i}"), "DequeueCount": 1}});
+        let (status, out) = post(&h, "attest-queue", envelope).await;
+        assert_eq!(status, 200, "{out}");
+        let result: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+        assert_eq!(result["summary"]["initiated"], 1, "{result}");
+        assert_eq!(result["invocation"]["trigger"], "azure-queue");
+        assert!(out["Logs"].as_array().is_some());
+    }
+    assert_eq!(sim.ledger().len(), 3);
+
+    let (status, out) = post(
+        &h,
+        "attest-queue",
+        json!({"Data": {"message": "{\"managed_device_ids\": [\"bad\"]}"}, "Metadata": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "a malformed message is acknowledged");
+    let rejection: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(rejection["error_type"], "InvalidRequest");
+}
+
+#[tokio::test]
+async fn the_http_function_needs_a_signature_and_answers_through_its_binding() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let h = start(&sim, &[]).await;
+    let body = json!({"managed_device_ids": windows(&sim, 2)}).to_string();
+    let request = |headers: Value| {
+        json!({"Data": {"req": {"Url": "https://fn.example/api/attest-http", "Method": "POST", "Query": {},
+            "Headers": headers, "Params": {}, "Body": body}}, "Metadata": {}})
+    };
+    let (status, out) = post(
+        &h,
+        "attest-http",
+        request(json!({"Content-Type": ["application/json"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 401);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = intune_attest::frontdoor::webhook::sign(&SecretString::from("whsec-b".to_string()), t, body.as_bytes());
+    let (_, out) = post(&h, "attest-http", request(json!({"X-Intune-Attest-Signature": [sig]}))).await;
+    assert_eq!(out["Outputs"]["res"]["statusCode"], 200, "{out}");
+    let result: Value = serde_json::from_str(out["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(result["summary"]["initiated"], 2);
+    assert!(
+        out["Outputs"]["result"].is_string(),
+        "the result also goes to the output binding"
+    );
+}
+
+#[tokio::test]
+async fn the_timer_sweeps_the_fleet() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let h = start(&sim, &[]).await;
+    let (status, out) = post(
+        &h,
+        "attest-sweep",
+        json!({"Data": {"timer": {"IsPastDue": false}}, "Metadata": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let result: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        result["summary"]["requested"],
+        sim.fleet().iter().filter(|d| d.is_windows()).count()
+    );
+}
+
+#[tokio::test]
+async fn a_failure_that_can_pass_fails_the_invocation_so_the_host_retries() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let h = start(&sim, &[("AZURE_CLIENT_SECRET", "not-the-secret")]).await;
+    let envelope =
+        json!({"Data": {"message": json!({"managed_device_ids": windows(&sim, 1)}).to_string()}, "Metadata": {}});
+    let (status, out) = post(&h, "attest-queue", envelope).await;
+    assert_eq!(status, 500, "{out}");
+    assert!(out["Logs"][0].as_str().unwrap().starts_with("CredentialsUnavailable"));
+    assert!(!out.to_string().contains("not-the-secret"));
+}

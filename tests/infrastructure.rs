@@ -1,0 +1,233 @@
+//! The deployment files stay what they claim: least privilege, the queue and
+//! timeout relations, and every JSON/YAML file under `infra/` parses.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::to_value(y).unwrap()
+}
+
+fn template() -> Value {
+    yaml(&root().join("template.yaml"))
+}
+
+fn default_number(t: &Value, param: &str) -> u64 {
+    let d = &t["Parameters"][param]["Default"];
+    d.as_u64()
+        .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("{param} has no numeric default"))
+}
+
+#[test]
+fn the_function_is_provided_al2023_on_arm64_with_tracing() {
+    let t = template();
+    let f = &t["Resources"]["AttestFunction"]["Properties"];
+    assert_eq!(f["Runtime"], "provided.al2023");
+    assert_eq!(f["Handler"], "bootstrap");
+    assert_eq!(t["Parameters"]["Architecture"]["Default"], "arm64");
+    assert_eq!(f["Tracing"], "Active");
+    assert_eq!(
+        f["Environment"]["Variables"]["SECRET_ID"]["Ref"],
+        "CredentialsSecretArn"
+    );
+}
+
+/// Every resource in a policy statement: named resources only, never `*`.
+fn resources(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| resources(x, out)),
+        Value::Object(o) if o.contains_key("Fn::If") => {
+            let branches = o["Fn::If"].as_array().unwrap();
+            resources(&branches[1], out);
+            resources(&branches[2], out);
+        }
+        other => out.push(other.clone()),
+    }
+}
+
+#[test]
+fn the_policies_name_exactly_the_resources_they_need() {
+    let t = template();
+    let policies = t["Resources"]["AttestFunction"]["Properties"]["Policies"]
+        .as_array()
+        .unwrap();
+    assert_eq!(policies.len(), 1, "only the inline statement; no managed policies");
+    let statements = policies[0]["Statement"].as_array().unwrap();
+    let mut actions = Vec::new();
+    for s in statements {
+        assert_eq!(s["Effect"], "Allow");
+        let action = s["Action"].as_str().expect("one action per statement");
+        assert!(!action.contains('*'), "{action}");
+        actions.push(action.to_owned());
+        let mut rs = Vec::new();
+        resources(&s["Resource"], &mut rs);
+        for r in rs {
+            let named = r.get("Ref").is_some() || r.get("Fn::GetAtt").is_some() || r.get("Fn::Sub").is_some();
+            assert!(
+                named || r == serde_json::json!({"Ref": "AWS::NoValue"}),
+                "{action}: {r}"
+            );
+            assert!(!r.to_string().contains('*'), "{action}: {r}");
+        }
+    }
+    actions.sort();
+    assert_eq!(
+        actions,
+        vec!["events:PutEvents", "secretsmanager:GetSecretValue", "sqs:SendMessage"]
+    );
+    let by_action = |a: &str| statements.iter().find(|s| s["Action"] == a).unwrap()["Resource"].clone();
+    assert_eq!(
+        by_action("sqs:SendMessage"),
+        serde_json::json!({"Fn::GetAtt": ["WorkQueue", "Arn"]})
+    );
+    let secrets = by_action("secretsmanager:GetSecretValue").to_string();
+    assert!(
+        secrets.contains("CredentialsSecretArn") && secrets.contains("WebhookSecretArn"),
+        "{secrets}"
+    );
+}
+
+#[test]
+fn the_queue_outlives_six_function_timeouts_and_has_a_dead_letter_queue() {
+    let t = template();
+    let timeouts = t["Parameters"]["FunctionTimeout"]["AllowedValues"].as_array().unwrap();
+    assert!(!timeouts.is_empty());
+    for timeout in timeouts {
+        let secs = timeout.as_u64().unwrap();
+        let visibility = t["Mappings"]["QueueVisibility"][secs.to_string()]["Seconds"]
+            .as_u64()
+            .unwrap();
+        assert!(visibility >= 6 * secs, "timeout {secs}: visibility {visibility}");
+    }
+    let queue = &t["Resources"]["WorkQueue"]["Properties"];
+    assert_eq!(queue["VisibilityTimeout"]["Fn::FindInMap"][1]["Ref"], "FunctionTimeout");
+    assert_eq!(
+        queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
+        "WorkDeadLetterQueue"
+    );
+    assert!(queue["RedrivePolicy"]["maxReceiveCount"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn queue_consumers_share_the_intune_budget() {
+    let t = template();
+    let event = &t["Resources"]["AttestFunction"]["Properties"]["Events"]["Work"]["Properties"];
+    assert_eq!(
+        event["FunctionResponseTypes"],
+        serde_json::json!(["ReportBatchItemFailures"])
+    );
+    assert_eq!(
+        event["ScalingConfig"]["MaximumConcurrency"]["Ref"],
+        "QueueMaxConcurrency"
+    );
+    let budget = default_number(&t, "WriteBudget");
+    let concurrency = default_number(&t, "QueueMaxConcurrency");
+    assert!(
+        budget * concurrency <= 200,
+        "{budget} x {concurrency} exceeds Intune's 200 writes per 20 s"
+    );
+    assert_eq!(
+        t["Resources"]["AttestFunction"]["Properties"]["Environment"]["Variables"]["ATTEST_WRITE_BUDGET"]["Ref"],
+        "WriteBudget"
+    );
+}
+
+#[test]
+fn the_url_is_iam_by_default_and_none_needs_the_signing_secret() {
+    let t = template();
+    assert_eq!(t["Parameters"]["FunctionUrlAuthType"]["Default"], "AWS_IAM");
+    let rule = t["Rules"]["UnauthenticatedUrlNeedsASigningSecret"].to_string();
+    assert!(rule.contains("NONE") && rule.contains("WebhookSecretArn"), "{rule}");
+    let sweep = &t["Resources"]["AttestFunction"]["Properties"]["Events"]["Sweep"]["Properties"];
+    assert_eq!(
+        t["Parameters"]["SweepEnabled"]["Default"], "false",
+        "the sweep is off unless asked for"
+    );
+    assert!(sweep["State"].to_string().contains("DISABLED"));
+    for alarm in ["DeadLetterAlarm", "FunctionErrorsAlarm", "ThrottledRunsAlarm"] {
+        assert_eq!(t["Resources"][alarm]["Type"], "AWS::CloudWatch::Alarm", "{alarm}");
+    }
+    assert!(t["Resources"]["AttestLogGroup"]["Properties"]["RetentionInDays"].is_object());
+    for output in ["FunctionArn", "FunctionUrl", "WorkQueueUrl", "EventBusName"] {
+        assert!(t["Outputs"].get(output).is_some(), "{output}");
+    }
+}
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_json_and_yaml_file_under_infra_parses() {
+    let mut all = Vec::new();
+    files(&root().join("infra"), &mut all);
+    let mut checked = 0;
+    for path in all {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                checked += 1;
+            }
+            Some("yaml" | "yml") => {
+                yaml(&path);
+                checked += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(checked >= 6, "{checked} files");
+}
+
+#[test]
+fn the_azure_function_app_matches_the_handler() {
+    let azure = root().join("infra/azure");
+    let host: Value = serde_json::from_str(&std::fs::read_to_string(azure.join("host.json")).unwrap()).unwrap();
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "intune-attest"
+    );
+    assert!(host["extensionBundle"]["id"].is_string());
+    for (function, trigger) in [
+        ("attest-queue", "queueTrigger"),
+        ("attest-http", "httpTrigger"),
+        ("attest-sweep", "timerTrigger"),
+    ] {
+        let f: Value =
+            serde_json::from_str(&std::fs::read_to_string(azure.join(function).join("function.json")).unwrap())
+                .unwrap();
+        let bindings = f["bindings"].as_array().unwrap();
+        assert_eq!(bindings[0]["type"], trigger, "{function}");
+        assert!(
+            bindings
+                .iter()
+                .any(|b| b["name"] == intune_attest::frontdoor::azure::RESULT_BINDING && b["direction"] == "out"),
+            "{function}"
+        );
+    }
+    let http: Value =
+        serde_json::from_str(&std::fs::read_to_string(azure.join("attest-http/function.json")).unwrap()).unwrap();
+    assert!(
+        http["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == intune_attest::frontdoor::azure::HTTP_BINDING)
+    );
+    assert_eq!(http["bindings"][0]["authLevel"], "function");
+}
