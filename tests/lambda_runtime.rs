@@ -237,9 +237,16 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
         .collect();
     assert_eq!(emf.len(), 8, "{stdout}");
     // JSON logs that carry the request id; no secret anywhere.
+    let run_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("\"request_id\":\"req-1\""))
+        .collect();
+    assert!(!run_lines.is_empty(), "{stderr}");
     assert!(
-        stderr.lines().any(|l| l.contains("\"request_id\":\"req-1\"")),
-        "{stderr}"
+        run_lines
+            .iter()
+            .all(|l| l.contains("\"correlation_id\":\"ir-2026-1142-isolate-and-attest\"")),
+        "{run_lines:#?}"
     );
     for leaked in [CLIENT_SECRET, "whsec-current", "whsec-previous"] {
         assert!(!stderr.contains(leaked) && !stdout.contains(leaked), "{leaked} leaked");

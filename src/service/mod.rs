@@ -323,7 +323,22 @@ impl AttestService {
     }
 
     /// Runs one request to the end: engine, continuation, publication.
+    /// Every log line of the run carries its correlation id.
     pub async fn run(
+        &self,
+        mut req: AttestationRequest,
+        invocation: Invocation,
+        deadline: Option<Instant>,
+    ) -> Result<Handled, ServiceError> {
+        let correlation_id = req
+            .correlation_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let span = tracing::info_span!("run", correlation_id = %correlation_id, part = req.part);
+        tracing::Instrument::instrument(self.run_in_span(req, invocation, deadline), span).await
+    }
+
+    async fn run_in_span(
         &self,
         req: AttestationRequest,
         invocation: Invocation,
