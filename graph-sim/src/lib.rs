@@ -299,6 +299,11 @@ impl Sim {
         f(&mut lock(&self.state.cfg));
     }
 
+    /// Every access token issued so far (for tests that prove none leaks).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.state.tokens).keys().cloned().collect()
+    }
+
     /// Invalidates every token issued so far (as if they all expired).
     pub fn revoke_tokens(&self) {
         *lock(&self.state.token_generation) += 1;

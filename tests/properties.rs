@@ -1,0 +1,122 @@
+//! Property tests (bounded, run in CI) for everything that parses untrusted
+//! input: payloads, filters, durations, device IDs, Lambda events, webhook
+//! signatures. None may panic, and every refusal stays bounded.
+
+use intune_attest::core::device::DeviceId;
+use intune_attest::core::duration::parse_go_duration;
+use intune_attest::core::filter::DeviceFilter;
+use intune_attest::core::request::{AttestationRequest, RequestLimits};
+use intune_attest::frontdoor::lambda::classify;
+use intune_attest::frontdoor::webhook;
+use proptest::prelude::*;
+use secrecy::SecretString;
+use serde_json::Value;
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::String),
+        "[0-9a-fA-F-]{30,40}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::hash_map(
+                prop_oneof![
+                    Just("managed_device_ids".to_string()),
+                    Just("comanaged_device_ids".to_string()),
+                    Just("device_filter".to_string()),
+                    Just("timeouts".to_string()),
+                    Just("invoke".to_string()),
+                    Just("Records".to_string()),
+                    Just("part".to_string()),
+                    ".{0,12}"
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn payloads_never_panic_and_refusals_are_bounded(v in json_value()) {
+        if let Err(e) = AttestationRequest::from_value(&v, RequestLimits::default()) {
+            let text = e.to_string();
+            prop_assert!(text.len() < 6000, "{} bytes", text.len());
+            prop_assert!(!text.contains('\n'));
+        }
+        let _ = classify(&v);
+    }
+
+    #[test]
+    fn raw_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = AttestationRequest::from_slice(&bytes, RequestLimits::default());
+    }
+
+    #[test]
+    fn filters_never_panic_and_canonical_forms_are_stable(text in ".{0,120}") {
+        if let Ok(f) = DeviceFilter::parse(&text) {
+            let canonical = f.to_string();
+            let again = DeviceFilter::parse(&canonical).expect("a canonical filter parses");
+            prop_assert_eq!(again.to_string(), canonical);
+        }
+    }
+
+    #[test]
+    fn grammar_shaped_filters_round_trip(
+        field in prop::sample::select(vec!["operatingSystem", "deviceName", "model", "isEncrypted"]),
+        value in "[a-zA-Z0-9' -]{0,12}",
+        joiner in prop::sample::select(vec![" and ", " or "]),
+    ) {
+        let lit = value.replace('\'', "''");
+        let text = format!("({field} eq '{lit}'){joiner}startswith(deviceName,'{lit}')");
+        let f = DeviceFilter::parse(&text).expect("well-formed");
+        prop_assert_eq!(DeviceFilter::parse(&f.to_string()).unwrap(), f);
+    }
+
+    #[test]
+    fn durations_never_panic(text in ".{0,30}") {
+        let _ = parse_go_duration(&text);
+    }
+
+    #[test]
+    fn device_ids_normalise(text in "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}") {
+        let id = DeviceId::parse(&text).expect("a GUID");
+        prop_assert_eq!(id.as_str(), text.to_ascii_lowercase());
+        prop_assert_eq!(DeviceId::parse(id.as_str()), Some(id));
+    }
+
+    #[test]
+    fn arbitrary_ids_are_refused_or_are_plain_guids(text in ".{0,40}") {
+        if let Some(id) = DeviceId::parse(&text) {
+            prop_assert_eq!(id.as_str().len(), 36);
+            prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
+        }
+    }
+
+    #[test]
+    fn signature_headers_never_panic_and_never_pass_unsigned(header in ".{0,200}", body in prop::collection::vec(any::<u8>(), 0..64)) {
+        let secrets = [SecretString::from("k".to_string())];
+        prop_assert!(webhook::verify(Some(&header), &body, &secrets, 1_000).is_err());
+    }
+
+    #[test]
+    fn signatures_verify_only_their_own_body(t in 0u64..2_000_000_000, body in prop::collection::vec(any::<u8>(), 0..64), flip in any::<u8>()) {
+        let secret = SecretString::from("whsec".to_string());
+        let header = webhook::sign(&secret, t, &body);
+        prop_assert!(webhook::verify(Some(&header), &body, std::slice::from_ref(&secret), t).is_ok());
+        let mut other = body.clone();
+        other.push(flip);
+        prop_assert!(webhook::verify(Some(&header), &other, &[secret], t).is_err());
+    }
+}
