@@ -61,6 +61,8 @@ async fn world(cfg: SimConfig) -> World {
 
 struct AppOptions {
     queue: bool,
+    queue_url: Option<String>,
+    secrets_endpoint: Option<&'static str>,
     bus: &'static str,
     webhook: Option<Vec<&'static str>>,
     extra_env: Vec<(&'static str, &'static str)>,
@@ -70,6 +72,8 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             queue: false,
+            queue_url: None,
+            secrets_endpoint: None,
             bus: "attest-results",
             webhook: None,
             extra_env: vec![],
@@ -81,16 +85,28 @@ impl World {
     fn app(&self, o: AppOptions) -> LambdaApp {
         let env = env_of(&self.sim, &o.extra_env);
         let settings = Settings::from_env(|k| env.get(k).cloned()).unwrap();
-        let creds = Arc::new(SecretsManagerCredentials::new(
-            self.aws.secrets.clone(),
-            self.secret_arn.clone(),
-        ));
+        let secrets = match o.secrets_endpoint {
+            // A secret store that cannot be reached.
+            Some(url) => aws_sdk_secretsmanager::Client::from_conf(
+                aws_sdk_secretsmanager::Config::builder()
+                    .behavior_version_latest()
+                    .endpoint_url(url)
+                    .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+                    .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                        "t", "t", None, None, "t",
+                    ))
+                    .build(),
+            ),
+            None => self.aws.secrets.clone(),
+        };
+        let creds = Arc::new(SecretsManagerCredentials::new(secrets, self.secret_arn.clone()));
         let sink: Arc<dyn ResultSink> = Arc::new(
             EventBridgeSink::new(self.aws.events.clone(), o.bus.into()).with_retries(2, Duration::from_millis(10)),
         );
+        let url = o.queue_url.clone().unwrap_or_else(|| self.work_queue.clone());
         let queue = o
             .queue
-            .then(|| Arc::new(SqsWorkQueue::new(self.aws.sqs.clone(), self.work_queue.clone())) as Arc<dyn WorkQueue>);
+            .then(|| Arc::new(SqsWorkQueue::new(self.aws.sqs.clone(), url)) as Arc<dyn WorkQueue>);
         let service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300));
         let webhook = o.webhook.map(|s| Arc::new(FixedSecrets(s)) as Arc<dyn WebhookSecrets>);
         let sweep = SweepSettings::from_env(|k| (k == "SWEEP_CHUNK_SIZE").then(|| "50".to_string())).unwrap();
@@ -485,4 +501,68 @@ async fn a_schedule_sweep_queues_the_fleet_in_chunks() {
         .sum();
     assert_eq!(total, windows);
     assert!(w.sim.ledger().is_empty(), "dispatching attests nothing itself");
+}
+
+#[tokio::test]
+async fn an_unreachable_secret_store_returns_every_message_for_retry() {
+    let w = world(sim_config()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint: &'static str = Box::leak(format!("http://127.0.0.1:{closed}").into_boxed_str());
+    let app = w.app(AppOptions {
+        secrets_endpoint: Some(endpoint),
+        ..Default::default()
+    });
+    let ids = w.windows(2);
+    let event = sqs_event(&[
+        ("m-1", json!({"managed_device_ids": [ids[0]]}).to_string()),
+        ("m-2", json!({"managed_device_ids": [ids[1]]}).to_string()),
+    ]);
+    let out = app.handle(event, ctx("u-1", 60)).await.unwrap();
+    assert_eq!(
+        out,
+        json!({"batchItemFailures": [{"itemIdentifier": "m-1"}, {"itemIdentifier": "m-2"}]})
+    );
+    let err = app
+        .handle(json!({"managed_device_ids": [ids[0]]}), ctx("u-2", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, "CredentialsUnavailable");
+    assert!(err.error_message.contains("intune-attest/app"), "{}", err.error_message);
+    assert!(w.sim.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn a_continuation_that_cannot_be_queued_is_reported_not_lost() {
+    let mut cfg = sim_config();
+    cfg.fleet = FleetSpec {
+        size: 400,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        ..FleetSpec::default()
+    };
+    let w = world(cfg).await;
+    let missing_queue = format!("{}/123456789012/no-such-queue", w._moto.url);
+    let app = w.app(AppOptions {
+        queue: true,
+        queue_url: Some(missing_queue),
+        extra_env: vec![("ATTEST_WRITE_BUDGET", "60")],
+        ..Default::default()
+    });
+    let ids: Vec<String> = w.sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let payload = json!({"managed_device_ids": ids, "validate_device_exists": false, "ignore_partial_failures": true});
+    let out = app.handle(payload, ctx("c-1", 3)).await.unwrap();
+    let initiated = out["summary"]["initiated"].as_u64().unwrap();
+    let not_attempted = out["summary"]["not_attempted"].as_u64().unwrap();
+    assert!(not_attempted > 0, "{}", out["summary"]);
+    assert_eq!(initiated + not_attempted, 400, "{}", out["summary"]);
+    assert!(
+        out["warnings"].to_string().contains("could not be handed on"),
+        "{}",
+        out["warnings"]
+    );
+    assert_eq!(w.sim.ledger().len() as u64, initiated);
 }
