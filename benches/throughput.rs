@@ -2,7 +2,8 @@
 //! the way the Terraform action works, and intune-attest with default
 //! settings, against the Graph simulator with Intune's limits on.
 //!
-//! `cargo bench --bench throughput -- [--devices 2000,20000] [--scale 20] [--skip-baseline-above N]`
+//! `cargo bench --bench throughput -- [--devices 2000,20000] [--scale 20] [--skip-baseline-above N]
+//! [--only throughput,adaptive,cold-start]`
 //!
 //! Prints the figures and whether each target is met, and draws
 //! `benchmarks/writes-per-window.svg` and `benchmarks/adaptive.svg`.
@@ -22,6 +23,13 @@ struct Args {
     devices: Vec<usize>,
     scale: u32,
     skip_baseline_above: usize,
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 fn args() -> Args {
@@ -29,6 +37,7 @@ fn args() -> Args {
         devices: vec![2000, 20_000],
         scale: 20,
         skip_baseline_above: usize::MAX,
+        only: vec![],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -37,6 +46,12 @@ fn args() -> Args {
                 if let Some(v) = it.next() {
                     a.devices = v.split(',').filter_map(|n| n.trim().parse().ok()).collect();
                 }
+            }
+            "--only" => {
+                a.only = it
+                    .next()
+                    .map(|v| v.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default()
             }
             "--scale" => a.scale = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.scale),
             "--skip-baseline-above" => {
@@ -189,7 +204,12 @@ async fn main() {
     );
     let mut verdicts: Vec<(String, bool)> = Vec::new();
     let mut first_charts: Option<(Vec<usize>, Vec<usize>)> = None;
-    for &devices in &a.devices {
+    let sizes = if a.wants("throughput") {
+        a.devices.clone()
+    } else {
+        Vec::new()
+    };
+    for &devices in &sizes {
         let ours = run(&Scenario {
             devices,
             scale: a.scale,
@@ -263,46 +283,54 @@ async fn main() {
 
     // The tenant is shared: the real ceiling is below the configured budget.
     let shared = 120;
-    let adaptive = run(&Scenario {
-        devices: 3000,
-        scale: a.scale,
-        ceiling: shared,
-        budget: 190,
-        client: Client::IntuneAttest(bin.clone()),
-    })
-    .await;
-    print(
-        "intune-attest, real ceiling 120 under a budget of 190",
-        3000,
-        a.scale,
-        &adaptive,
-        190.0,
-        shared as f64,
-    );
-    let settled = settled_at(&adaptive.per_window, shared, 0.9);
-    let after = settled.map(|k| {
-        let full = adaptive.per_window.len() - 1;
-        adaptive.per_window[k..full].iter().sum::<usize>() as f64 / (full - k).max(1) as f64
-    });
-    println!(
-        "  settled at >= 90% of the real ceiling from window {} on (mean after: {})\n",
-        settled.map_or("never".into(), |k| k.to_string()),
-        after.map_or("-".into(), |m| format!("{m:.1} = {:.1}%", 100.0 * m / shared as f64))
-    );
-    verdicts.push((
-        "shared tenant: settles at >= 90% of the real ceiling within 5 windows".into(),
-        settled.is_some_and(|k| k <= 5),
-    ));
-    verdicts.push((
-        "shared tenant: every device initiated, none left throttled".into(),
-        adaptive.reported_throttled == 0 && adaptive.initiated >= adaptive.windows * 9 / 10,
-    ));
+    let adaptive = if !a.wants("adaptive") {
+        None
+    } else {
+        Some(
+            run(&Scenario {
+                devices: 3000,
+                scale: a.scale,
+                ceiling: shared,
+                budget: 190,
+                client: Client::IntuneAttest(bin.clone()),
+            })
+            .await,
+        )
+    };
+    if let Some(adaptive) = &adaptive {
+        print(
+            "intune-attest, real ceiling 120 under a budget of 190",
+            3000,
+            a.scale,
+            adaptive,
+            190.0,
+            shared as f64,
+        );
+        let settled = settled_at(&adaptive.per_window, shared, 0.9);
+        let after = settled.map(|k| {
+            let full = adaptive.per_window.len() - 1;
+            adaptive.per_window[k..full].iter().sum::<usize>() as f64 / (full - k).max(1) as f64
+        });
+        println!(
+            "  settled at >= 90% of the real ceiling from window {} on (mean after: {})\n",
+            settled.map_or("never".into(), |k| k.to_string()),
+            after.map_or("-".into(), |m| format!("{m:.1} = {:.1}%", 100.0 * m / shared as f64))
+        );
+        verdicts.push((
+            "shared tenant: settles at >= 90% of the real ceiling within 5 windows".into(),
+            settled.is_some_and(|k| k <= 5),
+        ));
+        verdicts.push((
+            "shared tenant: every device initiated, none left throttled".into(),
+            adaptive.reported_throttled == 0 && adaptive.initiated >= adaptive.windows * 9 / 10,
+        ));
+    }
 
     let release = std::env::var("ATTEST_RELEASE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("target/release/intune-attest"));
-    match std::fs::metadata(&release) {
-        Ok(m) => {
+    match std::fs::metadata(&release).ok().filter(|_| a.wants("cold-start")) {
+        Some(m) => {
             println!("release binary {} : {:.1} MB", release.display(), m.len() as f64 / 1e6);
             match cold_start(&release).await {
                 Some(d) => {
@@ -315,8 +343,8 @@ async fn main() {
                 None => println!("cold start: could not be measured"),
             }
         }
-        Err(_) => println!(
-            "release binary not found at {} (cargo build --release first)",
+        None => println!(
+            "release binary not measured at {} (not asked for, or not built: cargo build --release)",
             release.display()
         ),
     }
@@ -335,15 +363,17 @@ async fn main() {
             ],
         );
     }
-    chart(
-        "benchmarks/adaptive.svg",
-        "Shared tenant: real ceiling 120, configured budget 190",
-        &[("intune-attest", &adaptive.per_window, BLUE)],
-        &[
-            ("real ceiling 120", shared, BLACK),
-            ("90% of it", shared * 9 / 10, RGBColor(150, 150, 150)),
-        ],
-    );
+    if let Some(adaptive) = &adaptive {
+        chart(
+            "benchmarks/adaptive.svg",
+            "Shared tenant: real ceiling 120, configured budget 190",
+            &[("intune-attest", &adaptive.per_window, BLUE)],
+            &[
+                ("real ceiling 120", shared, BLACK),
+                ("90% of it", shared * 9 / 10, RGBColor(150, 150, 150)),
+            ],
+        );
+    }
 
     println!("\ntargets");
     for (what, ok) in &verdicts {

@@ -88,7 +88,11 @@ pub struct Pacer {
     rtts: VecDeque<Duration>,
     min_rtt: Duration,
     mean_rtt: Duration,
+    ceiling: Option<f64>,
 }
+
+/// Recovery after a 429 is fast up to this fraction of the ceiling then seen.
+const PLATEAU: f64 = 0.97;
 
 impl Pacer {
     /// A pacer with a full budget.
@@ -107,6 +111,7 @@ impl Pacer {
             rtts: VecDeque::with_capacity(RTT_SAMPLES),
             min_rtt: Duration::ZERO,
             mean_rtt: Duration::ZERO,
+            ceiling: None,
         }
     }
 
@@ -128,7 +133,7 @@ impl Pacer {
 
     /// The budget after adaptive cuts.
     pub fn effective_budget(&self) -> u32 {
-        ((f64::from(self.cfg.budget) * self.factor).floor() as u32).max(1)
+        ((f64::from(self.cfg.budget) * self.factor + 1e-9).floor() as u32).max(1)
     }
 
     /// The batch size that packs the effective budget evenly: with a budget of
@@ -161,7 +166,21 @@ impl Pacer {
         }
         let clean_for = self.cfg.window + self.cfg.guard;
         if self.factor < 1.0 && now.saturating_duration_since(self.clean_since) >= clean_for {
-            self.factor = (self.factor + self.cfg.recover).min(1.0);
+            // Recover quickly up to just under the ceiling last seen, then
+            // probe above it slowly: a shared tenant's ceiling stays put.
+            let step = match self.ceiling {
+                Some(c) if self.factor >= c * PLATEAU => self.cfg.recover / 5.0,
+                Some(c) => self
+                    .cfg
+                    .recover
+                    .min(c * PLATEAU - self.factor)
+                    .max(self.cfg.recover / 5.0),
+                None => self.cfg.recover,
+            };
+            self.factor = (self.factor + step).min(1.0);
+            if self.ceiling.is_some_and(|c| self.factor > c * 1.2) {
+                self.ceiling = None;
+            }
             self.clean_since = now;
         }
     }
@@ -257,7 +276,9 @@ impl Pacer {
             // What Graph accepted in the last window, with a little headroom,
             // is the best estimate of the real ceiling; without it, a fixed cut.
             let estimate = if self.accepted_in_window > 0 {
-                f64::from(self.accepted_in_window) * 0.95 / f64::from(self.cfg.budget)
+                let seen = f64::from(self.accepted_in_window) / f64::from(self.cfg.budget);
+                self.ceiling = Some(seen.min(1.0));
+                seen * 0.95
             } else {
                 self.factor * self.cfg.cut
             };
@@ -426,6 +447,25 @@ mod tests {
         p.on_accepted(start, 100);
         p.on_throttled(start, Duration::ZERO);
         assert_eq!(p.effective_budget(), 95);
+    }
+
+    #[test]
+    fn after_a_cut_recovery_stops_short_of_the_ceiling_seen_then_probes_slowly() {
+        let start = Instant::now();
+        let window = Duration::from_secs(20);
+        let mut p = Pacer::new(PacerConfig::new(200, window), start);
+        p.on_accepted(start, 120);
+        p.on_throttled(start, Duration::ZERO);
+        assert_eq!(p.effective_budget(), 114);
+        let mut t = start;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            t += Duration::from_secs(21);
+            let _ = p.try_acquire(1, t);
+            seen.push(p.effective_budget());
+        }
+        // Up to 97% of 120 at once, then a step of 1% of the budget per clean window.
+        assert_eq!(seen, vec![116, 118, 120, 122, 124, 126]);
     }
 
     #[test]
