@@ -296,9 +296,13 @@ async fn intune_attest(bin: &PathBuf, sim: &Sim, window: Duration, budget: u32) 
     )
 }
 
-/// The first warm window from which every later full window reaches `share`
-/// of `ceiling`, if any.
+/// The first window from which the mean of all later full windows reaches
+/// `share` of `ceiling`, if any (single windows wobble by a batch either way,
+/// as batches fall into fixed buckets; the mean is what a tenant feels).
 pub fn settled_at(per_window: &[usize], ceiling: usize, share: f64) -> Option<usize> {
     let full = per_window.len().saturating_sub(1);
-    (1..full).find(|&k| per_window[k..full].iter().all(|&w| w as f64 >= share * ceiling as f64))
+    (1..full).find(|&k| {
+        let rest = &per_window[k..full];
+        rest.iter().sum::<usize>() as f64 / rest.len() as f64 >= share * ceiling as f64
+    })
 }
