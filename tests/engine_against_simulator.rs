@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use graph_sim::{AppRegistration, Faults, FleetSpec, RetryAfterForm, SimConfig};
+use graph_sim::{Faults, FleetSpec, RetryAfterForm, SimConfig};
 use intune_attest::core::device::DeviceKind;
 use intune_attest::core::engine::RunError;
 use intune_attest::core::outcome::{Outcome, RunStatus};
@@ -401,17 +401,7 @@ async fn a_token_endpoint_that_stays_down_is_reported_as_unavailable() {
 
 #[tokio::test]
 async fn a_certificate_credential_signs_a_client_assertion() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let public = std::fs::read_to_string(format!("{fixtures}/test-app-public-key.pem")).unwrap();
-    let x5t = std::fs::read_to_string(format!("{fixtures}/test-app-x5t-s256.txt")).unwrap();
-    let mut cfg = sim_config();
-    cfg.apps = vec![AppRegistration {
-        client_id: graph_sim::CLIENT_ID.into(),
-        secret: None,
-        certificate: Some((public, x5t.trim().to_owned())),
-        can_write: true,
-    }];
-    let path = format!("{fixtures}/test-app-certificate.pem");
+    let (cfg, path) = certificate_app(None);
     let h = harness_with(
         cfg,
         &[("AZURE_CLIENT_CERTIFICATE_PATH", &path), ("AZURE_CLIENT_SECRET", "")],
@@ -430,16 +420,7 @@ async fn a_certificate_credential_signs_a_client_assertion() {
 
 #[tokio::test]
 async fn a_certificate_with_the_wrong_thumbprint_is_refused() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let public = std::fs::read_to_string(format!("{fixtures}/test-app-public-key.pem")).unwrap();
-    let mut cfg = sim_config();
-    cfg.apps = vec![AppRegistration {
-        client_id: graph_sim::CLIENT_ID.into(),
-        secret: None,
-        certificate: Some((public, "not-the-thumbprint".into())),
-        can_write: true,
-    }];
-    let path = format!("{fixtures}/test-app-certificate.pem");
+    let (cfg, path) = certificate_app(Some("not-the-thumbprint"));
     let h = harness_with(
         cfg,
         &[("AZURE_CLIENT_CERTIFICATE_PATH", &path), ("AZURE_CLIENT_SECRET", "")],

@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine as _;
 use common::{env_of, sim_config};
-use graph_sim::{AppRegistration, CLIENT_ID, CLIENT_SECRET, Sim};
+use graph_sim::{CLIENT_SECRET, Sim};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intune-attest");
 
@@ -81,18 +81,8 @@ async fn client_secrets_and_tokens_never_appear_in_output() {
 
 #[tokio::test]
 async fn the_private_key_and_its_assertions_never_appear_in_output() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let public = std::fs::read_to_string(format!("{fixtures}/test-app-public-key.pem")).unwrap();
-    let x5t = std::fs::read_to_string(format!("{fixtures}/test-app-x5t-s256.txt")).unwrap();
-    let mut cfg = sim_config();
-    cfg.apps = vec![AppRegistration {
-        client_id: CLIENT_ID.into(),
-        secret: None,
-        certificate: Some((public, x5t.trim().to_owned())),
-        can_write: true,
-    }];
+    let (cfg, path) = common::certificate_app(None);
     let sim = Sim::start(cfg).await.unwrap();
-    let path = format!("{fixtures}/test-app-certificate.pem");
     let ids: Vec<String> = sim.fleet().iter().take(10).map(|d| d.id.clone()).collect();
     let output = run(
         &sim,

@@ -38,6 +38,23 @@ pub fn sim_config() -> SimConfig {
     }
 }
 
+/// A simulator configuration whose only app signs in with the test
+/// certificate (registered with `thumbprint`, or the real one), and the path
+/// of the PEM file the client reads.
+pub fn certificate_app(thumbprint: Option<&str>) -> (SimConfig, String) {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let public = std::fs::read_to_string(format!("{fixtures}/test-app-public-key.pem")).unwrap();
+    let real = std::fs::read_to_string(format!("{fixtures}/test-app-x5t-s256.txt")).unwrap();
+    let mut cfg = sim_config();
+    cfg.apps = vec![graph_sim::AppRegistration {
+        client_id: graph_sim::CLIENT_ID.into(),
+        secret: None,
+        certificate: Some((public, thumbprint.unwrap_or(real.trim()).to_owned())),
+        can_write: true,
+    }];
+    (cfg, format!("{fixtures}/test-app-certificate.pem"))
+}
+
 pub fn env_of(sim: &Sim, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = sim.client_env().into_iter().collect();
     env.insert("ATTEST_THROTTLE_WINDOW".into(), format!("{}ms", WINDOW.as_millis()));

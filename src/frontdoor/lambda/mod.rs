@@ -266,13 +266,7 @@ impl LambdaApp {
                 Ok(r) => r,
                 Err(e) => {
                     // A malformed message would fail forever: report it once and acknowledge it.
-                    let rejection = Rejection {
-                        error_type: e.error_type().into(),
-                        message: e.to_string(),
-                        trigger: "sqs".into(),
-                        delivery_id: Some(id.clone()),
-                    };
-                    if self.service.reject(rejection).await.is_err() {
+                    if !self.reject_message(&e, &id).await {
                         failures.push(id);
                     }
                     continue;
@@ -291,19 +285,25 @@ impl LambdaApp {
                     failures.push(id);
                 }
                 Err(e) => {
-                    let rejection = Rejection {
-                        error_type: e.error_type().into(),
-                        message: e.to_string(),
-                        trigger: "sqs".into(),
-                        delivery_id: Some(id.clone()),
-                    };
-                    if self.service.reject(rejection).await.is_err() {
+                    if !self.reject_message(&e, &id).await {
                         failures.push(id);
                     }
                 }
             }
         }
         json!({"batchItemFailures": failures.into_iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()})
+    }
+
+    /// Reports a message that will never succeed, so it can be acknowledged;
+    /// false when the report itself failed (the message is then retried).
+    async fn reject_message(&self, e: &ServiceError, message_id: &str) -> bool {
+        let rejection = Rejection {
+            error_type: e.error_type().into(),
+            message: e.to_string(),
+            trigger: "sqs".into(),
+            delivery_id: Some(message_id.to_owned()),
+        };
+        self.service.reject(rejection).await.is_ok()
     }
 
     async fn webhook(&self, event: &Value, ctx: &InvocationContext) -> Value {
