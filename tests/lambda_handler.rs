@@ -566,3 +566,66 @@ async fn a_continuation_that_cannot_be_queued_is_reported_not_lost() {
     );
     assert_eq!(w.sim.ledger().len() as u64, initiated);
 }
+
+#[tokio::test]
+async fn base64_webhook_bodies_are_verified_on_their_decoded_bytes() {
+    use base64::Engine as _;
+    let w = world(sim_config()).await;
+    let app = w.app(AppOptions {
+        webhook: Some(vec!["whsec-new"]),
+        ..Default::default()
+    });
+    let body = json!({"managed_device_ids": w.windows(1)}).to_string();
+    let header = webhook::sign(&SecretString::from("whsec-new".to_string()), now(), body.as_bytes());
+    let mut event = http_event(
+        &base64::engine::general_purpose::STANDARD.encode(&body),
+        json!({"x-intune-attest-signature": header}),
+        None,
+    );
+    event["isBase64Encoded"] = json!(true);
+    let out = app.handle(event.clone(), ctx("b-1", 60)).await.unwrap();
+    assert_eq!(out["statusCode"], 200, "{out}");
+    event["body"] = json!("%%% not base64 %%%");
+    let out = app.handle(event, ctx("b-2", 60)).await.unwrap();
+    assert_eq!(out["statusCode"], 400);
+}
+
+#[tokio::test]
+async fn every_hostile_payload_is_refused_at_every_front_door_without_a_graph_call() {
+    let w = world(sim_config()).await;
+    let app = w.app(AppOptions::default());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let arn = "arn:aws:sts::123456789012:assumed-role/IncidentResponder/alice";
+    for (i, file) in files.iter().enumerate() {
+        let bytes = std::fs::read(file).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        // The webhook.
+        let out = app
+            .handle(http_event(&text, json!({}), Some(arn)), ctx("h", 60))
+            .await
+            .unwrap();
+        assert_eq!(out["statusCode"], 400, "{}: {out}", file.display());
+        assert!(out["body"].as_str().unwrap().len() < 4000, "{}", file.display());
+        // A queue message: reported once and acknowledged.
+        let out = app
+            .handle(sqs_event(&[(&format!("bad-{i}"), text.clone())]), ctx("q", 60))
+            .await
+            .unwrap();
+        assert_eq!(out, json!({"batchItemFailures": []}), "{}", file.display());
+        // A direct invoke, when the file is JSON at all.
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            let err = app.handle(v, ctx("d", 60)).await.unwrap_err();
+            assert_eq!(err.error_type, "InvalidRequest", "{}", file.display());
+        }
+    }
+    assert_eq!(w.sim.stats().http_requests, 0, "a hostile payload reached Graph");
+    let rejected = w
+        .events()
+        .await
+        .iter()
+        .filter(|e| e["detail-type"] == "Device Attestation Request Rejected")
+        .count();
+    assert_eq!(rejected, files.len());
+}
