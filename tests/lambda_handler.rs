@@ -629,3 +629,47 @@ async fn every_hostile_payload_is_refused_at_every_front_door_without_a_graph_ca
         .count();
     assert_eq!(rejected, files.len());
 }
+
+#[tokio::test]
+async fn a_throttling_secret_store_is_retried_then_every_message_is_returned() {
+    // A Secrets Manager that always answers ThrottlingException.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let throttling = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                [
+                    ("content-type", "application/x-amz-json-1.1"),
+                    ("x-amzn-errortype", "ThrottlingException"),
+                ],
+                r#"{"__type": "ThrottlingException", "message": "Rate exceeded"}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint: &'static str = Box::leak(format!("http://{}", listener.local_addr().unwrap()).into_boxed_str());
+    tokio::spawn(async move { axum::serve(listener, throttling).await });
+
+    let w = world(sim_config()).await;
+    let app = w.app(AppOptions {
+        secrets_endpoint: Some(endpoint),
+        ..Default::default()
+    });
+    let ids = w.windows(1);
+    let out = app
+        .handle(
+            sqs_event(&[("t-1", json!({"managed_device_ids": ids}).to_string())]),
+            ctx("t", 60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"batchItemFailures": [{"itemIdentifier": "t-1"}]}));
+    assert!(
+        calls.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the SDK retries a throttled read"
+    );
+    assert!(w.sim.ledger().is_empty());
+}
