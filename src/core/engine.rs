@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::device::{DeviceId, DeviceKind, DeviceRef};
 use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport};
 use super::outcome::{DeviceResult, Outcome, RunResult, RunStats};
-use super::pacer::{Pacer, PacerConfig};
+use super::pacer::{Grant, Pacer, PacerConfig};
 use super::progress::Progress;
 use super::request::AttestationRequest;
 
@@ -456,7 +456,7 @@ impl<G: DeviceGateway> Engine<G> {
         let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
         let mut seq = 0u64;
         let mut inflight: JoinSet<(u64, Vec<Reply>)> = JoinSet::new();
-        let mut batches: HashMap<u64, Vec<Work>> = HashMap::new();
+        let mut batches: HashMap<u64, (Vec<Work>, Grant)> = HashMap::new();
         let mut task_ids: HashMap<tokio::task::Id, u64> = HashMap::new();
         let mut waiting_since: Option<Instant> = None;
 
@@ -512,7 +512,7 @@ impl<G: DeviceGateway> Engine<G> {
                             let refs: Vec<DeviceRef> = batch.iter().map(|w| w.dev).collect();
                             seq += 1;
                             let id = seq;
-                            batches.insert(id, batch);
+                            batches.insert(id, (batch, grant));
                             let gateway = self.gateway.clone();
                             let cutoff = run.cutoff;
                             let rtt_pacer = pacer.clone();
@@ -550,12 +550,8 @@ impl<G: DeviceGateway> Engine<G> {
 
             tokio::select! {
                 joined = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                    let (id, replies) = match joined {
-                        Some(Ok((_, (id, replies)))) => (id, replies),
-                        Some(Err(e)) => (task_ids.get(&e.id()).copied().unwrap_or(0), Vec::new()),
-                        None => continue,
-                    };
-                    if let Some(batch) = batches.remove(&id) {
+                    let Some(joined) = joined else { continue };
+                    if let Some((batch, replies)) = take_batch(joined, &task_ids, &mut batches, pacer) {
                         self.settle(stage, run, batch, replies, &mut delayed, &mut seq, forward.as_ref());
                     }
                 }
@@ -572,11 +568,7 @@ impl<G: DeviceGateway> Engine<G> {
         // Past the cutoff: let the calls in flight finish (their timeouts end
         // at the cutoff), then settle everything left.
         while let Some(joined) = inflight.join_next_with_id().await {
-            let (id, replies) = match joined {
-                Ok((_, (id, replies))) => (id, replies),
-                Err(e) => (task_ids.get(&e.id()).copied().unwrap_or(0), Vec::new()),
-            };
-            if let Some(batch) = batches.remove(&id) {
+            if let Some((batch, replies)) = take_batch(joined, &task_ids, &mut batches, pacer) {
                 self.settle(stage, run, batch, replies, &mut delayed, &mut seq, forward.as_ref());
             }
         }
@@ -688,6 +680,27 @@ impl<G: DeviceGateway> Engine<G> {
             let mut p = lock(pacer);
             p.on_throttled(now, pause);
             tracing::warn!(stage = ?stage, pause_ms = pause.as_millis() as u64, budget = p.effective_budget(), "throttled by Graph; pausing and lowering the pace");
+        }
+    }
+}
+
+type Joined = Result<(tokio::task::Id, (u64, Vec<Reply>)), tokio::task::JoinError>;
+
+/// The work and replies of a finished call. A call whose task died returns
+/// no replies (its items are then treated as answers lost) and its permits
+/// are released here, since the task could not release them itself.
+fn take_batch(
+    joined: Joined,
+    task_ids: &HashMap<tokio::task::Id, u64>,
+    batches: &mut HashMap<u64, (Vec<Work>, Grant)>,
+    pacer: &Mutex<Pacer>,
+) -> Option<(Vec<Work>, Vec<Reply>)> {
+    match joined {
+        Ok((_, (id, replies))) => batches.remove(&id).map(|(batch, _)| (batch, replies)),
+        Err(e) => {
+            let (batch, grant) = batches.remove(task_ids.get(&e.id())?)?;
+            lock(pacer).complete(grant, Instant::now(), false);
+            Some((batch, Vec::new()))
         }
     }
 }
