@@ -11,6 +11,7 @@
 //! client's result against what "Graph" actually did.
 
 mod fleet;
+pub mod odata;
 mod server;
 mod throttle;
 mod token;

@@ -7,7 +7,6 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
-use intune_attest::core::filter::DeviceFilter;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -406,7 +405,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 fn list(state: &State, query: &str) -> Answer {
     lock(&state.stats).list_pages += 1;
     let filter = match query_param(query, "$filter") {
-        Some(text) => match DeviceFilter::parse(&text) {
+        Some(text) => match crate::odata::parse(&text) {
             Ok(f) => Some(f),
             Err(e) => {
                 return Answer::error(400, "BadRequest", &format!("Invalid filter clause: {e}"));
@@ -427,7 +426,7 @@ fn list(state: &State, query: &str) -> Answer {
         .iter()
         .filter(|d| {
             let v = d.to_json(false);
-            filter.as_ref().is_none_or(|f| f.matches(&|k| v.get(k).cloned()))
+            filter.as_ref().is_none_or(|f| crate::odata::matches(f, &v))
         })
         .collect();
     let page: Vec<Value> = matching.iter().skip(skip).take(top).map(|d| d.to_json(false)).collect();

@@ -136,7 +136,7 @@ async fn reads_select_fields_and_lists_page() {
     assert_eq!(seen, sim.fleet().iter().filter(|d| d.is_windows()).count());
     assert!(pages > 1);
     let bad = format!(
-        "{}/beta/deviceManagement/managedDevices?$filter=contains(deviceName,'x')",
+        "{}/beta/deviceManagement/managedDevices?$filter=deviceName%20like%20'x'",
         sim.url()
     );
     assert_eq!(

@@ -142,34 +142,6 @@ impl DeviceFilter {
     pub fn expr(&self) -> &FilterExpr {
         &self.expr
     }
-
-    /// Evaluates the filter against a device, given a way to read a property
-    /// (string comparisons ignore case, as Graph's do for these properties).
-    pub fn matches(&self, get: &dyn Fn(&str) -> Option<serde_json::Value>) -> bool {
-        eval(&self.expr, get)
-    }
-}
-
-fn eval(expr: &FilterExpr, get: &dyn Fn(&str) -> Option<serde_json::Value>) -> bool {
-    use serde_json::Value;
-    match expr {
-        FilterExpr::And(a, b) => eval(a, get) && eval(b, get),
-        FilterExpr::Or(a, b) => eval(a, get) || eval(b, get),
-        FilterExpr::StartsWith { field, prefix } => match get(field) {
-            Some(Value::String(s)) => s.to_lowercase().starts_with(&prefix.to_lowercase()),
-            _ => false,
-        },
-        FilterExpr::Compare { field, op, value } => {
-            let actual = get(field).unwrap_or(Value::Null);
-            let equal = match (value, &actual) {
-                (Literal::Str(want), Value::String(got)) => want.eq_ignore_ascii_case(got),
-                (Literal::Bool(want), Value::Bool(got)) => want == got,
-                (Literal::Int(want), Value::Number(got)) => got.as_i64() == Some(*want),
-                _ => false,
-            };
-            equal == (*op == CompareOp::Eq)
-        }
-    }
 }
 
 impl fmt::Display for Literal {
@@ -550,21 +522,5 @@ mod tests {
     fn error_names_the_offending_property() {
         let err = DeviceFilter::parse("secretField eq 'x'").unwrap_err();
         assert!(err.0.contains("secretField"), "{err}");
-    }
-
-    #[test]
-    fn evaluates_like_graph() {
-        let f = DeviceFilter::parse(
-            "operatingSystem eq 'windows' and (startswith(deviceName,'lab') or isEncrypted eq true)",
-        )
-        .unwrap();
-        let dev = |os: &str, name: &str, enc: bool| {
-            let v = serde_json::json!({"operatingSystem": os, "deviceName": name, "isEncrypted": enc});
-            move |k: &str| v.get(k).cloned()
-        };
-        assert!(f.matches(&dev("Windows", "LAB-1", false)));
-        assert!(f.matches(&dev("Windows", "desk", true)));
-        assert!(!f.matches(&dev("Windows", "desk", false)));
-        assert!(!f.matches(&dev("macOS", "LAB-1", true)));
     }
 }
