@@ -2,18 +2,29 @@
 //! devices in bulk, at the Microsoft Graph throttling ceiling, and say
 //! precisely what happened to each device.
 //!
-//! The crate is laid out by role:
+//! The crate is laid out by role; arrows only point down this list:
+//! - [`frontdoor`]: the hosts (CLI, AWS Lambda, Azure Functions custom
+//!   handler). Each decodes its envelope, calls the service or the engine,
+//!   and encodes the answer.
+//! - [`service`]: the application service the hosted front doors share:
+//!   deliveries and their dispositions, webhook admission, sweeps,
+//!   continuations, repeats, publication.
+//! - [`config`]: deployment settings from the environment.
+//! - [`telemetry`]: logging, the same on every host.
+//! - Ports, each beside its adapters: [`credentials`] (azure-identity
+//!   environment variables, AWS Secrets Manager), [`results`]
+//!   (EventBridge), [`queue`] (SQS).
+//! - [`graph`]: the Microsoft Graph adapter (tokens, `$batch`, paging),
+//!   the engine's gateway.
 //! - [`core`]: the domain (requests, validation, outcomes, pacing and the
 //!   attestation engine). It knows nothing about Lambda, Azure or AWS.
-//! - [`graph`]: the Microsoft Graph adapter (tokens, `$batch`, retries).
-//! - [`credentials`]: where the Entra ID app credentials come from.
-//! - [`frontdoor`]: thin entry points (the CLI) that decode, call the core
-//!   and encode.
 
-pub mod aws;
 pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod frontdoor;
 pub mod graph;
+pub mod queue;
+pub mod results;
 pub mod service;
+pub mod telemetry;

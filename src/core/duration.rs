@@ -87,9 +87,35 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
 
+/// Writes a duration in Go's grammar, exactly (whole seconds as `"90s"`,
+/// whole milliseconds as `"1500ms"`, anything finer in `ns`), so that
+/// [`parse_go_duration`] reads back the same value.
+pub fn format_go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ns", d.as_nanos())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatting_reads_back_exactly() {
+        for d in [
+            Duration::from_secs(90),
+            Duration::from_millis(1500),
+            Duration::from_nanos(1_000_000_001),
+            Duration::ZERO,
+        ] {
+            assert_eq!(parse_go_duration(&format_go_duration(d)), Ok(d), "{d:?}");
+        }
+        assert_eq!(format_go_duration(Duration::from_secs(900)), "900s");
+    }
 
     fn ok(text: &str) -> Duration {
         parse_go_duration(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))

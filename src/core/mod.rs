@@ -10,3 +10,8 @@ pub mod outcome;
 pub mod pacer;
 pub mod progress;
 pub mod request;
+pub mod text;
+
+/// A boxed future, so the ports (traits the adapters implement) can be used
+/// as trait objects.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

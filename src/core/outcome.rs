@@ -98,6 +98,14 @@ pub struct DeviceResult {
 }
 
 impl DeviceResult {
+    /// The device this entry is about.
+    pub fn device_ref(&self) -> super::device::DeviceRef {
+        super::device::DeviceRef {
+            id: self.device_id,
+            kind: self.kind,
+        }
+    }
+
     /// A result with only the outcome set.
     pub fn new(device_id: DeviceId, kind: DeviceKind, outcome: Outcome) -> Self {
         Self {

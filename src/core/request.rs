@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::device::{DeviceId, DeviceKind, DeviceRef};
-use super::duration::parse_go_duration;
+use super::duration::{format_go_duration, parse_go_duration};
 use super::filter::DeviceFilter;
 
 /// The timeout used when `timeouts.invoke` is absent (the Terraform action's).
@@ -327,6 +327,91 @@ impl AttestationRequest {
             part,
             warnings,
         })
+    }
+}
+
+/// The serialisable form of a request: the payload a caller would send to
+/// ask for exactly this request. Everything the service writes onto the work
+/// queue (continuations, sweep chunks, webhook hand-offs) is one of these,
+/// so a queued message can never say what a fresh request could not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Payload {
+    /// `managed_device_ids`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub managed_device_ids: Vec<String>,
+    /// `comanaged_device_ids`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub comanaged_device_ids: Vec<String>,
+    /// `device_filter`, in its canonical rendering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_filter: Option<String>,
+    /// `ignore_partial_failures`.
+    pub ignore_partial_failures: bool,
+    /// `validate_device_exists`.
+    pub validate_device_exists: bool,
+    /// `timeouts`.
+    pub timeouts: PayloadTimeouts,
+    /// `dry_run`.
+    pub dry_run: bool,
+    /// `correlation_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// `part`, written only past the first part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+}
+
+/// The `timeouts` object of a [`Payload`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PayloadTimeouts {
+    /// `timeouts.invoke`, a Go duration.
+    pub invoke: String,
+}
+
+impl Payload {
+    /// The payload as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings, booleans and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl AttestationRequest {
+    /// The payload that asks for this request.
+    pub fn to_payload(&self) -> Payload {
+        let ids = |kind: DeviceKind| -> Vec<String> {
+            self.devices
+                .iter()
+                .filter(|d| d.kind == kind)
+                .map(|d| d.id.to_string())
+                .collect()
+        };
+        Payload {
+            managed_device_ids: ids(DeviceKind::Managed),
+            comanaged_device_ids: ids(DeviceKind::Comanaged),
+            device_filter: self.device_filter.as_ref().map(ToString::to_string),
+            ignore_partial_failures: self.ignore_partial_failures,
+            validate_device_exists: self.validate_device_exists,
+            timeouts: PayloadTimeouts {
+                invoke: format_go_duration(self.timeout),
+            },
+            dry_run: self.dry_run,
+            correlation_id: self.correlation_id.clone(),
+            part: (self.part > 1).then_some(self.part),
+        }
+    }
+
+    /// The same request for other devices (named, no filter): a
+    /// continuation or a sweep chunk.
+    pub fn for_devices(&self, devices: Vec<DeviceRef>, correlation_id: String, part: u32) -> Self {
+        Self {
+            devices,
+            device_filter: None,
+            correlation_id: Some(correlation_id),
+            part,
+            warnings: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 

@@ -1,19 +1,109 @@
-//! Entra ID app credentials and where they come from. Secret material is
+//! Entra ID app credentials and where they come from: the
+//! [`CredentialSource`] port, the azure-identity environment variables
+//! ([`EnvCredentials`]) and AWS Secrets Manager ([`secrets_manager`]). Secret material is
 //! held in [`secrecy`] wrappers: it never prints through `Debug` and is
 //! zeroed when dropped.
 
+pub mod secrets_manager;
+
 use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+
+use crate::core::BoxFuture;
 
 /// Why credentials could not be loaded. Messages name the source and the
 /// missing or malformed field, never a secret value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct CredentialsError(pub String);
+
+/// A national cloud.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cloud {
+    /// Global Azure (and GCC).
+    Global,
+    /// US Government L4 (GCC High).
+    UsGov,
+    /// US Government L5 (DoD).
+    UsGovDod,
+    /// Azure China (21Vianet).
+    China,
+}
+
+impl Cloud {
+    /// The Graph root for this cloud.
+    pub fn graph_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::UsGov => "https://graph.microsoft.us",
+            Cloud::UsGovDod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// The Entra ID authority for this cloud.
+    pub fn login_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::UsGov | Cloud::UsGovDod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+}
+
+impl FromStr for Cloud {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "global" | "public" | "azurepubliccloud" => Ok(Cloud::Global),
+            "usgov" | "gcchigh" | "usgovl4" | "azureusgovernment" => Ok(Cloud::UsGov),
+            "usgovdod" | "dod" | "usgovl5" => Ok(Cloud::UsGovDod),
+            "china" | "azurechinacloud" => Ok(Cloud::China),
+            _ => Err(format!(
+                "ATTEST_CLOUD: {s:?} is not a cloud; expected global, usgov, usgovdod or china"
+            )),
+        }
+    }
+}
+
+/// Credentials as loaded from a store.
+pub struct Loaded {
+    /// The credentials.
+    pub creds: AppCredentials,
+    /// The cloud the credentials name, if any.
+    pub cloud: Option<Cloud>,
+    /// The store's version of the secret, to notice rotations.
+    pub version: Option<String>,
+}
+
+/// Where the Entra ID app credentials come from.
+pub trait CredentialSource: Send + Sync {
+    /// Loads the credentials.
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, CredentialsError>>;
+    /// A name for messages (the secret's ID), never a value.
+    fn name(&self) -> String;
+}
+
+/// Where the webhook signing secrets come from.
+pub trait WebhookSecrets: Send + Sync {
+    /// The current secrets (several while one is being rotated).
+    fn secrets(&self) -> BoxFuture<'_, Result<Vec<SecretString>, String>>;
+}
+
+/// Secrets fixed at start-up (an app setting).
+pub struct StaticSecrets(pub Vec<SecretString>);
+
+impl WebhookSecrets for StaticSecrets {
+    fn secrets(&self) -> BoxFuture<'_, Result<Vec<SecretString>, String>> {
+        Box::pin(async move { Ok(self.0.clone()) })
+    }
+}
 
 /// How the app proves its identity to Entra ID.
 pub enum ClientCredential {
@@ -139,11 +229,11 @@ impl AppCredentials {
 /// load, so a changed environment is picked up).
 pub struct EnvCredentials;
 
-impl crate::service::CredentialSource for EnvCredentials {
-    fn load(&self) -> crate::service::BoxFuture<'_, Result<crate::service::Loaded, CredentialsError>> {
+impl CredentialSource for EnvCredentials {
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, CredentialsError>> {
         Box::pin(async move {
             let creds = AppCredentials::from_env(|k| std::env::var(k).ok())?;
-            Ok(crate::service::Loaded {
+            Ok(Loaded {
                 creds,
                 cloud: None,
                 version: None,
@@ -166,10 +256,7 @@ impl crate::service::CredentialSource for EnvCredentials {
 /// ```
 ///
 /// Other fields are ignored. Errors name the store and the field, never a value.
-pub fn parse_stored(
-    json: &str,
-    source: &str,
-) -> Result<(AppCredentials, Option<crate::graph::Cloud>), CredentialsError> {
+pub fn parse_stored(json: &str, source: &str) -> Result<(AppCredentials, Option<Cloud>), CredentialsError> {
     #[derive(serde::Deserialize)]
     struct Stored {
         tenant_id: Option<String>,
@@ -241,7 +328,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.client_id, "c");
-        assert_eq!(cloud, Some(crate::graph::Cloud::UsGov));
+        assert_eq!(cloud, Some(Cloud::UsGov));
         let err = parse_stored(
             r#"{"tenant_id": "t", "client_secret": "s3cr3t-value"}"#,
             "secret app/intune",

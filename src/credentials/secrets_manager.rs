@@ -1,10 +1,14 @@
-//! Secrets Manager: the app credentials (`SECRET_ID`) and the webhook
+//! AWS Secrets Manager: the app credentials (`SECRET_ID`) and the webhook
 //! signing secrets (`WEBHOOK_SECRET_ID`).
 
-use secrecy::SecretString;
+use std::time::Duration;
 
-use crate::credentials::{CredentialsError, parse_stored};
-use crate::service::{BoxFuture, CredentialSource, Loaded};
+use secrecy::SecretString;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{CredentialSource, CredentialsError, Loaded, WebhookSecrets, parse_stored};
+use crate::core::BoxFuture;
 
 /// Reads one secret's string value and version.
 async fn read(client: &aws_sdk_secretsmanager::Client, id: &str) -> Result<(String, Option<String>), CredentialsError> {
@@ -13,7 +17,7 @@ async fn read(client: &aws_sdk_secretsmanager::Client, id: &str) -> Result<(Stri
             .as_service_error()
             .map(|s| s.to_string())
             .unwrap_or_else(|| "the secret store did not answer".into());
-        CredentialsError(format!("secret {id}: {}", crate::graph::wire::bounded(&detail, 200)))
+        CredentialsError(format!("secret {id}: {}", crate::core::text::bounded(&detail, 200)))
     })?;
     let text = out.secret_string().ok_or_else(|| {
         CredentialsError(format!(
@@ -78,6 +82,40 @@ pub fn parse_webhook_secrets(text: &str) -> Option<Vec<SecretString>> {
         .map(SecretString::from)
         .collect();
     (!secrets.is_empty()).then_some(secrets)
+}
+
+/// Webhook signing secrets in Secrets Manager, cached for a few minutes.
+pub struct SecretsManagerWebhookSecrets {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+    ttl: Duration,
+    cache: Mutex<Option<(Vec<SecretString>, Instant)>>,
+}
+
+impl SecretsManagerWebhookSecrets {
+    /// Reads `secret_id`, caching it for `ttl`.
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, ttl: Duration) -> Self {
+        Self {
+            client,
+            secret_id,
+            ttl,
+            cache: Mutex::new(None),
+        }
+    }
+}
+
+impl WebhookSecrets for SecretsManagerWebhookSecrets {
+    fn secrets(&self) -> BoxFuture<'_, Result<Vec<SecretString>, String>> {
+        Box::pin(async move {
+            let mut cache = self.cache.lock().await;
+            if let Some((s, _)) = cache.as_ref().filter(|(_, at)| at.elapsed() < self.ttl) {
+                return Ok(s.clone());
+            }
+            let s = webhook_secrets(&self.client, &self.secret_id).await.map_err(|e| e.0)?;
+            *cache = Some((s.clone(), Instant::now()));
+            Ok(s)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! Azure), so the function never holds a Key Vault client.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -28,13 +28,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
-use crate::core::outcome::Invocation;
-use crate::core::request::AttestationRequest;
-use crate::credentials::EnvCredentials;
-use crate::service::{AttestService, Handled, ServiceError};
-
-use super::lambda::SweepSettings;
-use super::webhook::{self, SIGNATURE_HEADER};
+use crate::credentials::{EnvCredentials, StaticSecrets};
+use crate::service::signature::SIGNATURE_HEADER;
+use crate::service::{AttestService, Delivery, Disposition, SweepSettings, Trigger, WebhookAuth, WebhookRequest};
 
 /// The output binding that receives result documents.
 pub const RESULT_BINDING: &str = "result";
@@ -43,44 +39,47 @@ pub const HTTP_BINDING: &str = "res";
 /// Largest body accepted from the host.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// The handler's state.
-pub struct AzureApp {
-    service: AttestService,
-    webhook_secrets: Option<Vec<SecretString>>,
-    sweep: SweepSettings,
-}
-
-impl AzureApp {
-    /// An application over its parts; `webhook_secrets` enables signature
-    /// checks on the HTTP function.
-    pub fn new(service: AttestService, webhook_secrets: Option<Vec<SecretString>>, sweep: SweepSettings) -> Self {
-        Self {
-            service,
-            webhook_secrets,
-            sweep,
-        }
-    }
-}
-
 /// The handler's routes, one per function.
-pub fn router(app: Arc<AzureApp>) -> Router {
+pub fn router(service: Arc<AttestService>) -> Router {
     Router::new()
         .route("/{function}", axum::routing::post(invoke))
-        .with_state(app)
+        .with_state(service)
 }
 
-fn reply(outputs: Value, logs: Vec<String>, return_value: Value) -> Response {
-    Json(json!({"Outputs": outputs, "Logs": logs, "ReturnValue": return_value})).into_response()
+fn reply(outputs: Value, logs: Vec<String>) -> Response {
+    Json(json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})).into_response()
 }
 
-/// The host treats a non-2xx answer as a failed invocation (and retries
-/// queue messages).
-fn fail(e: &ServiceError) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),
-    )
-        .into_response()
+/// A disposition in the host's terms: the result (or the refusal) on the
+/// result binding and acknowledged; a retry as a failed invocation, which
+/// the host retries (a queue message, up to its poison queue).
+fn encode(d: Disposition) -> Response {
+    let doc = |v: String| json!({RESULT_BINDING: v});
+    match d {
+        Disposition::Ran(result) => {
+            let log = format!(
+                "{}: {:?} {}",
+                result.correlation_id,
+                result.status,
+                json!(result.summary)
+            );
+            reply(doc(serde_json::to_string(&*result).unwrap_or_default()), vec![log])
+        }
+        Disposition::Rejected(r) => {
+            let log = format!("request refused: {}", r.message);
+            reply(doc(serde_json::to_string(&r).unwrap_or_default()), vec![log])
+        }
+        Disposition::Repeat { delivery_id } => {
+            reply(json!({}), vec![format!("repeat delivery {delivery_id}; skipped")])
+        }
+        Disposition::Accepted { correlation_id } => reply(json!({}), vec![format!("accepted {correlation_id}")]),
+        Disposition::Dispatched(d) => reply(json!({}), vec![json!(d).to_string()]),
+        Disposition::Retry(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),
+        )
+            .into_response(),
+    }
 }
 
 /// A queue message arrives as a JSON string, as a string quoted once more,
@@ -99,21 +98,21 @@ pub fn queue_payload(data: &Value) -> Value {
     v
 }
 
-fn header<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
+fn header(headers: &Value, name: &str) -> Option<String> {
     let obj = headers.as_object()?;
     let (_, v) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?;
     match v {
-        Value::String(s) => Some(s),
-        Value::Array(a) => a.first().and_then(Value::as_str),
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => a.first().and_then(Value::as_str).map(str::to_owned),
         _ => None,
     }
 }
 
-fn http_answer(status: u16, body: Value) -> Value {
-    json!({"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body.to_string()})
-}
-
-async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, body: axum::body::Bytes) -> Response {
+async fn invoke(
+    State(service): State<Arc<AttestService>>,
+    Path(function): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     if body.len() > MAX_BODY * 2 {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response();
     }
@@ -123,170 +122,93 @@ async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, 
     let data = envelope.get("Data").cloned().unwrap_or(Value::Null);
     let metadata = envelope.get("Metadata").cloned().unwrap_or(Value::Null);
     match function.as_str() {
-        "attest-queue" => queue(&app, &data, &metadata).await,
-        "attest-http" => http(&app, &data).await,
-        "attest-sweep" => sweep(&app).await,
+        "attest-queue" => {
+            let message = data
+                .get("message")
+                .or_else(|| data.as_object().and_then(|o| o.values().next()))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let payload = match queue_payload(&message) {
+                Value::String(s) => s.into_bytes(),
+                v => serde_json::to_vec(&v).unwrap_or_default(),
+            };
+            let mut delivery = Delivery::new(Trigger::AzureQueue, payload);
+            delivery.delivery_id = metadata.get("Id").and_then(Value::as_str).map(str::to_owned);
+            encode(service.deliver(delivery).await)
+        }
+        "attest-http" => {
+            let req = data.get("req").cloned().unwrap_or(Value::Null);
+            let text = |k: &str| req.get(k).and_then(Value::as_str).map(str::to_owned);
+            let call = WebhookRequest {
+                method: text("Method").unwrap_or_default(),
+                body: text("Body").unwrap_or_default(),
+                signature: header(req.get("Headers").unwrap_or(&Value::Null), SIGNATURE_HEADER),
+                ..WebhookRequest::default()
+            };
+            let (answer, result) = service.webhook(call, Trigger::AzureHttp).await;
+            let http = json!({"statusCode": answer.status, "headers": {"Content-Type": "application/json"}, "body": answer.body.to_string()});
+            let mut outputs = json!({HTTP_BINDING: http});
+            if let Some(result) = result {
+                outputs[RESULT_BINDING] = json!(serde_json::to_string(&*result).unwrap_or_default());
+            }
+            reply(outputs, vec![])
+        }
+        "attest-sweep" => {
+            let id = metadata
+                .pointer("/sys/UtcNow")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            encode(service.sweep(Trigger::AzureTimer, &id, None).await)
+        }
         other => (StatusCode::NOT_FOUND, format!("no function {other:?}")).into_response(),
     }
 }
 
-async fn queue(app: &AzureApp, data: &Value, metadata: &Value) -> Response {
-    let message = data
-        .get("message")
-        .or_else(|| data.as_object().and_then(|o| o.values().next()))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let payload = queue_payload(&message);
-    let delivery_id = metadata.get("Id").and_then(Value::as_str).map(str::to_owned);
-    let req = match AttestationRequest::from_value(&payload, app.service.settings().limits) {
-        Ok(r) => r,
-        Err(e) => {
-            // Acknowledged: a malformed message would fail forever.
-            let rejection = json!({"error_type": "InvalidRequest", "message": e.to_string(), "trigger": "azure-queue", "delivery_id": delivery_id});
-            return reply(
-                json!({RESULT_BINDING: rejection.to_string()}),
-                vec![format!("request refused: {e}")],
-                Value::Null,
-            );
-        }
-    };
-    let invocation = Invocation {
-        trigger: "azure-queue".into(),
-        delivery_id,
-        ..Default::default()
-    };
-    match app.service.run(req, invocation, None).await {
-        Ok(Handled::Ran(result)) => {
-            let log = format!(
-                "{}: {:?} {}",
-                result.correlation_id,
-                result.status,
-                json!(result.summary)
-            );
-            reply(
-                json!({RESULT_BINDING: serde_json::to_string(&*result).unwrap_or_default()}),
-                vec![log],
-                Value::Null,
-            )
-        }
-        Ok(Handled::Repeat { delivery_id }) => reply(
-            json!({}),
-            vec![format!("repeat delivery {delivery_id}; skipped")],
-            Value::Null,
-        ),
-        Err(e) if e.is_retryable() => fail(&e),
-        Err(e) => {
-            let rejection = json!({"error_type": e.error_type(), "message": e.to_string(), "trigger": "azure-queue"});
-            reply(
-                json!({RESULT_BINDING: rejection.to_string()}),
-                vec![e.to_string()],
-                Value::Null,
-            )
-        }
-    }
-}
-
-async fn http(app: &AzureApp, data: &Value) -> Response {
-    let req = data.get("req").cloned().unwrap_or(Value::Null);
-    let answer =
-        |status: u16, body: Value| reply(json!({HTTP_BINDING: http_answer(status, body)}), vec![], Value::Null);
-    if !req
-        .get("Method")
-        .and_then(Value::as_str)
-        .is_some_and(|m| m.eq_ignore_ascii_case("POST"))
-    {
-        return answer(405, json!({"error": "method_not_allowed"}));
-    }
-    let body = req.get("Body").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if body.len() > MAX_BODY {
-        return answer(413, json!({"error": "payload_too_large"}));
-    }
-    if let Some(secrets) = &app.webhook_secrets {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let headers = req.get("Headers").cloned().unwrap_or(Value::Null);
-        if let Err(e) = webhook::verify(header(&headers, SIGNATURE_HEADER), body.as_bytes(), secrets, now) {
-            tracing::warn!(reason = %e, "webhook refused");
-            return answer(401, json!({"error": "unauthorized"}));
-        }
-    }
-    let req = match app.service.parse(body.as_bytes()) {
-        Ok(r) => r,
-        Err(e) => return answer(400, json!({"error": "invalid_request", "message": e.to_string()})),
-    };
-    let invocation = Invocation {
-        trigger: "azure-http".into(),
-        ..Default::default()
-    };
-    match app.service.run(req, invocation, None).await {
-        Ok(Handled::Ran(result)) => {
-            let doc = serde_json::to_value(&*result).unwrap_or(Value::Null);
-            reply(
-                json!({HTTP_BINDING: http_answer(200, doc.clone()), RESULT_BINDING: doc.to_string()}),
-                vec![],
-                Value::Null,
-            )
-        }
-        Ok(Handled::Repeat { delivery_id }) => answer(200, json!({"repeat": true, "delivery_id": delivery_id})),
-        Err(e) => answer(
-            if e.is_retryable() { 503 } else { 500 },
-            json!({"error": e.error_type(), "message": e.to_string()}),
-        ),
-    }
-}
-
-async fn sweep(app: &AzureApp) -> Response {
-    let payload = json!({
-        "device_filter": app.sweep.filter.to_string(),
-        "validate_device_exists": true,
-        "ignore_partial_failures": true,
-        "timeouts": {"invoke": format!("{}ms", app.sweep.timeout.as_millis())},
-    });
-    let req = match AttestationRequest::from_value(&payload, app.service.settings().limits) {
-        Ok(r) => r,
-        Err(e) => return fail(&ServiceError::Configuration(e.to_string())),
-    };
-    let invocation = Invocation {
-        trigger: "azure-timer".into(),
-        ..Default::default()
-    };
-    match app.service.run(req, invocation, None).await {
-        Ok(Handled::Ran(result)) => reply(
-            json!({RESULT_BINDING: serde_json::to_string(&*result).unwrap_or_default()}),
-            vec![format!("sweep {}: {}", result.correlation_id, json!(result.summary))],
-            Value::Null,
-        ),
-        Ok(Handled::Repeat { .. }) => reply(json!({}), vec![], Value::Null),
-        Err(e) => fail(&e),
-    }
-}
-
-/// Builds the handler from app settings.
-pub fn build_app(get: impl Fn(&str) -> Option<String>) -> Result<AzureApp, String> {
+/// Builds the service from app settings. `ATTEST_WEBHOOK_SECRETS`
+/// (comma-separated) adds signature checks to the HTTP function's
+/// function-key authentication.
+pub fn build_service(get: impl Fn(&str) -> Option<String>) -> Result<AttestService, String> {
     let settings = Settings::from_env(&get).map_err(|e| e.0)?;
     let sweep = SweepSettings::from_env(&get)?;
-    let webhook_secrets = get("ATTEST_WEBHOOK_SECRETS").map(|s| {
-        s.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| SecretString::from(s.to_owned()))
-            .collect::<Vec<_>>()
-    });
-    let service = AttestService::new(settings, Arc::new(EnvCredentials), None, None, Duration::from_secs(300));
-    Ok(AzureApp::new(service, webhook_secrets.filter(|v| !v.is_empty()), sweep))
+    let auth = match get("ATTEST_WEBHOOK_SECRETS") {
+        Some(s) => {
+            let secrets: Vec<SecretString> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect();
+            // A setting that yields no usable secret fails closed.
+            if secrets.is_empty() {
+                return Err("ATTEST_WEBHOOK_SECRETS is set but holds no secret".into());
+            }
+            WebhookAuth::Signed(Arc::new(StaticSecrets(secrets)))
+        }
+        None => WebhookAuth::Host,
+    };
+    Ok(
+        AttestService::new(settings, Arc::new(EnvCredentials), None, None, Duration::from_secs(300))
+            .with_webhook_auth(auth)
+            .with_sweep(sweep),
+    )
 }
 
 /// Serves the custom-handler protocol on `FUNCTIONS_CUSTOMHANDLER_PORT`.
 pub fn main() -> std::process::ExitCode {
-    super::cli::init_logging();
+    crate::telemetry::init(
+        std::io::stderr,
+        crate::telemetry::LogStyle {
+            ansi: false,
+            timestamps: true,
+        },
+    );
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let Some(port) = env("FUNCTIONS_CUSTOMHANDLER_PORT").and_then(|p| p.parse::<u16>().ok()) else {
         eprintln!("FUNCTIONS_CUSTOMHANDLER_PORT is not a port number");
         return std::process::ExitCode::from(2);
     };
-    let app = match build_app(env) {
+    let app = match build_service(env) {
         Ok(a) => Arc::new(a),
         Err(e) => {
             eprintln!("configuration refused: {e}");
@@ -338,7 +260,7 @@ mod tests {
     #[test]
     fn headers_are_found_in_either_shape() {
         let h = json!({"X-Intune-Attest-Signature": ["t=1,v1=00"], "content-type": "application/json"});
-        assert_eq!(header(&h, SIGNATURE_HEADER), Some("t=1,v1=00"));
-        assert_eq!(header(&h, "Content-Type"), Some("application/json"));
+        assert_eq!(header(&h, SIGNATURE_HEADER).as_deref(), Some("t=1,v1=00"));
+        assert_eq!(header(&h, "Content-Type").as_deref(), Some("application/json"));
     }
 }

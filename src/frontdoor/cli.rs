@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::Settings;
+use crate::core::device::{DeviceId, DeviceKind};
 use crate::core::engine::{Engine, RunError};
 use crate::core::progress::Progress;
 use crate::core::request::AttestationRequest;
@@ -56,6 +56,24 @@ enum Command {
     },
 }
 
+/// What `check` prints: the request as the service understood it.
+#[derive(serde::Serialize)]
+struct Checked<'a> {
+    devices: Vec<CheckedDevice>,
+    device_filter: Option<String>,
+    timeout_ms: u64,
+    validate_device_exists: bool,
+    ignore_partial_failures: bool,
+    dry_run: bool,
+    warnings: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct CheckedDevice {
+    device_id: DeviceId,
+    kind: DeviceKind,
+}
+
 static BAR: OnceLock<ProgressBar> = OnceLock::new();
 
 /// Log output that steps around the progress bar when one is drawn.
@@ -78,23 +96,6 @@ impl<'a> MakeWriter<'a> for StderrAroundBar {
     type Writer = StderrAroundBar;
     fn make_writer(&'a self) -> Self::Writer {
         *self
-    }
-}
-
-/// Logs to standard error, around the progress bar; `ATTEST_LOG` filters,
-/// `ATTEST_LOG_FORMAT=json` gives one JSON object per line.
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_env("ATTEST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(StderrAroundBar);
-    if std::env::var("ATTEST_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder
-            .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
     }
 }
 
@@ -123,7 +124,13 @@ fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
 /// Runs the CLI and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    crate::telemetry::init(
+        StderrAroundBar,
+        crate::telemetry::LogStyle {
+            ansi: std::io::stderr().is_terminal(),
+            timestamps: true,
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -147,20 +154,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Settings::from_env(env)?;
             let bytes = read_event(&event)?;
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
-            let devices: Vec<_> = req
-                .devices
-                .iter()
-                .map(|d| serde_json::json!({"device_id": d.id, "kind": d.kind}))
-                .collect();
-            let doc = serde_json::json!({
-                "devices": devices,
-                "device_filter": req.device_filter.as_ref().map(|f| f.to_string()),
-                "timeout_ms": req.timeout.as_millis() as u64,
-                "validate_device_exists": req.validate_device_exists,
-                "ignore_partial_failures": req.ignore_partial_failures,
-                "dry_run": req.dry_run,
-                "warnings": req.warnings,
-            });
+            let doc = Checked {
+                devices: req
+                    .devices
+                    .iter()
+                    .map(|d| CheckedDevice {
+                        device_id: d.id,
+                        kind: d.kind,
+                    })
+                    .collect(),
+                device_filter: req.device_filter.as_ref().map(ToString::to_string),
+                timeout_ms: req.timeout.as_millis() as u64,
+                validate_device_exists: req.validate_device_exists,
+                ignore_partial_failures: req.ignore_partial_failures,
+                dry_run: req.dry_run,
+                warnings: &req.warnings,
+            };
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -1,7 +1,7 @@
-//! Thin entry points: decode the input, call the core, encode the answer.
+//! Thin entry points: decode the host's envelope, call the service (or, for
+//! the CLI, the engine), encode the answer.
 
 pub mod azure;
 pub mod cli;
 pub mod lambda;
 pub mod metrics;
-pub mod webhook;

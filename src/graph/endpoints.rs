@@ -1,59 +1,9 @@
 //! Graph and login hosts per national cloud. They come from deployment
 //! configuration only, never from a payload.
 
-use std::str::FromStr;
-
 use reqwest::Url;
 
-/// A national cloud.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cloud {
-    /// Global Azure (and GCC).
-    Global,
-    /// US Government L4 (GCC High).
-    UsGov,
-    /// US Government L5 (DoD).
-    UsGovDod,
-    /// Azure China (21Vianet).
-    China,
-}
-
-impl Cloud {
-    /// The Graph root for this cloud.
-    pub fn graph_host(self) -> &'static str {
-        match self {
-            Cloud::Global => "https://graph.microsoft.com",
-            Cloud::UsGov => "https://graph.microsoft.us",
-            Cloud::UsGovDod => "https://dod-graph.microsoft.us",
-            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
-        }
-    }
-
-    /// The Entra ID authority for this cloud.
-    pub fn login_host(self) -> &'static str {
-        match self {
-            Cloud::Global => "https://login.microsoftonline.com",
-            Cloud::UsGov | Cloud::UsGovDod => "https://login.microsoftonline.us",
-            Cloud::China => "https://login.chinacloudapi.cn",
-        }
-    }
-}
-
-impl FromStr for Cloud {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "global" | "public" | "azurepubliccloud" => Ok(Cloud::Global),
-            "usgov" | "gcchigh" | "usgovl4" | "azureusgovernment" => Ok(Cloud::UsGov),
-            "usgovdod" | "dod" | "usgovl5" => Ok(Cloud::UsGovDod),
-            "china" | "azurechinacloud" => Ok(Cloud::China),
-            _ => Err(format!(
-                "ATTEST_CLOUD: {s:?} is not a cloud; expected global, usgov, usgovdod or china"
-            )),
-        }
-    }
-}
+pub use crate::credentials::Cloud;
 
 /// The hosts a run talks to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -92,16 +92,7 @@ pub fn parse_error(body: Option<&Value>) -> GraphError {
     }
 }
 
-/// Cuts text to `max` characters.
-pub fn bounded(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
-    }
-}
+pub use crate::core::text::bounded;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
 //! The work queue on SQS: continuation messages and sweep chunks.
 
-use crate::service::{BoxFuture, DeliveryError, WorkMessage, WorkQueue};
+use super::{WorkMessage, WorkQueue};
+use crate::core::BoxFuture;
+use crate::results::DeliveryError;
 
 /// Sends work messages to one queue, 10 per call, retrying failed entries.
 /// On a FIFO queue (`.fifo`) the group and deduplication ids are set, so

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::{DeliveryError, Rejection, ResultSink};
+use crate::core::BoxFuture;
 use crate::core::outcome::RunResult;
-use crate::service::{BoxFuture, DeliveryError, Rejection, ResultSink};
 
 /// `Source` of every entry.
 pub const SOURCE: &str = "intune-attest";

@@ -1,14 +1,17 @@
-//! The application service shared by the hosted front doors (AWS Lambda,
-//! Azure Functions): it loads credentials from a [`CredentialSource`], keeps
-//! one Graph client and the tenant's pacing budget across warm invocations,
-//! runs the engine, hands devices the deadline left untried to the next part
-//! of the run through a [`WorkQueue`], and publishes the result through a
-//! [`ResultSink`]. It knows the ports, not AWS or Azure.
+//! The application service shared by every hosted front door (AWS Lambda,
+//! Azure Functions). A front door decodes its envelope into a [`Delivery`]
+//! (or a [`WebhookRequest`], or a schedule tick) and encodes the
+//! [`Disposition`] the service returns; everything else lives here once:
+//! queue disposition (acknowledge, report, return for retry), webhook
+//! admission, sweeps, continuation of untried devices, repeat detection and
+//! publication. The service keeps one Graph client and the tenant's pacing
+//! budget across warm invocations. It knows the ports, not AWS or Azure.
 
 mod recent;
+pub mod signature;
+pub mod sweep;
+pub mod webhook;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,82 +20,107 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::Settings;
-use crate::core::device::DeviceKind;
 use crate::core::engine::{Engine, Pacers, RunError};
-use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{DeviceGateway, GatewayError};
 use crate::core::outcome::{Invocation, Outcome, RunResult};
 use crate::core::progress::Progress;
-use crate::core::request::AttestationRequest;
-use crate::credentials::{AppCredentials, CredentialsError};
+use crate::core::request::{AttestationRequest, InvalidRequest};
+use crate::credentials::CredentialSource;
+use crate::graph::GraphClient;
 use crate::graph::auth::Reloader;
-use crate::graph::{Cloud, GraphClient};
+use crate::queue::{WorkMessage, WorkQueue};
+use crate::results::{Rejection, ResultSink};
 
 pub use recent::RecentSet;
+pub use sweep::SweepSettings;
+pub use webhook::{HttpAnswer, WebhookAuth, WebhookRequest};
 
-/// A boxed future, so the ports can be used as trait objects.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Largest queued message body accepted (SQS's classic limit).
+pub const MAX_QUEUED_PAYLOAD: usize = 256 * 1024;
+/// Time a queued delivery needs left to be started; later ones in the same
+/// batch are returned to the queue.
+pub const MIN_TIME_FOR_A_DELIVERY: Duration = Duration::from_secs(5);
 
-/// Credentials as loaded from a store.
-pub struct Loaded {
-    /// The credentials.
-    pub creds: AppCredentials,
-    /// The cloud the credentials name, if any.
-    pub cloud: Option<Cloud>,
-    /// The store's version of the secret, to notice rotations.
-    pub version: Option<String>,
+/// What delivered a request. Its name is written into the result's
+/// `invocation.trigger`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A direct Lambda invoke (Step Functions, `aws lambda invoke`).
+    Direct,
+    /// An SQS message.
+    Sqs,
+    /// A function URL webhook.
+    Webhook,
+    /// An EventBridge schedule rule.
+    Schedule,
+    /// An Azure Storage queue message.
+    AzureQueue,
+    /// An Azure HTTP function call.
+    AzureHttp,
+    /// An Azure timer.
+    AzureTimer,
 }
 
-/// Where the Entra ID app credentials come from.
-pub trait CredentialSource: Send + Sync {
-    /// Loads the credentials.
-    fn load(&self) -> BoxFuture<'_, Result<Loaded, CredentialsError>>;
-    /// A name for messages (the secret's ID), never a value.
-    fn name(&self) -> String;
+impl Trigger {
+    /// The name used in results and rejections.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Direct => "direct",
+            Trigger::Sqs => "sqs",
+            Trigger::Webhook => "webhook",
+            Trigger::Schedule => "schedule",
+            Trigger::AzureQueue => "azure-queue",
+            Trigger::AzureHttp => "azure-http",
+            Trigger::AzureTimer => "azure-timer",
+        }
+    }
+
+    /// Whether the delivery came from a queue: nobody waits for its answer,
+    /// so a refusal is reported through the result sink and acknowledged.
+    pub fn is_queue(self) -> bool {
+        matches!(self, Trigger::Sqs | Trigger::AzureQueue)
+    }
 }
 
-/// A delivery failed (result events, queue messages).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryError(pub String);
-
-/// A request refused before it ran (a malformed queue message, say),
-/// reported once so it is not silently dropped.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Rejection {
-    /// The stable error type (`InvalidRequest`, `SelectionFailed`...).
-    pub error_type: String,
-    /// What was wrong (bounded, no secrets).
-    pub message: String,
-    /// The trigger it arrived through.
-    pub trigger: String,
-    /// The platform's id for the delivery (SQS message id...).
+/// One request as a front door received it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// What delivered it.
+    pub trigger: Trigger,
+    /// The payload's raw bytes.
+    pub payload: Vec<u8>,
+    /// The platform's id for this delivery (SQS message id, request id...),
+    /// used to recognise repeats.
     pub delivery_id: Option<String>,
+    /// The authenticated caller, if the platform named one.
+    pub caller: Option<String>,
+    /// The host's hard deadline.
+    pub deadline: Option<Instant>,
 }
 
-/// Where result documents go (EventBridge, an output binding...).
-pub trait ResultSink: Send + Sync {
-    /// Publishes one result, split and retried as the sink needs.
-    fn publish<'a>(&'a self, result: &'a RunResult) -> BoxFuture<'a, Result<(), DeliveryError>>;
-    /// Reports a refused request.
-    fn reject<'a>(&'a self, rejection: &'a Rejection) -> BoxFuture<'a, Result<(), DeliveryError>>;
-}
+impl Delivery {
+    /// A delivery of `payload` by `trigger`.
+    pub fn new(trigger: Trigger, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            trigger,
+            payload: payload.into(),
+            delivery_id: None,
+            caller: None,
+            deadline: None,
+        }
+    }
 
-/// A message for the work queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkMessage {
-    /// The payload (a request document).
-    pub body: String,
-    /// Identifies the message for deduplication (`{correlation_id}#{part}`).
-    pub dedup_id: String,
-    /// Groups the messages of one run.
-    pub group_id: String,
-}
+    /// Sets the delivery id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.delivery_id = Some(id.into());
+        self
+    }
 
-/// The queue that carries continuations and sweep chunks.
-pub trait WorkQueue: Send + Sync {
-    /// Sends the messages; fails if any could not be sent.
-    fn send(&self, messages: Vec<WorkMessage>) -> BoxFuture<'_, Result<(), DeliveryError>>;
+    /// Sets the deadline.
+    pub fn deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
 }
 
 /// Why the service could not produce a result. Each has a stable name that
@@ -100,8 +128,8 @@ pub trait WorkQueue: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
     /// The payload was refused.
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error(transparent)]
+    InvalidRequest(#[from] InvalidRequest),
     /// The credentials could not be loaded or were refused.
     #[error("{0}")]
     CredentialsUnavailable(String),
@@ -132,27 +160,51 @@ impl ServiceError {
         }
     }
 
-    /// Whether trying the same request later may succeed.
+    /// Whether the same request may succeed later (after a fix to the
+    /// deployment, for a configuration error): such a delivery is returned
+    /// for retry rather than refused.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ServiceError::CredentialsUnavailable(_)
-                | ServiceError::GraphUnavailable(_)
-                | ServiceError::ResultDeliveryFailed(_)
-        )
+        !matches!(self, ServiceError::InvalidRequest(_) | ServiceError::SelectionFailed(_))
     }
 }
 
-/// What handling a request produced.
+impl From<GatewayError> for ServiceError {
+    fn from(e: GatewayError) -> Self {
+        RunError::from(e).into()
+    }
+}
+
+impl From<RunError> for ServiceError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Credentials(m) => ServiceError::CredentialsUnavailable(m),
+            RunError::Unavailable(m) => ServiceError::GraphUnavailable(m),
+            RunError::Selection(m) => ServiceError::SelectionFailed(m),
+        }
+    }
+}
+
+/// What became of a delivery; the front door encodes it in its envelope.
 #[derive(Debug)]
-pub enum Handled {
+pub enum Disposition {
     /// The run happened; its result was published (when a sink is set).
     Ran(Box<RunResult>),
-    /// This delivery was already handled to completion by this instance.
+    /// A repeat of a delivery already handled to completion; nothing ran.
     Repeat {
         /// The delivery id seen before.
         delivery_id: String,
     },
+    /// Handed to the work queue to run there (a webhook's request).
+    Accepted {
+        /// The correlation id the run will carry.
+        correlation_id: String,
+    },
+    /// A sweep queued in chunks.
+    Dispatched(SweepDispatch),
+    /// Refused for good and reported: acknowledge it.
+    Rejected(Rejection),
+    /// May pass later: return it for retry.
+    Retry(ServiceError),
 }
 
 /// A sweep handed to the work queue in chunks.
@@ -178,6 +230,8 @@ pub struct AttestService {
     credentials: Arc<dyn CredentialSource>,
     sink: Option<Arc<dyn ResultSink>>,
     queue: Option<Arc<dyn WorkQueue>>,
+    gate: webhook::Gate,
+    sweep: SweepSettings,
     pacers: Pacers,
     client: Mutex<Option<CachedClient>>,
     credential_ttl: Duration,
@@ -187,7 +241,8 @@ pub struct AttestService {
 impl AttestService {
     /// A service over the given ports. Credentials are re-read after
     /// `credential_ttl` (a rotation is picked up then, or at once when Entra
-    /// ID refuses the cached ones).
+    /// ID refuses the cached ones). Webhooks admit only IAM callers and
+    /// sweeps use the default filter until set otherwise.
     pub fn new(
         settings: Settings,
         credentials: Arc<dyn CredentialSource>,
@@ -201,10 +256,24 @@ impl AttestService {
             credentials,
             sink,
             queue,
+            gate: webhook::Gate::new(WebhookAuth::IamOnly),
+            sweep: SweepSettings::from_env(|_| None).unwrap_or_else(|e| unreachable!("{e}")),
             client: Mutex::new(None),
             credential_ttl,
             completed: std::sync::Mutex::new(RecentSet::new(10_000)),
         }
+    }
+
+    /// Authenticates webhook callers with `auth`.
+    pub fn with_webhook_auth(mut self, auth: WebhookAuth) -> Self {
+        self.gate = webhook::Gate::new(auth);
+        self
+    }
+
+    /// Sweeps with `sweep`.
+    pub fn with_sweep(mut self, sweep: SweepSettings) -> Self {
+        self.sweep = sweep;
+        self
     }
 
     /// The deployment settings.
@@ -212,44 +281,173 @@ impl AttestService {
         &self.settings
     }
 
-    /// Whether a work queue is configured.
-    pub fn has_queue(&self) -> bool {
-        self.queue.is_some()
+    /// Parses and validates a payload against the deployment's limits.
+    pub fn parse(&self, bytes: &[u8]) -> Result<AttestationRequest, ServiceError> {
+        Ok(AttestationRequest::from_slice(bytes, self.settings.limits)?)
     }
 
-    /// Puts a payload on the work queue as it is (a webhook handing its run
-    /// to the queue consumers).
-    pub async fn enqueue(&self, body: String, correlation_id: &str) -> Result<(), ServiceError> {
+    /// Handles one delivered request to its disposition: refused (and
+    /// reported, for queue triggers), handed to the queue (webhooks, when
+    /// one is configured), recognised as a repeat, or run.
+    pub async fn deliver(&self, delivery: Delivery) -> Disposition {
+        let trigger = delivery.trigger;
+        let parsed = if trigger.is_queue() && delivery.payload.len() > MAX_QUEUED_PAYLOAD {
+            Err(ServiceError::InvalidRequest(InvalidRequest::single(
+                "(payload)",
+                &format!("{} bytes", delivery.payload.len()),
+                &format!("a queue message of at most {MAX_QUEUED_PAYLOAD} bytes"),
+            )))
+        } else {
+            self.parse(&delivery.payload)
+        };
+        let outcome = match parsed {
+            Ok(req) if trigger == Trigger::Webhook && self.queue.is_some() => self.hand_off(req).await,
+            Ok(req) => self.run(req, &delivery).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(d) => d,
+            Err(e) => self.refuse(e, &delivery).await,
+        }
+    }
+
+    /// Delivers a queue batch in order, returning for retry what the time
+    /// left cannot start (before the host's deadline cuts a run short).
+    pub async fn deliver_batch(&self, deliveries: Vec<Delivery>) -> Vec<Disposition> {
+        let mut out = Vec::with_capacity(deliveries.len());
+        let mut out_of_time = false;
+        for d in deliveries {
+            out_of_time |= d
+                .deadline
+                .is_some_and(|at| at.saturating_duration_since(Instant::now()) < MIN_TIME_FOR_A_DELIVERY);
+            out.push(if out_of_time {
+                Disposition::Retry(ServiceError::GraphUnavailable(
+                    "not started: too little time left in this invocation".into(),
+                ))
+            } else {
+                self.deliver(d).await
+            });
+        }
+        out
+    }
+
+    /// The disposition of a delivery that failed: returned for retry when it
+    /// may pass later, else refused, reported when nobody waits for the
+    /// answer (and returned for retry if even the report fails).
+    async fn refuse(&self, e: ServiceError, delivery: &Delivery) -> Disposition {
+        if e.is_retryable() {
+            tracing::error!(delivery_id = ?delivery.delivery_id, error_type = e.error_type(), error = %e, "returned for retry");
+            return Disposition::Retry(e);
+        }
+        let rejection = Rejection {
+            error_type: e.error_type().into(),
+            message: e.to_string(),
+            trigger: delivery.trigger.as_str().into(),
+            delivery_id: delivery.delivery_id.clone(),
+        };
+        tracing::warn!(error_type = %rejection.error_type, message = %rejection.message, delivery_id = ?rejection.delivery_id, "request refused");
+        if delivery.trigger.is_queue()
+            && let Some(sink) = &self.sink
+            && let Err(report) = sink.reject(&rejection).await
+        {
+            return Disposition::Retry(ServiceError::ResultDeliveryFailed(format!(
+                "a refused request could not be reported: {report}"
+            )));
+        }
+        Disposition::Rejected(rejection)
+    }
+
+    /// Hands a webhook's request to the queue consumers.
+    async fn hand_off(&self, mut req: AttestationRequest) -> Result<Disposition, ServiceError> {
+        let correlation_id = req
+            .correlation_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        self.send(vec![WorkMessage {
+            body: req.to_payload().to_json(),
+            dedup_id: format!("{correlation_id}#1"),
+            group_id: correlation_id.clone(),
+        }])
+        .await?;
+        Ok(Disposition::Accepted { correlation_id })
+    }
+
+    async fn send(&self, messages: Vec<WorkMessage>) -> Result<(), ServiceError> {
         let Some(queue) = &self.queue else {
             return Err(ServiceError::Configuration("no work queue is configured".into()));
         };
-        let message = WorkMessage {
-            body,
-            dedup_id: format!("{correlation_id}#1"),
-            group_id: correlation_id.to_owned(),
-        };
         queue
-            .send(vec![message])
+            .send(messages)
             .await
             .map_err(|e| ServiceError::ResultDeliveryFailed(format!("not queued: {e}")))
     }
 
-    /// Reports a refused request through the sink, if there is one.
-    pub async fn reject(&self, rejection: Rejection) -> Result<(), ServiceError> {
-        tracing::warn!(error_type = %rejection.error_type, message = %rejection.message, delivery_id = ?rejection.delivery_id, "request refused");
-        match &self.sink {
-            Some(sink) => sink
-                .reject(&rejection)
-                .await
-                .map_err(|e| ServiceError::ResultDeliveryFailed(e.0)),
-            None => Ok(()),
+    /// Admits a webhook call and handles its request.
+    pub async fn webhook(&self, req: WebhookRequest, trigger: Trigger) -> (HttpAnswer, Option<Box<RunResult>>) {
+        let admitted = match self.gate.admit(&req).await {
+            Ok(a) => a,
+            Err(answer) => return (answer, None),
+        };
+        let delivery = Delivery {
+            trigger,
+            payload: admitted.payload,
+            delivery_id: req.request_id.clone(),
+            caller: admitted.caller,
+            deadline: req.deadline,
+        };
+        let disposition = self.deliver(delivery).await;
+        let accepted = !matches!(disposition, Disposition::Retry(_));
+        self.gate.settle(admitted.replay_key.as_deref(), accepted);
+        match disposition {
+            Disposition::Ran(result) => {
+                let body = serde_json::to_value(&*result).unwrap_or_default();
+                (HttpAnswer::new(200, body), Some(result))
+            }
+            Disposition::Accepted { correlation_id } => (
+                HttpAnswer::new(202, json!({"accepted": true, "correlation_id": correlation_id})),
+                None,
+            ),
+            Disposition::Repeat { delivery_id } => (
+                HttpAnswer::new(200, json!({"repeat": true, "delivery_id": delivery_id})),
+                None,
+            ),
+            Disposition::Dispatched(d) => (HttpAnswer::new(202, json!(d)), None),
+            Disposition::Rejected(r) if r.error_type == "InvalidRequest" => {
+                (HttpAnswer::error_with(400, "invalid_request", r.message), None)
+            }
+            Disposition::Rejected(r) => (HttpAnswer::error_with(500, &r.error_type, r.message), None),
+            Disposition::Retry(e) => (HttpAnswer::error_with(503, e.error_type(), e.to_string()), None),
         }
     }
 
-    /// Parses and validates a payload against the deployment's limits.
-    pub fn parse(&self, bytes: &[u8]) -> Result<AttestationRequest, ServiceError> {
-        AttestationRequest::from_slice(bytes, self.settings.limits)
-            .map_err(|e| ServiceError::InvalidRequest(e.to_string()))
+    /// A schedule tick: a sweep of the devices the sweep filter selects,
+    /// queued in chunks when a work queue is configured, else run here.
+    /// `event_id` names the tick, so a repeated tick is recognised.
+    pub async fn sweep(&self, trigger: Trigger, event_id: &str, deadline: Option<Instant>) -> Disposition {
+        let correlation_id = sweep::correlation_id(event_id);
+        let req = self.sweep.request(Some(correlation_id.clone()));
+        let delivery = Delivery {
+            trigger,
+            payload: Vec::new(),
+            delivery_id: Some(event_id.to_owned()),
+            caller: None,
+            deadline,
+        };
+        let outcome = if self.queue.is_some() {
+            if self.seen(&correlation_id) {
+                return Disposition::Repeat {
+                    delivery_id: event_id.to_owned(),
+                };
+            }
+            let deadline = deadline.unwrap_or_else(|| Instant::now() + self.sweep.timeout);
+            self.dispatch_sweep(&req, &correlation_id, deadline).await
+        } else {
+            self.run(req, &delivery).await
+        };
+        match outcome {
+            Ok(d) => d,
+            Err(e) => self.refuse(e, &delivery).await,
+        }
     }
 
     async fn graph_client(&self, fresh: bool) -> Result<Arc<GraphClient>, ServiceError> {
@@ -302,13 +500,12 @@ impl AttestService {
             RunError::Credentials(m) => {
                 ServiceError::CredentialsUnavailable(format!("{} (credentials from {})", m, self.credentials.name()))
             }
-            RunError::Unavailable(m) => ServiceError::GraphUnavailable(m),
-            RunError::Selection(m) => ServiceError::SelectionFailed(m),
+            other => other.into(),
         }
     }
 
     /// Whether a delivery id was already handled to completion here.
-    pub fn seen(&self, delivery_id: &str) -> bool {
+    fn seen(&self, delivery_id: &str) -> bool {
         self.completed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -324,30 +521,19 @@ impl AttestService {
 
     /// Runs one request to the end: engine, continuation, publication.
     /// Every log line of the run carries its correlation id.
-    pub async fn run(
-        &self,
-        mut req: AttestationRequest,
-        invocation: Invocation,
-        deadline: Option<Instant>,
-    ) -> Result<Handled, ServiceError> {
+    async fn run(&self, mut req: AttestationRequest, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         let correlation_id = req
             .correlation_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
         let span = tracing::info_span!("run", correlation_id = %correlation_id, part = req.part);
-        tracing::Instrument::instrument(self.run_in_span(req, invocation, deadline), span).await
+        tracing::Instrument::instrument(self.run_in_span(req, delivery), span).await
     }
 
-    async fn run_in_span(
-        &self,
-        req: AttestationRequest,
-        invocation: Invocation,
-        deadline: Option<Instant>,
-    ) -> Result<Handled, ServiceError> {
-        let repeat_key = invocation.delivery_id.clone();
-        if let Some(key) = repeat_key.as_deref().filter(|k| self.seen(k)) {
+    async fn run_in_span(&self, req: AttestationRequest, delivery: &Delivery) -> Result<Disposition, ServiceError> {
+        if let Some(key) = delivery.delivery_id.as_deref().filter(|k| self.seen(k)) {
             tracing::info!(delivery_id = key, "repeat delivery of a completed run; skipped");
-            return Ok(Handled::Repeat {
+            return Ok(Disposition::Repeat {
                 delivery_id: key.to_owned(),
             });
         }
@@ -356,7 +542,10 @@ impl AttestService {
         let mut refreshed = false;
         let mut result = loop {
             let engine = self.engine(client.clone());
-            match engine.run(req.clone(), deadline, Arc::new(Progress::new())).await {
+            match engine
+                .run(req.clone(), delivery.deadline, Arc::new(Progress::new()))
+                .await
+            {
                 Ok(r) => break r,
                 Err(RunError::Credentials(m)) if !refreshed => {
                     // A rotated secret: read it again once before giving up.
@@ -368,8 +557,10 @@ impl AttestService {
             }
         };
         result.invocation = Some(Invocation {
+            trigger: delivery.trigger.as_str().into(),
+            delivery_id: delivery.delivery_id.clone(),
+            caller: delivery.caller.clone(),
             part: req.part,
-            ..invocation
         });
         if !req.dry_run {
             self.continue_untried(&req, &mut result).await;
@@ -383,17 +574,17 @@ impl AttestService {
                 ))
             })?;
         }
-        if let Some(key) = repeat_key {
-            self.remember(&key);
+        if let Some(key) = &delivery.delivery_id {
+            self.remember(key);
         }
-        Ok(Handled::Ran(Box::new(result)))
+        Ok(Disposition::Ran(Box::new(result)))
     }
 
     /// Hands devices the deadline left untried to the next part of the run.
     async fn continue_untried(&self, req: &AttestationRequest, result: &mut RunResult) {
-        let Some(queue) = &self.queue else {
+        if self.queue.is_none() {
             return;
-        };
+        }
         let untried: Vec<usize> = result
             .devices
             .iter()
@@ -404,30 +595,15 @@ impl AttestService {
         if untried.is_empty() {
             return;
         }
-        let ids = |kind: DeviceKind| -> Vec<String> {
-            untried
-                .iter()
-                .map(|&i| &result.devices[i])
-                .filter(|d| d.kind == kind)
-                .map(|d| d.device_id.to_string())
-                .collect()
-        };
         let part = req.part + 1;
-        let body = json!({
-            "managed_device_ids": ids(DeviceKind::Managed),
-            "comanaged_device_ids": ids(DeviceKind::Comanaged),
-            "validate_device_exists": req.validate_device_exists,
-            "ignore_partial_failures": req.ignore_partial_failures,
-            "timeouts": {"invoke": format!("{}ms", req.timeout.as_millis())},
-            "correlation_id": result.correlation_id,
-            "part": part,
-        });
+        let devices = untried.iter().map(|&i| result.devices[i].device_ref()).collect();
+        let next = req.for_devices(devices, result.correlation_id.clone(), part);
         let message = WorkMessage {
-            body: body.to_string(),
+            body: next.to_payload().to_json(),
             dedup_id: format!("{}#{part}", result.correlation_id),
             group_id: result.correlation_id.clone(),
         };
-        match queue.send(vec![message]).await {
+        match self.send(vec![message]).await {
             Ok(()) => {
                 for &i in &untried {
                     let d = &mut result.devices[i];
@@ -449,61 +625,57 @@ impl AttestService {
         }
     }
 
-    /// Selects devices with `filter` and queues them in chunks of
-    /// `chunk_size`, each a request of its own (part 1, 2, ...).
-    pub async fn dispatch_sweep(
+    /// Selects the sweep's devices and queues them in chunks, each a
+    /// request of its own.
+    async fn dispatch_sweep(
         &self,
-        filter: &DeviceFilter,
         template: &AttestationRequest,
         correlation_id: &str,
-        chunk_size: usize,
         deadline: Instant,
-    ) -> Result<SweepDispatch, ServiceError> {
-        let Some(queue) = &self.queue else {
-            return Err(ServiceError::Configuration(
-                "a sweep needs WORK_QUEUE_URL to dispatch chunks".into(),
-            ));
-        };
+    ) -> Result<Disposition, ServiceError> {
         let client = self.graph_client(false).await?;
         let limit = self.settings.limits.max_devices.saturating_mul(100);
         let ids = client
-            .list_devices(filter, limit, deadline)
+            .list_devices(&self.sweep.filter, limit, deadline)
             .await
             .map_err(|e| match e {
-                GatewayError::Credentials(m) => ServiceError::CredentialsUnavailable(m),
-                GatewayError::Unavailable(m) => ServiceError::GraphUnavailable(m),
+                e @ (GatewayError::Credentials(_) | GatewayError::Unavailable(_)) => ServiceError::from(e),
                 other => ServiceError::SelectionFailed(other.to_string()),
             })?;
-        let chunk_size = chunk_size.clamp(1, self.settings.limits.max_devices);
+        let chunk_size = self.sweep.chunk_size.clamp(1, self.settings.limits.max_devices);
         let messages: Vec<WorkMessage> = ids
             .chunks(chunk_size)
             .enumerate()
             .map(|(i, chunk)| {
                 let part = i + 1;
-                let body = json!({
-                    "managed_device_ids": chunk.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                    "validate_device_exists": template.validate_device_exists,
-                    "ignore_partial_failures": template.ignore_partial_failures,
-                    "timeouts": {"invoke": format!("{}ms", template.timeout.as_millis())},
-                    "correlation_id": format!("{correlation_id}-c{part}"),
-                });
+                let devices = chunk
+                    .iter()
+                    .map(|&id| crate::core::device::DeviceRef {
+                        id,
+                        kind: crate::core::device::DeviceKind::Managed,
+                    })
+                    .collect();
+                let chunk_id = format!("{correlation_id}-c{part}");
                 WorkMessage {
-                    body: body.to_string(),
+                    body: template
+                        .for_devices(devices, chunk_id.clone(), 1)
+                        .to_payload()
+                        .to_json(),
                     dedup_id: format!("{correlation_id}#chunk{part}"),
-                    group_id: format!("{correlation_id}-c{part}"),
+                    group_id: chunk_id,
                 }
             })
             .collect();
         let chunks = messages.len();
-        queue
-            .send(messages)
+        self.send(messages)
             .await
-            .map_err(|e| ServiceError::ResultDeliveryFailed(format!("sweep chunks not queued: {e}")))?;
+            .map_err(|e| ServiceError::ResultDeliveryFailed(format!("sweep chunks {e}")))?;
+        self.remember(correlation_id);
         tracing::info!(devices = ids.len(), chunks, "sweep dispatched");
-        Ok(SweepDispatch {
+        Ok(Disposition::Dispatched(SweepDispatch {
             correlation_id: correlation_id.to_owned(),
             devices: ids.len(),
             chunks,
-        })
+        }))
     }
 }

@@ -25,6 +25,13 @@ impl RecentSet {
         self.keys.contains(key)
     }
 
+    /// Forgets `key` (a claim given back).
+    pub fn remove(&mut self, key: &str) {
+        if self.keys.remove(key) {
+            self.order.retain(|k| k != key);
+        }
+    }
+
     /// Inserts `key`, forgetting the oldest key when full.
     pub fn insert(&mut self, key: &str) {
         if self.keys.insert(key.to_owned()) {

@@ -1,11 +1,9 @@
 //! The built binary as an Azure Functions custom handler, driven over HTTP
 //! with the request shapes the Functions host sends, against the simulator.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{env_of, sim_config};
+use crate::common::{env_of, sim_config};
 use graph_sim::Sim;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -122,7 +120,7 @@ async fn the_http_function_needs_a_signature_and_answers_through_its_binding() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let sig = intune_attest::frontdoor::webhook::sign(&SecretString::from("whsec-b".to_string()), t, body.as_bytes());
+    let sig = intune_attest::service::signature::sign(&SecretString::from("whsec-b".to_string()), t, body.as_bytes());
     let (_, out) = post(&h, "attest-http", request(json!({"X-Intune-Attest-Signature": [sig]}))).await;
     assert_eq!(out["Outputs"]["res"]["statusCode"], 200, "{out}");
     let result: Value = serde_json::from_str(out["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
@@ -131,6 +129,14 @@ async fn the_http_function_needs_a_signature_and_answers_through_its_binding() {
         out["Outputs"]["result"].is_string(),
         "the result also goes to the output binding"
     );
+    // The same signed request captured and replayed: refused, and no
+    // device is initiated a second time.
+    let (_, replay) = post(&h, "attest-http", request(json!({"X-Intune-Attest-Signature": [sig]}))).await;
+    assert_eq!(replay["Outputs"]["res"]["statusCode"], 401, "{replay}");
+    assert!(replay["Outputs"].get("result").is_none());
+    let counts = sim.ledger_counts();
+    assert_eq!(counts.len(), 2);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
 }
 
 #[tokio::test]

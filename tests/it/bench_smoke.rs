@@ -1,6 +1,6 @@
 //! The benchmark's code path at tiny scale, so it cannot rot unnoticed.
 
-#[path = "../benches/support/harness.rs"]
+#[path = "../../benches/support/harness.rs"]
 mod harness;
 
 use std::path::PathBuf;

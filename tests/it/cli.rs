@@ -1,12 +1,10 @@
 //! The `intune-attest` binary end to end: exit codes, stdout, and that bad
 //! input never reaches Graph.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::{env_of, sim_config};
+use crate::common::{env_of, sim_config};
 use graph_sim::Sim;
 use serde_json::Value;
 

@@ -1,10 +1,8 @@
 //! The engine and Graph client over real HTTP against the simulator.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use graph_sim::{Faults, FleetSpec, RetryAfterForm, SimConfig};
 use intune_attest::core::device::DeviceKind;
 use intune_attest::core::engine::RunError;

@@ -6,12 +6,10 @@
 //! run ends before its deadline. The table is written to
 //! `target/fault-matrix.md` (and printed by `scripts/test`).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{harness_with, sim_config};
+use crate::common::{harness_with, sim_config};
 use graph_sim::{Faults, FleetSpec, RetryAfterForm, SimConfig};
 use intune_attest::core::device::DeviceKind;
 use intune_attest::core::outcome::{Outcome, RunResult};

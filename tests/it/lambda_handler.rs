@@ -2,21 +2,23 @@
 //! Secrets Manager credentials, EventBridge result events, SQS partial
 //! failures and continuations, webhooks, sweeps.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::aws::{Clients, Moto};
-use common::{WINDOW, env_of, sim_config};
+use crate::common::aws::{Clients, Moto};
+use crate::common::{WINDOW, env_of, sim_config};
 use graph_sim::{CLIENT_ID, CLIENT_SECRET, FleetSpec, Sim, SimConfig, TENANT_ID};
-use intune_attest::aws::eventbridge::EventBridgeSink;
-use intune_attest::aws::secrets::SecretsManagerCredentials;
-use intune_attest::aws::sqs::SqsWorkQueue;
 use intune_attest::config::Settings;
-use intune_attest::frontdoor::lambda::{InvocationContext, LambdaApp, SweepSettings, WebhookSecrets};
-use intune_attest::frontdoor::webhook;
-use intune_attest::service::{AttestService, BoxFuture, ResultSink, WorkQueue};
+use intune_attest::core::BoxFuture;
+use intune_attest::credentials::WebhookSecrets;
+use intune_attest::credentials::secrets_manager::SecretsManagerCredentials;
+use intune_attest::frontdoor::lambda::{InvocationContext, LambdaApp};
+use intune_attest::queue::WorkQueue;
+use intune_attest::queue::sqs::SqsWorkQueue;
+use intune_attest::results::ResultSink;
+use intune_attest::results::eventbridge::EventBridgeSink;
+use intune_attest::service::signature as webhook;
+use intune_attest::service::{AttestService, SweepSettings, WebhookAuth};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -107,10 +109,15 @@ impl World {
         let queue = o
             .queue
             .then(|| Arc::new(SqsWorkQueue::new(self.aws.sqs.clone(), url)) as Arc<dyn WorkQueue>);
-        let service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300));
-        let webhook = o.webhook.map(|s| Arc::new(FixedSecrets(s)) as Arc<dyn WebhookSecrets>);
+        let auth = match o.webhook {
+            Some(s) => WebhookAuth::Signed(Arc::new(FixedSecrets(s))),
+            None => WebhookAuth::IamOnly,
+        };
         let sweep = SweepSettings::from_env(|k| (k == "SWEEP_CHUNK_SIZE").then(|| "50".to_string())).unwrap();
-        LambdaApp::new(service, webhook, sweep, "intune-attest-test".into(), false)
+        let service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300))
+            .with_webhook_auth(auth)
+            .with_sweep(sweep);
+        LambdaApp::new(service, "intune-attest-test".into(), false)
     }
 
     fn windows(&self, n: usize) -> Vec<String> {

@@ -2,18 +2,16 @@
 //! processing every sample in `events/` against the Graph simulator and
 //! moto, through the real `lambda_runtime` loop.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::aws::{Clients, Moto};
+use crate::common::sim_config;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Response};
-use common::aws::{Clients, Moto};
-use common::sim_config;
 use graph_sim::{CLIENT_ID, CLIENT_SECRET, Sim, TENANT_ID};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -176,7 +174,7 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
     let mut signed = sample("webhook-signed.json");
     let body = signed["body"].as_str().unwrap().to_owned();
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    signed["headers"]["x-intune-attest-signature"] = json!(intune_attest::frontdoor::webhook::sign(
+    signed["headers"]["x-intune-attest-signature"] = json!(intune_attest::service::signature::sign(
         &SecretString::from("whsec-previous".to_string()),
         t,
         body.as_bytes()

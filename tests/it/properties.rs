@@ -7,7 +7,7 @@ use intune_attest::core::duration::parse_go_duration;
 use intune_attest::core::filter::DeviceFilter;
 use intune_attest::core::request::{AttestationRequest, RequestLimits};
 use intune_attest::frontdoor::lambda::classify;
-use intune_attest::frontdoor::webhook;
+use intune_attest::service::signature as webhook;
 use proptest::prelude::*;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -118,5 +118,74 @@ proptest! {
         let mut other = body.clone();
         other.push(flip);
         prop_assert!(webhook::verify(Some(&header), &other, &[secret], t).is_err());
+    }
+}
+
+fn guid() -> impl Strategy<Value = String> {
+    "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+}
+
+fn valid_payload() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(guid(), 0..6),
+        prop::collection::vec(guid(), 0..4),
+        prop::option::of(prop_oneof![
+            Just("operatingSystem eq 'Windows'".to_string()),
+            Just("(deviceName eq 'a''b' or model eq 'x') and operatingSystem eq 'Windows'".to_string()),
+            Just("startswith(deviceName,'LAB')".to_string()),
+        ]),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+        prop::option::of(1u64..100_000_000_000),
+        prop::option::of("[A-Za-z0-9._:/-]{1,40}"),
+        prop::option::of(1u32..1000),
+    )
+        .prop_filter("selects something", |(m, c, f, ..)| {
+            !m.is_empty() || !c.is_empty() || f.is_some()
+        })
+        .prop_map(
+            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, part)| {
+                let mut v = serde_json::json!({
+                    "managed_device_ids": managed,
+                    "comanaged_device_ids": comanaged,
+                    "ignore_partial_failures": ignore,
+                    "validate_device_exists": validate,
+                    "dry_run": dry,
+                });
+                if let Some(f) = filter {
+                    v["device_filter"] = f.into();
+                }
+                if let Some(ns) = timeout_ns {
+                    v["timeouts"] = serde_json::json!({"invoke": format!("{ns}ns")});
+                }
+                if let Some(c) = corr {
+                    v["correlation_id"] = c.into();
+                }
+                if let Some(p) = part {
+                    v["part"] = p.into();
+                }
+                v
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// What the service writes onto its queue reads back as the same request.
+    #[test]
+    fn a_request_encoded_as_a_payload_reads_back_as_itself(v in valid_payload()) {
+        let limits = RequestLimits::default();
+        let first = AttestationRequest::from_value(&v, limits).unwrap();
+        let encoded = first.to_payload().to_json();
+        let again = AttestationRequest::from_slice(encoded.as_bytes(), limits).unwrap();
+        prop_assert_eq!(&again.devices, &first.devices);
+        prop_assert_eq!(&again.device_filter, &first.device_filter);
+        prop_assert_eq!(again.timeout, first.timeout);
+        prop_assert_eq!(
+            (again.ignore_partial_failures, again.validate_device_exists, again.dry_run, again.part),
+            (first.ignore_partial_failures, first.validate_device_exists, first.dry_run, first.part)
+        );
+        prop_assert_eq!(&again.correlation_id, &first.correlation_id);
+        prop_assert_eq!(again.to_payload(), first.to_payload());
     }
 }

@@ -1,13 +1,11 @@
 //! A Graph endpoint that redirects elsewhere never receives a follow-up with
 //! the bearer token: redirects are not followed, and the call is reported.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::{harness_with, sim_config};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
-use common::{harness_with, sim_config};
 use graph_sim::Sim;
 use intune_attest::core::outcome::Outcome;
 use serde_json::json;

@@ -3,10 +3,8 @@
 //! and with a certificate, and none of the secret material, the private key
 //! or any issued token appears in anything it prints, plainly or encoded.
 
-mod common;
-
+use crate::common::{self, env_of, sim_config};
 use base64::Engine as _;
-use common::{env_of, sim_config};
 use graph_sim::{CLIENT_SECRET, Sim};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intune-attest");

@@ -744,3 +744,4 @@ fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: 
         }
     })
 }
+

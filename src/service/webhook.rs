@@ -1,0 +1,185 @@
+//! Webhook admission, the same on every host: method, size, base64, the
+//! caller's authentication (signature with rotation, or the platform's own
+//! IAM), replay protection, then the payload. A front door only decodes its
+//! HTTP envelope into a [`WebhookRequest`] and encodes the [`HttpAnswer`].
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::recent::RecentSet;
+use super::signature;
+use crate::credentials::WebhookSecrets;
+
+/// Largest webhook body accepted (after base64 decoding), before anything
+/// is parsed.
+pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
+
+/// How webhook callers are authenticated.
+#[derive(Clone, Default)]
+pub enum WebhookAuth {
+    /// Every request carries a valid signature (a caller the platform
+    /// authenticated with IAM needs none).
+    Signed(std::sync::Arc<dyn WebhookSecrets>),
+    /// The host authenticates every caller before the request arrives
+    /// (Azure function keys); nothing more is checked.
+    Host,
+    /// Nothing configured: only callers the platform authenticated with IAM
+    /// are admitted.
+    #[default]
+    IamOnly,
+}
+
+/// A webhook call as the host delivered it.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookRequest {
+    /// The HTTP method.
+    pub method: String,
+    /// The body as delivered (base64 text when `base64` is set).
+    pub body: String,
+    /// Whether the host base64-encoded the body.
+    pub base64: bool,
+    /// The `X-Intune-Attest-Signature` header.
+    pub signature: Option<String>,
+    /// The caller the platform authenticated (an IAM ARN), if any.
+    pub iam_caller: Option<String>,
+    /// The host's id for this call.
+    pub request_id: Option<String>,
+    /// The host's deadline.
+    pub deadline: Option<Instant>,
+}
+
+/// The answer to a webhook call, for the host to encode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl HttpAnswer {
+    /// An answer with `status` and `body`.
+    pub fn new(status: u16, body: Value) -> Self {
+        Self { status, body }
+    }
+
+    /// A refusal with a stable error code.
+    pub fn error(status: u16, code: &str) -> Self {
+        Self::new(status, json!({"error": code}))
+    }
+
+    /// A refusal with a stable error code and a message.
+    pub fn error_with(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self::new(status, json!({"error": code, "message": message.into()}))
+    }
+}
+
+/// An admitted call: its payload bytes, who sent it, and the replay key to
+/// record once the request is accepted.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The raw payload.
+    pub payload: Vec<u8>,
+    /// The authenticated caller, when the platform named one.
+    pub caller: Option<String>,
+    /// The signature's replay key, claimed until the call is settled.
+    pub replay_key: Option<String>,
+}
+
+/// The admission gate with its replay memory.
+pub struct Gate {
+    auth: WebhookAuth,
+    replays: Mutex<RecentSet>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Gate {
+    /// A gate authenticating with `auth`.
+    pub fn new(auth: WebhookAuth) -> Self {
+        Self {
+            auth,
+            replays: Mutex::new(RecentSet::new(10_000)),
+        }
+    }
+
+    fn replays(&self) -> std::sync::MutexGuard<'_, RecentSet> {
+        self.replays.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks everything but the payload's meaning. A signed call's replay
+    /// key is claimed here and must be settled with [`Gate::settle`].
+    pub async fn admit(&self, req: &WebhookRequest) -> Result<Admitted, HttpAnswer> {
+        if !req.method.eq_ignore_ascii_case("POST") {
+            return Err(HttpAnswer::error(405, "method_not_allowed"));
+        }
+        if req.body.len() > MAX_WEBHOOK_BODY * 4 / 3 + 4 {
+            return Err(HttpAnswer::error(413, "payload_too_large"));
+        }
+        let payload: Vec<u8> = if req.base64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(&req.body)
+                .map_err(|_| HttpAnswer::error_with(400, "invalid_request", "the body is not valid base64"))?
+        } else {
+            req.body.as_bytes().to_vec()
+        };
+        if payload.len() > MAX_WEBHOOK_BODY {
+            return Err(HttpAnswer::error(413, "payload_too_large"));
+        }
+        let caller = req.iam_caller.clone().filter(|c| !c.is_empty());
+        let replay_key = match (&self.auth, &caller) {
+            // The platform authenticated the caller (function URL AuthType AWS_IAM).
+            (_, Some(_)) | (WebhookAuth::Host, None) => None,
+            (WebhookAuth::IamOnly, None) => {
+                tracing::warn!("webhook refused: no signing secret configured and no IAM caller");
+                return Err(HttpAnswer::error(401, "unauthorized"));
+            }
+            (WebhookAuth::Signed(source), None) => {
+                let secrets = source.secrets().await.map_err(|e| {
+                    tracing::error!(error = %e, "webhook secrets unavailable");
+                    HttpAnswer::error(503, "unavailable")
+                })?;
+                let verified =
+                    signature::verify(req.signature.as_deref(), &payload, &secrets, now_unix()).and_then(|v| {
+                        let key = format!("{}:{}", v.timestamp, v.signature);
+                        let mut replays = self.replays();
+                        if replays.contains(&key) {
+                            return Err(signature::SignatureError::Replayed);
+                        }
+                        replays.insert(&key);
+                        Ok(key)
+                    });
+                match verified {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        tracing::warn!(reason = %e, "webhook refused");
+                        return Err(HttpAnswer::error(401, "unauthorized"));
+                    }
+                }
+            }
+        };
+        Ok(Admitted {
+            payload,
+            caller,
+            replay_key,
+        })
+    }
+
+    /// Settles a claimed replay key: kept when the request was accepted
+    /// (a replay is then refused), given back when it was not, so that the
+    /// caller's identical retry is not taken for a replay.
+    pub fn settle(&self, replay_key: Option<&str>, accepted: bool) {
+        if let (Some(key), false) = (replay_key, accepted) {
+            self.replays().remove(key);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The integration suite, one test binary with a module per area (linking
+//! the AWS SDK, axum and reqwest once instead of once per file).
+
+mod azure_handler;
+mod bench_smoke;
+mod cli;
+mod common;
+mod engine_against_simulator;
+mod fault_matrix;
+mod infrastructure;
+mod lambda_handler;
+mod lambda_runtime;
+mod properties;
+mod redirects;
+mod secret_hygiene;
