@@ -745,3 +745,6 @@ fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: 
     })
 }
 
+
+#[cfg(test)]
+mod tests;
