@@ -70,7 +70,7 @@ impl Settings {
         engine.reads = PacerConfig::new(number(get, "ATTEST_READ_BUDGET", 1000u32, 1)?, window);
         engine.write_concurrency = number(get, "ATTEST_WRITE_CONCURRENCY", engine.write_concurrency, 1)?;
         engine.read_concurrency = number(get, "ATTEST_READ_CONCURRENCY", engine.read_concurrency, 1)?;
-        engine.max_attempts = number(get, "ATTEST_MAX_ATTEMPTS", engine.max_attempts, 1)?;
+        engine.backoff.attempts = number(get, "ATTEST_MAX_ATTEMPTS", engine.backoff.attempts, 1)?;
         engine.progress_interval = duration(get, "ATTEST_PROGRESS_INTERVAL", engine.progress_interval)?;
         engine.max_retry_after = duration(get, "ATTEST_MAX_RETRY_AFTER", engine.max_retry_after)?;
         let max_devices = number(get, "ATTEST_MAX_DEVICES", crate::core::request::DEFAULT_MAX_DEVICES, 1)?;

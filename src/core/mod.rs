@@ -1,6 +1,7 @@
 //! The domain core: what a request is, how it is validated, what can happen
 //! to a device, and the engine that drives every device to one outcome.
 
+pub mod backoff;
 pub mod device;
 pub mod duration;
 pub mod engine;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::core::backoff::Backoff;
 use crate::credentials::{AppCredentials, ClientCertificate, ClientCredential};
 
 use super::endpoints::Endpoints;
@@ -89,6 +90,7 @@ pub struct TokenProvider {
     generation: AtomicU64,
     requests: Arc<AtomicU64>,
     timeout: Duration,
+    backoff: Backoff,
 }
 
 impl TokenProvider {
@@ -99,6 +101,7 @@ impl TokenProvider {
         creds: AppCredentials,
         requests: Arc<AtomicU64>,
         timeout: Duration,
+        backoff: Backoff,
     ) -> Self {
         Self {
             http,
@@ -111,6 +114,7 @@ impl TokenProvider {
             generation: AtomicU64::new(0),
             requests,
             timeout,
+            backoff,
         }
     }
 
@@ -179,13 +183,9 @@ impl TokenProvider {
 
     async fn fetch(&self, deadline: Instant) -> Result<(SecretString, Duration), AuthError> {
         let mut last = String::from("no attempt made before the deadline");
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                let wait = Duration::from_millis(250 * (1 << attempt)).mul_f64(0.5 + fastrand::f64() * 0.5);
-                if Instant::now() + wait >= deadline {
-                    break;
-                }
-                tokio::time::sleep(wait).await;
+        for attempt in 0..self.backoff.attempts {
+            if attempt > 0 && !self.backoff.wait(attempt, Some(deadline)).await {
+                break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::core::backoff::Backoff;
 use crate::core::device::{DeviceId, DeviceRef};
 use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{
@@ -30,8 +31,10 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// `$top` for list pages.
     pub page_size: u32,
-    /// Attempts per list page before selection gives up.
-    pub page_attempts: u32,
+    /// Retry delays and attempts per list page before selection gives up.
+    pub page_backoff: Backoff,
+    /// Retry delays and attempts of the token request.
+    pub token_backoff: Backoff,
 }
 
 impl Default for ClientConfig {
@@ -39,7 +42,8 @@ impl Default for ClientConfig {
         Self {
             request_timeout: Duration::from_secs(30),
             page_size: 999,
-            page_attempts: 6,
+            page_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(32), 6),
+            token_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 4),
         }
     }
 }
@@ -73,7 +77,14 @@ impl GraphClient {
             .pool_max_idle_per_host(16)
             .build()?;
         let requests = Arc::new(AtomicU64::new(0));
-        let tokens = TokenProvider::new(http.clone(), &endpoints, creds, requests.clone(), cfg.request_timeout);
+        let tokens = TokenProvider::new(
+            http.clone(),
+            &endpoints,
+            creds,
+            requests.clone(),
+            cfg.request_timeout,
+            cfg.token_backoff,
+        );
         Ok(Self {
             beta: format!("{}/beta", endpoints.graph_root()),
             http,
@@ -257,7 +268,7 @@ impl GraphClient {
         let mut last = String::new();
         let mut auth_retried = false;
         let mut attempt = 0;
-        while attempt < self.cfg.page_attempts {
+        while self.cfg.page_backoff.allows(attempt) {
             attempt += 1;
             let token = self.tokens.token(deadline).await.map_err(|e| match e {
                 AuthError::Refused(m) => GatewayError::Credentials(m),
@@ -275,7 +286,7 @@ impl GraphClient {
                 .bearer_auth(token.secret.expose_secret())
                 .send()
                 .await;
-            let mut wait = Duration::from_millis(500 * (1 << attempt.min(6))).mul_f64(0.5 + fastrand::f64() * 0.5);
+            let mut wait = self.cfg.page_backoff.delay(attempt);
             match sent {
                 Err(e) => last = describe_transport(&e),
                 Ok(resp) => {
@@ -322,10 +333,9 @@ impl GraphClient {
                     }
                 }
             }
-            if Instant::now() + wait >= deadline {
+            if !Backoff::sleep_within(wait, Some(deadline)).await {
                 break;
             }
-            tokio::time::sleep(wait).await;
         }
         Err(GatewayError::Unavailable(if last.is_empty() {
             "listing devices: deadline reached".into()

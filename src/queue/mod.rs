@@ -3,6 +3,8 @@
 
 pub mod sqs;
 
+use tokio::time::Instant;
+
 use crate::core::BoxFuture;
 use crate::results::DeliveryError;
 
@@ -19,6 +21,7 @@ pub struct WorkMessage {
 
 /// The queue that carries continuations and sweep chunks.
 pub trait WorkQueue: Send + Sync {
-    /// Sends the messages; fails if any could not be sent.
-    fn send(&self, messages: Vec<WorkMessage>) -> BoxFuture<'_, Result<(), DeliveryError>>;
+    /// Sends the messages; fails if any could not be sent before
+    /// `deadline`.
+    fn send(&self, messages: Vec<WorkMessage>, deadline: Option<Instant>) -> BoxFuture<'_, Result<(), DeliveryError>>;
 }

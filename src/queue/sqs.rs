@@ -1,7 +1,12 @@
 //! The work queue on SQS: continuation messages and sweep chunks.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use super::{WorkMessage, WorkQueue};
 use crate::core::BoxFuture;
+use crate::core::backoff::Backoff;
 use crate::results::DeliveryError;
 
 /// Sends work messages to one queue, 10 per call, retrying failed entries.
@@ -10,12 +15,17 @@ use crate::results::DeliveryError;
 pub struct SqsWorkQueue {
     client: aws_sdk_sqs::Client,
     url: String,
+    backoff: Backoff,
 }
 
 impl SqsWorkQueue {
     /// A queue at `url`.
     pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
-        Self { client, url }
+        Self {
+            client,
+            url,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2), 4),
+        }
     }
 }
 
@@ -34,15 +44,14 @@ fn dedup_token(id: &str) -> String {
 }
 
 impl WorkQueue for SqsWorkQueue {
-    fn send(&self, messages: Vec<WorkMessage>) -> BoxFuture<'_, Result<(), DeliveryError>> {
+    fn send(&self, messages: Vec<WorkMessage>, deadline: Option<Instant>) -> BoxFuture<'_, Result<(), DeliveryError>> {
         Box::pin(async move {
             let fifo = self.url.ends_with(".fifo");
             let mut pending: Vec<(usize, WorkMessage)> = messages.into_iter().enumerate().collect();
             let mut last = String::new();
-            for attempt in 0..4u32 {
-                if attempt > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * 2u64.pow(attempt - 1))).await;
-                }
+            let mut tried = 0;
+            loop {
+                tried += 1;
                 let mut failed = Vec::new();
                 for chunk in pending.chunks(10) {
                     let mut entries = Vec::with_capacity(chunk.len());
@@ -57,28 +66,25 @@ impl WorkQueue for SqsWorkQueue {
                         }
                         entries.push(b.build().map_err(|e| DeliveryError(format!("bad SQS entry: {e}")))?);
                     }
-                    match self
+                    // A call that fails whole was already retried by the SDK.
+                    let out = self
                         .client
                         .send_message_batch()
                         .queue_url(&self.url)
                         .set_entries(Some(entries))
                         .send()
                         .await
-                    {
-                        Ok(out) => {
-                            for f in out.failed() {
-                                last = format!("{} {}", f.code(), f.message().unwrap_or_default());
-                                if let Some(entry) = chunk.iter().find(|(i, _)| format!("m{i}") == f.id()) {
-                                    failed.push(entry.clone());
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            last = e
+                        .map_err(|e| {
+                            let detail = e
                                 .as_service_error()
                                 .map(|s| s.to_string())
                                 .unwrap_or_else(|| "SQS did not answer".into());
-                            failed.extend(chunk.iter().cloned());
+                            DeliveryError(format!("message(s) not sent to the work queue ({detail})"))
+                        })?;
+                    for f in out.failed() {
+                        last = format!("{} {}", f.code(), f.message().unwrap_or_default());
+                        if let Some(entry) = chunk.iter().find(|(i, _)| format!("m{i}") == f.id()) {
+                            failed.push(entry.clone());
                         }
                     }
                 }
@@ -87,6 +93,9 @@ impl WorkQueue for SqsWorkQueue {
                 }
                 tracing::warn!(failed = failed.len(), error = %last, "SQS refused work messages");
                 pending = failed;
+                if !self.backoff.wait(tried, deadline).await {
+                    break;
+                }
             }
             Err(DeliveryError(format!(
                 "{} message(s) not sent to the work queue ({last})",

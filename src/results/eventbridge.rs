@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use tokio::time::Instant;
+
 use super::{DeliveryError, Rejection, ResultSink};
 use crate::core::BoxFuture;
+use crate::core::backoff::Backoff;
 use crate::core::outcome::RunResult;
 
 /// `Source` of every entry.
@@ -132,8 +135,7 @@ impl PutEvents for aws_sdk_eventbridge::Client {
 pub struct EventBridgeSink<P> {
     put: P,
     bus: String,
-    attempts: u32,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl<P: PutEvents> EventBridgeSink<P> {
@@ -142,46 +144,47 @@ impl<P: PutEvents> EventBridgeSink<P> {
         Self {
             put,
             bus,
-            attempts: 4,
-            backoff: Duration::from_millis(200),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2), 4),
         }
     }
 
-    /// Sets the retry policy.
-    pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> Self {
-        self.attempts = attempts.max(1);
+    /// Sets the retry policy for entries EventBridge reports failed.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
-    async fn put_all(&self, mut pending: Vec<Entry>) -> Result<(), DeliveryError> {
+    /// Puts every entry. A call that fails whole was already retried by the
+    /// SDK and fails the publication; entries EventBridge reports failed in
+    /// an accepted call are put again (the SDK cannot see those), with the
+    /// shared backoff and never past `deadline`.
+    async fn put_all(&self, mut pending: Vec<Entry>, deadline: Option<Instant>) -> Result<(), DeliveryError> {
         let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff * 2u32.pow(attempt - 1)).await;
-            }
+        let mut tried = 0;
+        loop {
+            tried += 1;
             let mut failed = Vec::new();
             for chunk in pending.chunks(MAX_ENTRIES_PER_CALL) {
-                match self.put.put(&self.bus, chunk).await {
-                    Ok(codes) => {
-                        for (entry, code) in chunk.iter().zip(codes) {
-                            if let Some(code) = code {
-                                last = code;
-                                failed.push(entry.clone());
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        last = e;
-                        failed.extend(chunk.iter().cloned());
+                let codes = self
+                    .put
+                    .put(&self.bus, chunk)
+                    .await
+                    .map_err(|e| DeliveryError(format!("PutEvents failed ({e})")))?;
+                for (entry, code) in chunk.iter().zip(codes) {
+                    if let Some(code) = code {
+                        last = code;
+                        failed.push(entry.clone());
                     }
                 }
             }
             if failed.is_empty() {
                 return Ok(());
             }
-            tracing::warn!(failed = failed.len(), error = %last, attempt = attempt + 1, "EventBridge refused result entries");
+            tracing::warn!(failed = failed.len(), error = %last, attempt = tried, "EventBridge refused result entries");
             pending = failed;
+            if !self.backoff.wait(tried, deadline).await {
+                break;
+            }
         }
         Err(DeliveryError(format!(
             "{} EventBridge entries failed ({last})",
@@ -191,18 +194,26 @@ impl<P: PutEvents> EventBridgeSink<P> {
 }
 
 impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
-    fn publish<'a>(&'a self, result: &'a RunResult) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move { self.put_all(entries(result, MAX_ENTRY_BYTES)).await })
+    fn publish<'a>(
+        &'a self,
+        result: &'a RunResult,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move { self.put_all(entries(result, MAX_ENTRY_BYTES), deadline).await })
     }
 
-    fn reject<'a>(&'a self, rejection: &'a Rejection) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn reject<'a>(
+        &'a self,
+        rejection: &'a Rejection,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let detail = serde_json::to_string(rejection).unwrap_or_default();
-            self.put_all(vec![Entry {
+            let entry = Entry {
                 detail_type: REJECTED_DETAIL_TYPE,
                 detail,
-            }])
-            .await
+            };
+            self.put_all(vec![entry], deadline).await
         })
     }
 }
@@ -302,9 +313,13 @@ mod tests {
             fail: 2,
             sent: Mutex::new(vec![]),
         };
-        let sink = EventBridgeSink::new(flaky, "bus".into()).with_retries(4, Duration::from_millis(1));
+        let sink = EventBridgeSink::new(flaky, "bus".into()).with_backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+            4,
+        ));
         let r = result(3000);
-        sink.publish(&r).await.unwrap();
+        sink.publish(&r, None).await.unwrap();
         let sent = sink.put.sent.lock().unwrap().clone();
         assert_eq!(
             sent.len(),
@@ -320,8 +335,12 @@ mod tests {
             fail: 10,
             sent: Mutex::new(vec![]),
         };
-        let sink = EventBridgeSink::new(flaky, "bus".into()).with_retries(3, Duration::from_millis(1));
-        let err = sink.publish(&result(1)).await.unwrap_err();
+        let sink = EventBridgeSink::new(flaky, "bus".into()).with_backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+            3,
+        ));
+        let err = sink.publish(&result(1), None).await.unwrap_err();
         assert!(err.0.contains("ThrottlingException"), "{err}");
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod eventbridge;
 
+use tokio::time::Instant;
+
 use crate::core::BoxFuture;
 use crate::core::outcome::RunResult;
 
@@ -28,8 +30,17 @@ pub struct Rejection {
 
 /// Where result documents go (EventBridge...).
 pub trait ResultSink: Send + Sync {
-    /// Publishes one result, split and retried as the sink needs.
-    fn publish<'a>(&'a self, result: &'a RunResult) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    /// Publishes one result, split and retried as the sink needs, giving
+    /// up rather than waiting past `deadline`.
+    fn publish<'a>(
+        &'a self,
+        result: &'a RunResult,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
     /// Reports a refused request.
-    fn reject<'a>(&'a self, rejection: &'a Rejection) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    fn reject<'a>(
+        &'a self,
+        rejection: &'a Rejection,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }

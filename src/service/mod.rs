@@ -75,6 +75,12 @@ impl Trigger {
         }
     }
 
+    /// Whether the delivery is an HTTP call (answered at once; handed to the
+    /// work queue when there is one).
+    pub fn is_webhook(self) -> bool {
+        matches!(self, Trigger::Webhook | Trigger::AzureHttp)
+    }
+
     /// Whether the delivery came from a queue: nobody waits for its answer,
     /// so a refusal is reported through the result sink and acknowledged.
     pub fn is_queue(self) -> bool {
@@ -301,7 +307,7 @@ impl AttestService {
             self.parse(&delivery.payload)
         };
         let outcome = match parsed {
-            Ok(req) if trigger == Trigger::Webhook && self.queue.is_some() => self.hand_off(req).await,
+            Ok(req) if trigger.is_webhook() && self.queue.is_some() => self.hand_off(req, delivery.deadline).await,
             Ok(req) => self.run(req, &delivery).await,
             Err(e) => Err(e),
         };
@@ -348,7 +354,7 @@ impl AttestService {
         tracing::warn!(error_type = %rejection.error_type, message = %rejection.message, delivery_id = ?rejection.delivery_id, "request refused");
         if delivery.trigger.is_queue()
             && let Some(sink) = &self.sink
-            && let Err(report) = sink.reject(&rejection).await
+            && let Err(report) = sink.reject(&rejection, delivery.deadline).await
         {
             return Disposition::Retry(ServiceError::ResultDeliveryFailed(format!(
                 "a refused request could not be reported: {report}"
@@ -358,26 +364,33 @@ impl AttestService {
     }
 
     /// Hands a webhook's request to the queue consumers.
-    async fn hand_off(&self, mut req: AttestationRequest) -> Result<Disposition, ServiceError> {
+    async fn hand_off(
+        &self,
+        mut req: AttestationRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Disposition, ServiceError> {
         let correlation_id = req
             .correlation_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        self.send(vec![WorkMessage {
-            body: req.to_payload().to_json(),
-            dedup_id: format!("{correlation_id}#1"),
-            group_id: correlation_id.clone(),
-        }])
+        self.send(
+            vec![WorkMessage {
+                body: req.to_payload().to_json(),
+                dedup_id: format!("{correlation_id}#1"),
+                group_id: correlation_id.clone(),
+            }],
+            deadline,
+        )
         .await?;
         Ok(Disposition::Accepted { correlation_id })
     }
 
-    async fn send(&self, messages: Vec<WorkMessage>) -> Result<(), ServiceError> {
+    async fn send(&self, messages: Vec<WorkMessage>, deadline: Option<Instant>) -> Result<(), ServiceError> {
         let Some(queue) = &self.queue else {
             return Err(ServiceError::Configuration("no work queue is configured".into()));
         };
         queue
-            .send(messages)
+            .send(messages, deadline)
             .await
             .map_err(|e| ServiceError::ResultDeliveryFailed(format!("not queued: {e}")))
     }
@@ -563,11 +576,11 @@ impl AttestService {
             part: req.part,
         });
         if !req.dry_run {
-            self.continue_untried(&req, &mut result).await;
+            self.continue_untried(&req, &mut result, delivery.deadline).await;
         }
         result.refresh(ignore);
         if let Some(sink) = &self.sink {
-            sink.publish(&result).await.map_err(|e| {
+            sink.publish(&result, delivery.deadline).await.map_err(|e| {
                 ServiceError::ResultDeliveryFailed(format!(
                     "the result of {} was not delivered: {e}",
                     result.correlation_id
@@ -581,7 +594,7 @@ impl AttestService {
     }
 
     /// Hands devices the deadline left untried to the next part of the run.
-    async fn continue_untried(&self, req: &AttestationRequest, result: &mut RunResult) {
+    async fn continue_untried(&self, req: &AttestationRequest, result: &mut RunResult, deadline: Option<Instant>) {
         if self.queue.is_none() {
             return;
         }
@@ -603,7 +616,7 @@ impl AttestService {
             dedup_id: format!("{}#{part}", result.correlation_id),
             group_id: result.correlation_id.clone(),
         };
-        match self.send(vec![message]).await {
+        match self.send(vec![message], deadline).await {
             Ok(()) => {
                 for &i in &untried {
                     let d = &mut result.devices[i];
@@ -667,7 +680,7 @@ impl AttestService {
             })
             .collect();
         let chunks = messages.len();
-        self.send(messages)
+        self.send(messages, Some(deadline))
             .await
             .map_err(|e| ServiceError::ResultDeliveryFailed(format!("sweep chunks {e}")))?;
         self.remember(correlation_id);

@@ -92,7 +92,7 @@ async fn item_and_batch_faults_are_retried_until_every_device_is_initiated() {
         batch_424: 0.05,
         ..Faults::default()
     };
-    let h = harness_with(cfg, &[], |e| e.max_attempts = 12).await;
+    let h = harness_with(cfg, &[], |e| e.backoff.attempts = 12).await;
     let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
     let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
     h.assert_ledger_agrees(&result);
@@ -109,7 +109,7 @@ async fn throttled_run(form: RetryAfterForm) {
     cfg.retry_after = form;
     // The tenant is shared: the real ceiling is far below the configured budget.
     cfg.limits.as_mut().unwrap().app_writes = 60;
-    let h = harness_with(cfg, &[], |e| e.max_attempts = 12).await;
+    let h = harness_with(cfg, &[], |e| e.backoff.attempts = 12).await;
     let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
     let ids: Vec<_> = ids.into_iter().take(150).collect();
     let result = h
@@ -162,7 +162,7 @@ async fn whole_batch_429s_are_retried() {
     let mut cfg = sim_config();
     cfg.faults.batch_429 = 0.3;
     cfg.retry_after = RetryAfterForm::Rotate;
-    let h = harness_with(cfg, &[], |e| e.max_attempts = 12).await;
+    let h = harness_with(cfg, &[], |e| e.backoff.attempts = 12).await;
     let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
     let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();
     h.assert_ledger_agrees(&result);
@@ -182,7 +182,7 @@ async fn lost_answers_are_retried_and_reported() {
         duplicate_item: 0.1,
         ..Faults::default()
     };
-    let h = harness_with(cfg, &[], |e| e.max_attempts = 10).await;
+    let h = harness_with(cfg, &[], |e| e.backoff.attempts = 10).await;
     let ids = h.ids(|d| d.is_windows() && d.tpm != Some(""));
     let result = h
         .run(json!({"managed_device_ids": ids, "validate_device_exists": false}))
@@ -207,7 +207,7 @@ async fn hung_requests_time_out_and_are_retried() {
         hang: 0.1,
         ..Faults::default()
     };
-    let h = harness_with(cfg, &[("ATTEST_REQUEST_TIMEOUT", "300ms")], |e| e.max_attempts = 10).await;
+    let h = harness_with(cfg, &[("ATTEST_REQUEST_TIMEOUT", "300ms")], |e| e.backoff.attempts = 10).await;
     let ids: Vec<_> = h
         .ids(|d| d.is_windows() && d.tpm != Some(""))
         .into_iter()

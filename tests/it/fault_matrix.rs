@@ -241,7 +241,7 @@ async fn every_fault_keeps_every_device_accounted_for() {
                 ..sim_config()
             };
             (case.sim)(&mut cfg);
-            let h = harness_with(cfg, case.env, |e| e.max_attempts = 12).await;
+            let h = harness_with(cfg, case.env, |e| e.backoff.attempts = 12).await;
             let managed: Vec<String> = h.ids(|_| true);
             let comanaged: Vec<String> = h.ids(|d| d.comanaged);
             let requested: Vec<(String, &'static str)> = managed

@@ -10,6 +10,7 @@ use crate::common::{WINDOW, env_of, sim_config};
 use graph_sim::{CLIENT_ID, CLIENT_SECRET, FleetSpec, Sim, SimConfig, TENANT_ID};
 use intune_attest::config::Settings;
 use intune_attest::core::BoxFuture;
+use intune_attest::core::backoff::Backoff;
 use intune_attest::credentials::WebhookSecrets;
 use intune_attest::credentials::secrets_manager::SecretsManagerCredentials;
 use intune_attest::frontdoor::lambda::{InvocationContext, LambdaApp};
@@ -103,7 +104,11 @@ impl World {
         };
         let creds = Arc::new(SecretsManagerCredentials::new(secrets, self.secret_arn.clone()));
         let sink: Arc<dyn ResultSink> = Arc::new(
-            EventBridgeSink::new(self.aws.events.clone(), o.bus.into()).with_retries(2, Duration::from_millis(10)),
+            EventBridgeSink::new(self.aws.events.clone(), o.bus.into()).with_backoff(Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+                2,
+            )),
         );
         let url = o.queue_url.clone().unwrap_or_else(|| self.work_queue.clone());
         let queue = o

@@ -41,7 +41,7 @@ async fn redirects_are_not_followed_with_the_token() {
     let h = harness_with(
         sim_config(),
         &[("GRAPH_ENDPOINT", &graph_url), ("AZURE_AUTHORITY_HOST", &token_host)],
-        |e| e.max_attempts = 2,
+        |e| e.backoff.attempts = 2,
     )
     .await;
     let id = sim.fleet()[0].id.clone();

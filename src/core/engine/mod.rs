@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
 use super::device::{DeviceId, DeviceKind, DeviceRef};
 use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport};
 use super::outcome::{DeviceResult, Outcome, RunResult, RunStats};
@@ -43,12 +44,9 @@ pub struct EngineConfig {
     pub write_concurrency: usize,
     /// Read batches in flight at once.
     pub read_concurrency: usize,
-    /// Attempts per device and stage before giving up.
-    pub max_attempts: u32,
-    /// First retry delay when Graph gives no `Retry-After`.
-    pub backoff_base: Duration,
-    /// Longest retry delay without `Retry-After`.
-    pub backoff_cap: Duration,
+    /// Retry delays when Graph gives no `Retry-After`, and attempts per
+    /// device and stage before giving up.
+    pub backoff: Backoff,
     /// Longest `Retry-After` honoured as given; longer ones are cut to this.
     pub max_retry_after: Duration,
     /// How long a partial batch waits for more devices before it goes.
@@ -69,9 +67,7 @@ impl Default for EngineConfig {
             reads: PacerConfig::new(1000, window),
             write_concurrency: 2,
             read_concurrency: 4,
-            max_attempts: 6,
-            backoff_base: Duration::from_millis(500),
-            backoff_cap: Duration::from_secs(30),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 6),
             max_retry_after: Duration::from_secs(60),
             fill_wait: Duration::from_millis(500),
             finish_reserve: Duration::from_secs(2),
@@ -430,16 +426,6 @@ impl<G: DeviceGateway> Engine<G> {
         Ok(result)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .cfg
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(self.cfg.backoff_cap);
-        // Jitter between half and the whole delay.
-        capped.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-
     /// One stage: drives its queue until it is empty or the cutoff comes.
     async fn stage(
         &self,
@@ -655,14 +641,16 @@ impl<G: DeviceGateway> Engine<G> {
                 FailureKind::Throttled | FailureKind::Transient | FailureKind::AnswerLost => {
                     let delay = match (kind, retry_after) {
                         (_, Some(ra)) => ra.min(self.cfg.max_retry_after),
-                        (FailureKind::Throttled, None) => self.backoff(w.stage_attempts).max(self.cfg.backoff_base),
-                        _ => self.backoff(w.stage_attempts),
+                        (FailureKind::Throttled, None) => {
+                            self.cfg.backoff.delay(w.stage_attempts).max(self.cfg.backoff.base)
+                        }
+                        _ => self.cfg.backoff.delay(w.stage_attempts),
                     };
                     if kind == FailureKind::Throttled {
                         throttle_pause = Some(throttle_pause.map_or(delay, |p| p.max(delay)));
                     }
                     let at = now + delay;
-                    if w.stage_attempts >= self.cfg.max_attempts || at >= run.cutoff {
+                    if !self.cfg.backoff.allows(w.stage_attempts) || at >= run.cutoff {
                         run.give_up(&w);
                     } else {
                         *seq += 1;
@@ -744,7 +732,6 @@ fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: 
         }
     })
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -175,7 +175,13 @@ impl LambdaApp {
 async fn build_app() -> Result<LambdaApp, String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let settings = Settings::from_env(env).map_err(|e| e.0)?;
-    let aws = aws_config::load_from_env().await;
+    // The SDK retries a failed call itself (standard mode: throttling, 5xx,
+    // timeouts) three times in all; the adapters retry only what it cannot
+    // see, entries refused inside an accepted batch call.
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await;
     let secrets_client = aws_sdk_secretsmanager::Client::new(&aws);
     let credentials: Arc<dyn CredentialSource> = match env("SECRET_ID") {
         Some(id) => Arc::new(crate::credentials::secrets_manager::SecretsManagerCredentials::new(

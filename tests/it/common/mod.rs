@@ -81,8 +81,8 @@ pub async fn harness_with(cfg: SimConfig, extra_env: &[(&str, &str)], tune: impl
     let creds = AppCredentials::from_env(get).expect("credentials");
     let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone()).expect("client");
     let mut engine_cfg = settings.engine.clone();
-    engine_cfg.backoff_base = Duration::from_millis(50);
-    engine_cfg.backoff_cap = Duration::from_millis(500);
+    engine_cfg.backoff.base = Duration::from_millis(50);
+    engine_cfg.backoff.cap = Duration::from_millis(500);
     engine_cfg.fill_wait = Duration::from_millis(50);
     tune(&mut engine_cfg);
     Harness {
