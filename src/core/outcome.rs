@@ -259,19 +259,40 @@ pub struct RunResult {
     pub devices: Vec<DeviceResult>,
 }
 
+/// What a run produced, before its summary and status are derived.
+#[derive(Clone, Debug, Default)]
+pub struct RunRecord {
+    /// The correlation id.
+    pub correlation_id: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Whether failures are only warned about.
+    pub ignore_partial_failures: bool,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// RFC 3339 end time.
+    pub finished_at: String,
+    /// Warnings so far.
+    pub warnings: Vec<String>,
+    /// Traffic figures.
+    pub stats: RunStats,
+    /// One entry per device, in request order.
+    pub devices: Vec<DeviceResult>,
+}
+
 impl RunResult {
     /// Builds the document, deriving the summary and status from the devices.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        correlation_id: String,
-        dry_run: bool,
-        ignore_partial_failures: bool,
-        started_at: String,
-        finished_at: String,
-        mut warnings: Vec<String>,
-        stats: RunStats,
-        devices: Vec<DeviceResult>,
-    ) -> Self {
+    pub fn new(record: RunRecord) -> Self {
+        let RunRecord {
+            correlation_id,
+            dry_run,
+            ignore_partial_failures,
+            started_at,
+            finished_at,
+            mut warnings,
+            stats,
+            devices,
+        } = record;
         let summary = Summary::of(&devices);
         let ok = devices.iter().filter(|d| d.outcome.is_success()).count();
         let status = if ok == devices.len() {
@@ -317,20 +338,21 @@ impl RunResult {
     /// Re-derives the summary, status and failure after outcomes changed
     /// (a front door handing devices on to a continuation).
     pub fn refresh(&mut self, ignore_partial_failures: bool) {
-        let rebuilt = RunResult::new(
-            std::mem::take(&mut self.correlation_id),
-            self.dry_run,
+        let rebuilt = RunResult::new(RunRecord {
+            correlation_id: std::mem::take(&mut self.correlation_id),
+            dry_run: self.dry_run,
             ignore_partial_failures,
-            std::mem::take(&mut self.started_at),
-            std::mem::take(&mut self.finished_at),
-            self.warnings
+            started_at: std::mem::take(&mut self.started_at),
+            finished_at: std::mem::take(&mut self.finished_at),
+            warnings: self
+                .warnings
                 .iter()
                 .filter(|w| !w.ends_with(IGNORED_SUFFIX))
                 .cloned()
                 .collect(),
-            std::mem::take(&mut self.stats),
-            std::mem::take(&mut self.devices),
-        );
+            stats: std::mem::take(&mut self.stats),
+            devices: std::mem::take(&mut self.devices),
+        });
         let invocation = self.invocation.take();
         *self = rebuilt;
         self.invocation = invocation;
@@ -348,16 +370,12 @@ mod tests {
 
     fn run(ignore: bool, outcomes: &[Outcome]) -> RunResult {
         let devices = outcomes.iter().enumerate().map(|(i, o)| dev(i as u8, *o)).collect();
-        RunResult::new(
-            "c".into(),
-            false,
-            ignore,
-            "s".into(),
-            "f".into(),
-            vec![],
-            RunStats::default(),
+        RunResult::new(RunRecord {
+            correlation_id: "c".into(),
+            ignore_partial_failures: ignore,
             devices,
-        )
+            ..RunRecord::default()
+        })
     }
 
     #[test]

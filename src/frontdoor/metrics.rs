@@ -59,20 +59,14 @@ pub fn emf_line(result: &RunResult, function_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::outcome::RunStats;
+    use crate::core::outcome::RunRecord;
 
     #[test]
     fn every_declared_metric_has_a_value() {
-        let r = RunResult::new(
-            "c".into(),
-            false,
-            false,
-            "s".into(),
-            "f".into(),
-            vec![],
-            RunStats::default(),
-            vec![],
-        );
+        let r = RunResult::new(RunRecord {
+            correlation_id: "c".into(),
+            ..RunRecord::default()
+        });
         let v: Value = serde_json::from_str(&emf_line(&r, "fn")).unwrap();
         let declared = v["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap();
         assert!(declared.len() >= 12);

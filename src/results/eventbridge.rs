@@ -222,7 +222,7 @@ impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
 mod tests {
     use super::*;
     use crate::core::device::{DeviceId, DeviceKind};
-    use crate::core::outcome::{DeviceResult, Outcome, RunStats};
+    use crate::core::outcome::{DeviceResult, Outcome, RunRecord};
     use std::sync::Mutex;
 
     fn result(n: usize) -> RunResult {
@@ -234,16 +234,11 @@ mod tests {
                 d
             })
             .collect();
-        RunResult::new(
-            "corr".into(),
-            false,
-            false,
-            "s".into(),
-            "f".into(),
-            vec![],
-            RunStats::default(),
+        RunResult::new(RunRecord {
+            correlation_id: "corr".into(),
             devices,
-        )
+            ..RunRecord::default()
+        })
     }
 
     #[test]

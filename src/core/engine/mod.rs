@@ -8,22 +8,21 @@
 //! calls of up to 20, asks its [`Pacer`] before each call, and bounds the
 //! calls in flight. Retries go back into the queue of the same stage.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::device::{DeviceId, DeviceKind, DeviceRef};
 use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport};
-use super::outcome::{DeviceResult, Outcome, RunResult, RunStats};
-use super::pacer::{Grant, Pacer, PacerConfig};
+use super::outcome::{DeviceResult, Outcome, RunRecord, RunResult, RunStats};
+use super::pacer::{Pacer, PacerConfig};
 use super::progress::Progress;
 use super::request::AttestationRequest;
+use stage::{Joined, Launch, StageState, recv_or_pending};
 
 /// Graph's limit on requests in one `$batch`.
 pub const MAX_BATCH: usize = 20;
@@ -225,6 +224,22 @@ impl Run {
         }
     }
 
+    /// Every device's outcome, in request order; a device that never got
+    /// one (its stage never reached it) was not attempted.
+    fn outcomes(&self, devices: &[DeviceRef]) -> Vec<DeviceResult> {
+        lock(&self.results)
+            .iter()
+            .zip(devices)
+            .map(|(slot, dev)| {
+                slot.clone().unwrap_or_else(|| {
+                    let mut r = DeviceResult::new(dev.id, dev.kind, Outcome::NotAttempted);
+                    r.reason = Some("the deadline came before this device was tried".into());
+                    r
+                })
+            })
+            .collect()
+    }
+
     /// The outcome of an item that will not be tried again.
     fn give_up(&self, w: &Work) {
         match &w.last {
@@ -298,47 +313,14 @@ impl<G: DeviceGateway> Engine<G> {
             .correlation_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let mut deadline = start + req.timeout;
-        if let Some(p) = platform_deadline {
-            deadline = deadline.min(p);
-        }
-        let reserve = self.cfg.finish_reserve.min(req.timeout / 10);
-        let cutoff = deadline.checked_sub(reserve).unwrap_or(deadline).max(start);
+        let cutoff = self.cutoff(&req, start, platform_deadline);
         let mut warnings = req.warnings.clone();
 
         let needs_graph = req.device_filter.is_some() || req.validate_device_exists || !req.dry_run;
         if needs_graph {
             self.gateway.prepare(cutoff).await?;
         }
-
-        let mut devices = req.devices.clone();
-        if let Some(filter) = &req.device_filter {
-            let limit = self.cfg.max_devices.saturating_sub(devices.len());
-            let selected = self.gateway.list_devices(filter, limit, cutoff).await?;
-            let named: HashSet<DeviceId> = devices
-                .iter()
-                .filter(|d| d.kind == DeviceKind::Managed)
-                .map(|d| d.id)
-                .collect();
-            let mut seen = HashSet::new();
-            let mut overlap = 0usize;
-            for id in selected {
-                if named.contains(&id) {
-                    overlap += 1;
-                } else if seen.insert(id) {
-                    devices.push(DeviceRef {
-                        id,
-                        kind: DeviceKind::Managed,
-                    });
-                }
-            }
-            if overlap > 0 {
-                warnings.push(format!(
-                    "{overlap} device(s) selected by device_filter were also listed in managed_device_ids"
-                ));
-            }
-            tracing::info!(selected = seen.len(), filter = %filter, "devices selected by filter");
-        }
+        let devices = self.select_devices(&req, cutoff, &mut warnings).await?;
 
         progress.set_total(devices.len());
         let run = Run {
@@ -347,6 +329,84 @@ impl<G: DeviceGateway> Engine<G> {
             cutoff,
             dry_run: req.dry_run,
         };
+        let ticker = spawn_progress_log(progress, self.cfg.progress_interval, correlation_id.clone());
+        self.drive(&req, &run, &devices).await;
+        ticker.abort();
+
+        let stats_after = self.gateway.stats();
+        let result = RunResult::new(RunRecord {
+            correlation_id,
+            dry_run: req.dry_run,
+            ignore_partial_failures: req.ignore_partial_failures,
+            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+            finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            warnings,
+            stats: RunStats {
+                http_requests: stats_after.http_requests - stats_before.http_requests,
+                throttled_responses: stats_after.throttled - stats_before.throttled,
+                duration_ms: start.elapsed().as_millis() as u64,
+            },
+            devices: run.outcomes(&devices),
+        });
+        log_finished(&result);
+        Ok(result)
+    }
+
+    /// When the last call may start: the request's timeout or the host's
+    /// deadline, less a reserve for assembling and emitting the result.
+    fn cutoff(&self, req: &AttestationRequest, start: Instant, platform_deadline: Option<Instant>) -> Instant {
+        let mut deadline = start + req.timeout;
+        if let Some(p) = platform_deadline {
+            deadline = deadline.min(p);
+        }
+        let reserve = self.cfg.finish_reserve.min(req.timeout / 10);
+        deadline.checked_sub(reserve).unwrap_or(deadline).max(start)
+    }
+
+    /// The named devices, then those the filter selects (named ones not
+    /// twice).
+    async fn select_devices(
+        &self,
+        req: &AttestationRequest,
+        cutoff: Instant,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<DeviceRef>, RunError> {
+        let mut devices = req.devices.clone();
+        let Some(filter) = &req.device_filter else {
+            return Ok(devices);
+        };
+        let limit = self.cfg.max_devices.saturating_sub(devices.len());
+        let selected = self.gateway.list_devices(filter, limit, cutoff).await?;
+        let named: HashSet<DeviceId> = devices
+            .iter()
+            .filter(|d| d.kind == DeviceKind::Managed)
+            .map(|d| d.id)
+            .collect();
+        let mut seen = HashSet::new();
+        let mut overlap = 0usize;
+        for id in selected {
+            if named.contains(&id) {
+                overlap += 1;
+            } else if seen.insert(id) {
+                devices.push(DeviceRef {
+                    id,
+                    kind: DeviceKind::Managed,
+                });
+            }
+        }
+        if overlap > 0 {
+            warnings.push(format!(
+                "{overlap} device(s) selected by device_filter were also listed in managed_device_ids"
+            ));
+        }
+        tracing::info!(selected = seen.len(), filter = %filter, "devices selected by filter");
+        Ok(devices)
+    }
+
+    /// Drives every device through the stages the request needs: reads
+    /// feeding writes when validating, writes alone otherwise, neither for a
+    /// dry run without validation.
+    async fn drive(&self, req: &AttestationRequest, run: &Run, devices: &[DeviceRef]) {
         let works: VecDeque<Work> = devices
             .iter()
             .enumerate()
@@ -359,192 +419,56 @@ impl<G: DeviceGateway> Engine<G> {
                 last: None,
             })
             .collect();
-
-        let ticker = spawn_progress_log(progress.clone(), self.cfg.progress_interval, correlation_id.clone());
         if req.dry_run && !req.validate_device_exists {
             for w in &works {
                 run.finish(w, Outcome::WouldInitiate, None, None);
             }
         } else if req.validate_device_exists {
             let (tx, rx) = mpsc::unbounded_channel();
-            let reads = self.stage(Stage::Read, &run, works, None, Some(tx));
+            let reads = self.stage(StageState::new(Stage::Read, works, None, Some(tx)), run);
             let writes = async {
                 if !req.dry_run {
-                    self.stage(Stage::Write, &run, VecDeque::new(), Some(rx), None).await;
+                    self.stage(StageState::new(Stage::Write, VecDeque::new(), Some(rx), None), run)
+                        .await;
                 }
             };
             tokio::join!(reads, writes);
         } else {
-            self.stage(Stage::Write, &run, works, None, None).await;
+            self.stage(StageState::new(Stage::Write, works, None, None), run).await;
         }
-        ticker.abort();
-
-        let devices_out: Vec<DeviceResult> = lock(&run.results)
-            .iter()
-            .zip(&devices)
-            .map(|(slot, dev)| {
-                slot.clone().unwrap_or_else(|| {
-                    let mut r = DeviceResult::new(dev.id, dev.kind, Outcome::NotAttempted);
-                    r.reason = Some("the deadline came before this device was tried".into());
-                    r
-                })
-            })
-            .collect();
-        let stats_after = self.gateway.stats();
-        let stats = RunStats {
-            http_requests: stats_after.http_requests - stats_before.http_requests,
-            throttled_responses: stats_after.throttled - stats_before.throttled,
-            duration_ms: start.elapsed().as_millis() as u64,
-        };
-        let result = RunResult::new(
-            correlation_id,
-            req.dry_run,
-            req.ignore_partial_failures,
-            humantime::format_rfc3339_millis(started_at).to_string(),
-            humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            warnings,
-            stats,
-            devices_out,
-        );
-        let s = &result.summary;
-        tracing::info!(
-            correlation_id = %result.correlation_id,
-            status = ?result.status,
-            requested = s.requested,
-            initiated = s.initiated,
-            not_found = s.not_found,
-            unsupported = s.unsupported,
-            forbidden = s.forbidden,
-            failed = s.failed,
-            throttled = s.throttled,
-            not_attempted = s.not_attempted,
-            http_requests = result.stats.http_requests,
-            throttled_responses = result.stats.throttled_responses,
-            duration_ms = result.stats.duration_ms,
-            "run finished"
-        );
-        Ok(result)
     }
 
-    /// One stage: drives its queue until it is empty or the cutoff comes.
-    async fn stage(
-        &self,
-        stage: Stage,
-        run: &Run,
-        mut pending: VecDeque<Work>,
-        mut input: Option<mpsc::UnboundedReceiver<Work>>,
-        forward: Option<mpsc::UnboundedSender<Work>>,
-    ) {
-        let (pacer, concurrency) = match stage {
-            Stage::Read => (&self.read_pacer, self.cfg.read_concurrency.max(1)),
-            Stage::Write => (&self.write_pacer, self.cfg.write_concurrency.max(1)),
-        };
-        let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
-        let mut seq = 0u64;
-        let mut inflight: JoinSet<(u64, Vec<Reply>)> = JoinSet::new();
-        let mut batches: HashMap<u64, (Vec<Work>, Grant)> = HashMap::new();
-        let mut task_ids: HashMap<tokio::task::Id, u64> = HashMap::new();
-        let mut waiting_since: Option<Instant> = None;
+    fn pacer(&self, stage: Stage) -> &Arc<Mutex<Pacer>> {
+        match stage {
+            Stage::Read => &self.read_pacer,
+            Stage::Write => &self.write_pacer,
+        }
+    }
 
+    /// One stage: drives its queue until it is empty or the cutoff comes,
+    /// then settles what is left.
+    async fn stage(&self, mut st: StageState, run: &Run) {
         loop {
             let now = Instant::now();
-            if let Some(rx) = input.as_mut() {
-                loop {
-                    match rx.try_recv() {
-                        Ok(w) => pending.push_back(w),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            input = None;
-                            break;
-                        }
-                    }
-                }
-            }
-            let mut due = Vec::new();
-            while delayed.peek().is_some_and(|Reverse(d)| d.at <= now) {
-                if let Some(Reverse(d)) = delayed.pop() {
-                    due.push(d.work);
-                }
-            }
-            for w in due.into_iter().rev() {
-                pending.push_front(w);
-            }
-            if now >= run.cutoff {
+            st.drain_input();
+            st.promote_due(now);
+            if now >= run.cutoff || st.is_done() {
                 break;
             }
-            if pending.is_empty() && delayed.is_empty() && inflight.is_empty() && input.is_none() {
-                break;
-            }
-
-            let mut wake = delayed
-                .peek()
-                .map(|Reverse(d)| d.at)
-                .unwrap_or(run.cutoff)
-                .min(run.cutoff);
-            if !pending.is_empty() && inflight.len() < concurrency {
-                let size = lock(pacer).batch_size(MAX_BATCH);
-                let since = *waiting_since.get_or_insert(now);
-                let fill_deadline = since + self.cfg.fill_wait;
-                if pending.len() >= size || input.is_none() || now >= fill_deadline {
-                    let n = size.min(pending.len());
-                    let granted = lock(pacer).try_acquire(n as u32, now);
-                    match granted {
-                        Ok(grant) => {
-                            let mut batch: Vec<Work> = pending.drain(..n).collect();
-                            for w in &mut batch {
-                                w.attempts += 1;
-                                w.stage_attempts += 1;
-                            }
-                            let refs: Vec<DeviceRef> = batch.iter().map(|w| w.dev).collect();
-                            seq += 1;
-                            let id = seq;
-                            batches.insert(id, (batch, grant));
-                            let gateway = self.gateway.clone();
-                            let cutoff = run.cutoff;
-                            let rtt_pacer = pacer.clone();
-                            let handle = inflight.spawn(async move {
-                                let replies: Vec<Reply> = match stage {
-                                    Stage::Read => gateway
-                                        .read_devices(&refs, cutoff)
-                                        .await
-                                        .into_iter()
-                                        .map(Reply::Read)
-                                        .collect(),
-                                    Stage::Write => gateway
-                                        .initiate(&refs, cutoff)
-                                        .await
-                                        .into_iter()
-                                        .map(Reply::Write)
-                                        .collect(),
-                                };
-                                let answered = replies.iter().any(Reply::answered);
-                                lock(&rtt_pacer).complete(grant, Instant::now(), answered);
-                                (id, replies)
-                            });
-                            task_ids.insert(handle.id(), id);
-                            waiting_since = None;
-                            continue;
-                        }
-                        Err(at) => wake = wake.min(at),
-                    }
-                } else {
-                    wake = wake.min(fill_deadline);
-                }
-            } else if pending.is_empty() {
-                waiting_since = None;
-            }
-
+            let wake = match self.launch(&mut st, run, now) {
+                Launch::Sent => continue,
+                Launch::WaitUntil(at) => at,
+            };
             tokio::select! {
-                joined = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                    let Some(joined) = joined else { continue };
-                    if let Some((batch, replies)) = take_batch(joined, &task_ids, &mut batches, pacer) {
-                        self.settle(stage, run, batch, replies, &mut delayed, &mut seq, forward.as_ref());
+                joined = st.inflight.join_next_with_id(), if !st.inflight.is_empty() => {
+                    if let Some(joined) = joined {
+                        self.settle_call(&mut st, run, joined);
                     }
                 }
-                received = recv_or_pending(&mut input) => {
+                received = recv_or_pending(&mut st.input) => {
                     match received {
-                        Some(w) => pending.push_back(w),
-                        None => input = None,
+                        Some(w) => st.pending.push_back(w),
+                        None => st.input = None,
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {}
@@ -553,37 +477,104 @@ impl<G: DeviceGateway> Engine<G> {
 
         // Past the cutoff: let the calls in flight finish (their timeouts end
         // at the cutoff), then settle everything left.
-        while let Some(joined) = inflight.join_next_with_id().await {
-            if let Some((batch, replies)) = take_batch(joined, &task_ids, &mut batches, pacer) {
-                self.settle(stage, run, batch, replies, &mut delayed, &mut seq, forward.as_ref());
+        while let Some(joined) = st.inflight.join_next_with_id().await {
+            self.settle_call(&mut st, run, joined);
+        }
+        st.give_up_all(run).await;
+    }
+
+    /// Sends one batch if a slot, a full enough batch and the pacer allow
+    /// it; otherwise says when to look again.
+    fn launch(&self, st: &mut StageState, run: &Run, now: Instant) -> Launch {
+        let mut wake = st.next_due().unwrap_or(run.cutoff).min(run.cutoff);
+        let pacer = self.pacer(st.stage);
+        let concurrency = match st.stage {
+            Stage::Read => self.cfg.read_concurrency,
+            Stage::Write => self.cfg.write_concurrency,
+        }
+        .max(1);
+        if st.pending.is_empty() {
+            st.waiting_since = None;
+            return Launch::WaitUntil(wake);
+        }
+        if st.inflight.len() >= concurrency {
+            return Launch::WaitUntil(wake);
+        }
+        let size = lock(pacer).batch_size(MAX_BATCH);
+        let since = *st.waiting_since.get_or_insert(now);
+        let fill_deadline = since + self.cfg.fill_wait;
+        if st.pending.len() < size && st.input.is_some() && now < fill_deadline {
+            return Launch::WaitUntil(wake.min(fill_deadline));
+        }
+        let n = size.min(st.pending.len());
+        let grant = match lock(pacer).try_acquire(n as u32, now) {
+            Ok(grant) => grant,
+            Err(at) => {
+                wake = wake.min(at);
+                return Launch::WaitUntil(wake);
             }
+        };
+        let mut batch: Vec<Work> = st.pending.drain(..n).collect();
+        for w in &mut batch {
+            w.attempts += 1;
+            w.stage_attempts += 1;
         }
-        for w in pending.drain(..) {
-            run.give_up(&w);
-        }
-        while let Some(Reverse(d)) = delayed.pop() {
-            run.give_up(&d.work);
-        }
-        if let Some(rx) = input.as_mut() {
-            while let Some(w) = rx.recv().await {
-                run.give_up(&w);
+        let refs: Vec<DeviceRef> = batch.iter().map(|w| w.dev).collect();
+        st.seq += 1;
+        let id = st.seq;
+        st.batches.insert(id, (batch, grant));
+        let gateway = self.gateway.clone();
+        let cutoff = run.cutoff;
+        let stage = st.stage;
+        let rtt_pacer = pacer.clone();
+        let handle = st.inflight.spawn(async move {
+            let replies: Vec<Reply> = match stage {
+                Stage::Read => gateway
+                    .read_devices(&refs, cutoff)
+                    .await
+                    .into_iter()
+                    .map(Reply::Read)
+                    .collect(),
+                Stage::Write => gateway
+                    .initiate(&refs, cutoff)
+                    .await
+                    .into_iter()
+                    .map(Reply::Write)
+                    .collect(),
+            };
+            let answered = replies.iter().any(Reply::answered);
+            lock(&rtt_pacer).complete(grant, Instant::now(), answered);
+            (id, replies)
+        });
+        st.task_ids.insert(handle.id(), id);
+        st.waiting_since = None;
+        Launch::Sent
+    }
+
+    /// Settles a finished call. A call whose task died returns no replies
+    /// (its items are then treated as answers lost) and its permits are
+    /// released here, since the task could not release them itself.
+    fn settle_call(&self, st: &mut StageState, run: &Run, joined: Joined) {
+        let (batch, replies) = match joined {
+            Ok((_, (id, replies))) => match st.batches.remove(&id) {
+                Some((batch, _)) => (batch, replies),
+                None => return,
+            },
+            Err(e) => {
+                let Some((batch, grant)) = st.task_ids.get(&e.id()).and_then(|id| st.batches.remove(id)) else {
+                    return;
+                };
+                lock(self.pacer(st.stage)).complete(grant, Instant::now(), false);
+                (batch, Vec::new())
             }
-        }
+        };
+        self.settle(st, run, batch, replies);
     }
 
     /// Applies the answers of one batch: final outcomes, forwards to the next
     /// stage, or retries.
-    #[allow(clippy::too_many_arguments)]
-    fn settle(
-        &self,
-        stage: Stage,
-        run: &Run,
-        batch: Vec<Work>,
-        replies: Vec<Reply>,
-        delayed: &mut BinaryHeap<Reverse<Delayed>>,
-        seq: &mut u64,
-        forward: Option<&mpsc::UnboundedSender<Work>>,
-    ) {
+    fn settle(&self, st: &mut StageState, run: &Run, batch: Vec<Work>, replies: Vec<Reply>) {
+        let stage = st.stage;
         let now = Instant::now();
         let mut replies = replies.into_iter();
         let mut throttle_pause: Option<Duration> = None;
@@ -615,14 +606,7 @@ impl<G: DeviceGateway> Engine<G> {
                         run.finish(&w, Outcome::WouldInitiate, None, None);
                     } else {
                         w.stage_attempts = 0;
-                        match forward {
-                            Some(tx) => {
-                                if let Err(mpsc::error::SendError(w)) = tx.send(w) {
-                                    run.give_up(&w);
-                                }
-                            }
-                            None => run.give_up(&w),
-                        }
+                        st.promote(w, run);
                     }
                     continue;
                 }
@@ -653,16 +637,12 @@ impl<G: DeviceGateway> Engine<G> {
                     if !self.cfg.backoff.allows(w.stage_attempts) || at >= run.cutoff {
                         run.give_up(&w);
                     } else {
-                        *seq += 1;
-                        delayed.push(Reverse(Delayed { at, seq: *seq, work: w }));
+                        st.delay(w, at);
                     }
                 }
             }
         }
-        let pacer = match stage {
-            Stage::Read => &self.read_pacer,
-            Stage::Write => &self.write_pacer,
-        };
+        let pacer = self.pacer(stage);
         lock(pacer).on_accepted(now, accepted);
         if let Some(pause) = throttle_pause {
             let mut p = lock(pacer);
@@ -672,32 +652,24 @@ impl<G: DeviceGateway> Engine<G> {
     }
 }
 
-type Joined = Result<(tokio::task::Id, (u64, Vec<Reply>)), tokio::task::JoinError>;
-
-/// The work and replies of a finished call. A call whose task died returns
-/// no replies (its items are then treated as answers lost) and its permits
-/// are released here, since the task could not release them itself.
-fn take_batch(
-    joined: Joined,
-    task_ids: &HashMap<tokio::task::Id, u64>,
-    batches: &mut HashMap<u64, (Vec<Work>, Grant)>,
-    pacer: &Mutex<Pacer>,
-) -> Option<(Vec<Work>, Vec<Reply>)> {
-    match joined {
-        Ok((_, (id, replies))) => batches.remove(&id).map(|(batch, _)| (batch, replies)),
-        Err(e) => {
-            let (batch, grant) = batches.remove(task_ids.get(&e.id())?)?;
-            lock(pacer).complete(grant, Instant::now(), false);
-            Some((batch, Vec::new()))
-        }
-    }
-}
-
-async fn recv_or_pending(input: &mut Option<mpsc::UnboundedReceiver<Work>>) -> Option<Work> {
-    match input.as_mut() {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
+fn log_finished(result: &RunResult) {
+    let s = &result.summary;
+    tracing::info!(
+        correlation_id = %result.correlation_id,
+        status = ?result.status,
+        requested = s.requested,
+        initiated = s.initiated,
+        not_found = s.not_found,
+        unsupported = s.unsupported,
+        forbidden = s.forbidden,
+        failed = s.failed,
+        throttled = s.throttled,
+        not_attempted = s.not_attempted,
+        http_requests = result.stats.http_requests,
+        throttled_responses = result.stats.throttled_responses,
+        duration_ms = result.stats.duration_ms,
+        "run finished"
+    );
 }
 
 /// Why a device that exists cannot be attested, if it cannot.
@@ -733,5 +705,6 @@ fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: 
     })
 }
 
+mod stage;
 #[cfg(test)]
 mod tests;

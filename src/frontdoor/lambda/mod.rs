@@ -13,6 +13,7 @@
 //!   selects, queued in chunks when a work queue is configured.
 
 mod events;
+mod setup;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,15 +22,9 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::config::Settings;
-use crate::core::duration::parse_go_duration;
+use super::HostError;
 use crate::core::outcome::RunResult;
-use crate::credentials::CredentialSource;
-use crate::queue::WorkQueue;
-use crate::results::ResultSink;
-use crate::service::{
-    AttestService, Delivery, Disposition, ServiceError, SweepSettings, Trigger as Via, WebhookAuth, WebhookRequest,
-};
+use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger as Via, WebhookRequest};
 
 pub use events::{Trigger, classify};
 
@@ -172,78 +167,15 @@ impl LambdaApp {
     }
 }
 
-async fn build_app() -> Result<LambdaApp, String> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let settings = Settings::from_env(env).map_err(|e| e.0)?;
-    // The SDK retries a failed call itself (standard mode: throttling, 5xx,
-    // timeouts) three times in all; the adapters retry only what it cannot
-    // see, entries refused inside an accepted batch call.
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await;
-    let secrets_client = aws_sdk_secretsmanager::Client::new(&aws);
-    let credentials: Arc<dyn CredentialSource> = match env("SECRET_ID") {
-        Some(id) => Arc::new(crate::credentials::secrets_manager::SecretsManagerCredentials::new(
-            secrets_client.clone(),
-            id,
-        )),
-        None => Arc::new(crate::credentials::EnvCredentials),
-    };
-    let sink: Option<Arc<dyn ResultSink>> = env("EVENT_BUS_NAME").map(|bus| {
-        Arc::new(crate::results::eventbridge::EventBridgeSink::new(
-            aws_sdk_eventbridge::Client::new(&aws),
-            bus,
-        )) as Arc<dyn ResultSink>
-    });
-    let queue: Option<Arc<dyn WorkQueue>> = env("WORK_QUEUE_URL").map(|url| {
-        Arc::new(crate::queue::sqs::SqsWorkQueue::new(
-            aws_sdk_sqs::Client::new(&aws),
-            url,
-        )) as Arc<dyn WorkQueue>
-    });
-    let ttl = match env("SECRET_TTL") {
-        Some(v) => parse_go_duration(&v).map_err(|_| format!("SECRET_TTL: {v:?} is not a Go duration"))?,
-        None => Duration::from_secs(300),
-    };
-    let auth = match env("WEBHOOK_SECRET_ID") {
-        Some(id) => WebhookAuth::Signed(Arc::new(
-            crate::credentials::secrets_manager::SecretsManagerWebhookSecrets::new(secrets_client.clone(), id, ttl),
-        )),
-        None => WebhookAuth::IamOnly,
-    };
-    let service = AttestService::new(settings, credentials, sink, queue, ttl)
-        .with_webhook_auth(auth)
-        .with_sweep(SweepSettings::from_env(env)?);
-    let function_name = env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "intune-attest".into());
-    let metrics = env("ATTEST_METRICS").is_none_or(|v| v != "off");
-    Ok(LambdaApp::new(service, function_name, metrics))
-}
-
 /// Runs the Lambda runtime loop until the process is stopped.
 pub fn main() -> std::process::ExitCode {
-    crate::telemetry::init(
-        std::io::stderr,
-        crate::telemetry::LogStyle {
-            ansi: false,
-            timestamps: false,
-        },
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return std::process::ExitCode::from(2);
-        }
+    let style = crate::telemetry::LogStyle {
+        ansi: false,
+        timestamps: false,
     };
-    runtime.block_on(async {
-        let app = match build_app().await {
-            Ok(a) => Arc::new(a),
-            Err(e) => {
-                tracing::error!(error = %e, "configuration refused");
-                return std::process::ExitCode::from(2);
-            }
-        };
+    crate::telemetry::init(std::io::stderr, style);
+    super::host(async {
+        let app = Arc::new(setup::build_app().await.map_err(HostError::Startup)?);
         let handler = service_fn(move |event: LambdaEvent<Value>| {
             let app = app.clone();
             async move {
@@ -259,12 +191,8 @@ pub fn main() -> std::process::ExitCode {
                 tracing::Instrument::instrument(app.handle(payload, ctx), span).await
             }
         });
-        match lambda_runtime::run(handler).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "the Lambda runtime loop ended");
-                std::process::ExitCode::FAILURE
-            }
-        }
+        lambda_runtime::run(handler)
+            .await
+            .map_err(|e| HostError::Stopped(e.to_string()))
     })
 }

@@ -4,16 +4,15 @@
 //! Exit codes: 0 the run succeeded (or its failures are ignored), 1 the run
 //! failed, 2 bad input or configuration.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use tracing_subscriber::fmt::MakeWriter;
+
+mod progress;
 
 use crate::config::Settings;
 use crate::core::device::{DeviceId, DeviceKind};
@@ -74,31 +73,6 @@ struct CheckedDevice {
     kind: DeviceKind,
 }
 
-static BAR: OnceLock<ProgressBar> = OnceLock::new();
-
-/// Log output that steps around the progress bar when one is drawn.
-#[derive(Clone, Copy)]
-struct StderrAroundBar;
-
-impl Write for StderrAroundBar {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match BAR.get() {
-            Some(bar) if !bar.is_finished() => bar.suspend(|| std::io::stderr().write(buf)),
-            _ => std::io::stderr().write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-impl<'a> MakeWriter<'a> for StderrAroundBar {
-    type Writer = StderrAroundBar;
-    fn make_writer(&'a self) -> Self::Writer {
-        *self
-    }
-}
-
 fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     if source == "-" {
@@ -125,7 +99,7 @@ fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init(
-        StderrAroundBar,
+        progress::StderrAroundBar,
         crate::telemetry::LogStyle {
             ansi: std::io::stderr().is_terminal(),
             timestamps: true,
@@ -182,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
             let engine = Engine::new(Arc::new(client), settings.engine.clone());
             let progress = Arc::new(Progress::new());
-            let bar = (!no_progress && std::io::stderr().is_terminal()).then(|| spawn_bar(progress.clone()));
+            let bar = (!no_progress && std::io::stderr().is_terminal()).then(|| progress::spawn_bar(progress.clone()));
             let outcome = engine.run(req, None, progress).await;
             if let Some((bar, task)) = bar {
                 task.abort();
@@ -207,31 +181,4 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-fn spawn_bar(progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} devices, {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let _ = BAR.set(bar.clone());
-    let b = bar.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let s = progress.snapshot();
-            b.set_length(s.total);
-            b.set_position(s.done);
-            b.set_message(format!(
-                "{} initiated, {:.1}/s, ETA {}",
-                s.initiated,
-                s.rate,
-                s.eta
-                    .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
-                    .unwrap_or_else(|| "-".into())
-            ));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    (bar, task)
 }

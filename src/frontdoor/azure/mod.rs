@@ -30,6 +30,12 @@ use serde_json::{Value, json};
 use crate::config::Settings;
 use crate::credentials::{EnvCredentials, StaticSecrets};
 use crate::service::signature::SIGNATURE_HEADER;
+
+use super::HostError;
+use envelope::header;
+pub use envelope::queue_payload;
+
+mod envelope;
 use crate::service::{AttestService, Delivery, Disposition, SweepSettings, Trigger, WebhookAuth, WebhookRequest};
 
 /// The output binding that receives result documents.
@@ -79,32 +85,6 @@ fn encode(d: Disposition) -> Response {
             Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),
         )
             .into_response(),
-    }
-}
-
-/// A queue message arrives as a JSON string, as a string quoted once more,
-/// or as parsed JSON, depending on the host version: accept all three.
-pub fn queue_payload(data: &Value) -> Value {
-    let mut v = data.clone();
-    for _ in 0..2 {
-        match v {
-            Value::String(ref s) => match serde_json::from_str::<Value>(s) {
-                Ok(inner) => v = inner,
-                Err(_) => return v,
-            },
-            _ => return v,
-        }
-    }
-    v
-}
-
-fn header(headers: &Value, name: &str) -> Option<String> {
-    let obj = headers.as_object()?;
-    let (_, v) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?;
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(a) => a.first().and_then(Value::as_str).map(str::to_owned),
-        _ => None,
     }
 }
 
@@ -196,71 +176,24 @@ pub fn build_service(get: impl Fn(&str) -> Option<String>) -> Result<AttestServi
 
 /// Serves the custom-handler protocol on `FUNCTIONS_CUSTOMHANDLER_PORT`.
 pub fn main() -> std::process::ExitCode {
-    crate::telemetry::init(
-        std::io::stderr,
-        crate::telemetry::LogStyle {
-            ansi: false,
-            timestamps: true,
-        },
-    );
+    let style = crate::telemetry::LogStyle {
+        ansi: false,
+        timestamps: true,
+    };
+    crate::telemetry::init(std::io::stderr, style);
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let Some(port) = env("FUNCTIONS_CUSTOMHANDLER_PORT").and_then(|p| p.parse::<u16>().ok()) else {
-        eprintln!("FUNCTIONS_CUSTOMHANDLER_PORT is not a port number");
-        return std::process::ExitCode::from(2);
-    };
-    let app = match build_service(env) {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("configuration refused: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    runtime.block_on(async move {
+    super::host(async move {
+        let port = env("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| HostError::Startup("FUNCTIONS_CUSTOMHANDLER_PORT is not a port number".into()))?;
+        let service = Arc::new(build_service(env).map_err(HostError::Startup)?);
         // The host only reaches the handler on the local interface.
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
-                return std::process::ExitCode::from(2);
-            }
-        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| HostError::Startup(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
         tracing::info!(port, "custom handler listening");
-        match axum::serve(listener, router(app)).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("the handler stopped: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        }
+        axum::serve(listener, router(service))
+            .await
+            .map_err(|e| HostError::Stopped(e.to_string()))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_messages_arrive_in_three_shapes() {
-        let payload = json!({"managed_device_ids": ["12345678-1234-1234-1234-123456789abc"]});
-        let once = Value::String(payload.to_string());
-        let twice = Value::String(once.to_string());
-        for shape in [payload.clone(), once, twice] {
-            assert_eq!(queue_payload(&shape), payload);
-        }
-        assert_eq!(queue_payload(&json!("not json")), json!("not json"));
-    }
-
-    #[test]
-    fn headers_are_found_in_either_shape() {
-        let h = json!({"X-Intune-Attest-Signature": ["t=1,v1=00"], "content-type": "application/json"});
-        assert_eq!(header(&h, SIGNATURE_HEADER).as_deref(), Some("t=1,v1=00"));
-        assert_eq!(header(&h, "Content-Type").as_deref(), Some("application/json"));
-    }
 }

@@ -1,0 +1,62 @@
+//! The Lambda function's composition root: the service and its AWS
+//! adapters, from the function's environment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::LambdaApp;
+use crate::config::Settings;
+use crate::core::duration::parse_go_duration;
+use crate::credentials::CredentialSource;
+use crate::queue::WorkQueue;
+use crate::results::ResultSink;
+use crate::service::{AttestService, SweepSettings, WebhookAuth};
+
+/// Builds the application from the environment.
+pub(super) async fn build_app() -> Result<LambdaApp, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let settings = Settings::from_env(env).map_err(|e| e.0)?;
+    // The SDK retries a failed call itself (standard mode: throttling, 5xx,
+    // timeouts) three times in all; the adapters retry only what it cannot
+    // see, entries refused inside an accepted batch call.
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await;
+    let secrets_client = aws_sdk_secretsmanager::Client::new(&aws);
+    let credentials: Arc<dyn CredentialSource> = match env("SECRET_ID") {
+        Some(id) => Arc::new(crate::credentials::secrets_manager::SecretsManagerCredentials::new(
+            secrets_client.clone(),
+            id,
+        )),
+        None => Arc::new(crate::credentials::EnvCredentials),
+    };
+    let sink: Option<Arc<dyn ResultSink>> = env("EVENT_BUS_NAME").map(|bus| {
+        Arc::new(crate::results::eventbridge::EventBridgeSink::new(
+            aws_sdk_eventbridge::Client::new(&aws),
+            bus,
+        )) as Arc<dyn ResultSink>
+    });
+    let queue: Option<Arc<dyn WorkQueue>> = env("WORK_QUEUE_URL").map(|url| {
+        Arc::new(crate::queue::sqs::SqsWorkQueue::new(
+            aws_sdk_sqs::Client::new(&aws),
+            url,
+        )) as Arc<dyn WorkQueue>
+    });
+    let ttl = match env("SECRET_TTL") {
+        Some(v) => parse_go_duration(&v).map_err(|_| format!("SECRET_TTL: {v:?} is not a Go duration"))?,
+        None => Duration::from_secs(300),
+    };
+    let auth = match env("WEBHOOK_SECRET_ID") {
+        Some(id) => WebhookAuth::Signed(Arc::new(
+            crate::credentials::secrets_manager::SecretsManagerWebhookSecrets::new(secrets_client.clone(), id, ttl),
+        )),
+        None => WebhookAuth::IamOnly,
+    };
+    let service = AttestService::new(settings, credentials, sink, queue, ttl)
+        .with_webhook_auth(auth)
+        .with_sweep(SweepSettings::from_env(env)?);
+    let function_name = env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "intune-attest".into());
+    let metrics = env("ATTEST_METRICS").is_none_or(|v| v != "off");
+    Ok(LambdaApp::new(service, function_name, metrics))
+}
