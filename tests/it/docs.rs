@@ -1,0 +1,146 @@
+//! The documentation stays true: every relative link in the Markdown files
+//! reaches a file (and a heading, when it names one), and every JSON example
+//! parses; payload examples are valid requests and result examples follow
+//! the result schema.
+
+use std::path::{Path, PathBuf};
+
+use intune_attest::core::request::{AttestationRequest, RequestLimits};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn markdown_files() -> Vec<PathBuf> {
+    let mut out = vec![root().join("README.md"), root().join("BENCHMARKS.md")];
+    for dir in ["docs", "infra", "infra/azure", "events", "tests/fixtures"] {
+        if let Ok(entries) = std::fs::read_dir(root().join(dir)) {
+            out.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "md")),
+            );
+        }
+    }
+    out
+}
+
+/// GitHub's anchor for a heading.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The text outside code blocks, and the code blocks with their language.
+fn split(text: &str) -> (String, Vec<(String, String)>) {
+    let mut prose = String::new();
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(lang) = line.trim_start().strip_prefix("```") {
+            match current.take() {
+                Some(block) => blocks.push(block),
+                None => current = Some((lang.trim().to_owned(), String::new())),
+            }
+            continue;
+        }
+        match current.as_mut() {
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {
+                prose.push_str(line);
+                prose.push('\n');
+            }
+        }
+    }
+    (prose, blocks)
+}
+
+fn anchors(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (prose, _) = split(&text);
+    prose
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| slug(l.trim_start_matches('#')))
+        .collect()
+}
+
+fn links(prose: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = prose;
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        if let Some(end) = rest.find(')') {
+            out.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_reaches_its_file_and_heading() {
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (prose, _) = split(&text);
+        for link in links(&prose) {
+            if link.starts_with("http://") || link.starts_with("https://") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (target, anchor) = link.split_once('#').unwrap_or((link.as_str(), ""));
+            let path = if target.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(target)
+            };
+            checked += 1;
+            if !path.exists() {
+                broken.push(format!("{}: {link} (no such file)", file.display()));
+            } else if !anchor.is_empty() && path.is_file() && !anchors(&path).contains(&anchor.to_owned()) {
+                broken.push(format!("{}: {link} (no such heading)", file.display()));
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn json_examples_parse_and_say_what_they_claim() {
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schema/result.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let (mut payloads, mut results) = (0, 0);
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (lang, body) in split(&text).1 {
+            if lang != "json" {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{}: a JSON example does not parse ({e}):\n{body}", file.display()));
+            if value.get("schema_version").is_some() && value.get("devices").is_some() {
+                results += 1;
+                let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            } else if value.get("managed_device_ids").is_some() || value.get("device_filter").is_some() {
+                payloads += 1;
+                AttestationRequest::from_value(&value, RequestLimits::default())
+                    .unwrap_or_else(|e| panic!("{}: a payload example is refused: {e}", file.display()));
+            }
+        }
+    }
+    assert!(payloads >= 2 && results >= 1, "{payloads} payloads, {results} results");
+}
