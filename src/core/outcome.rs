@@ -335,6 +335,41 @@ impl RunResult {
         }
     }
 
+    /// The document for a channel that carries at most `max_bytes`: the
+    /// whole result when it fits; otherwise everything but the device list,
+    /// the devices that did not succeed (as many as fit), and a `truncated`
+    /// member saying how many were left out and where the full list is.
+    pub fn bounded_document(&self, max_bytes: usize, full_result: &str) -> serde_json::Value {
+        let whole = serde_json::to_value(self).unwrap_or_default();
+        if whole.to_string().len() <= max_bytes {
+            return whole;
+        }
+        let mut doc = whole;
+        let mut listed = Vec::new();
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("devices".into(), serde_json::Value::Array(Vec::new()));
+            obj.insert(
+                "truncated".into(),
+                serde_json::json!({"devices_listed": 0, "devices_omitted": 0, "full_result": full_result}),
+            );
+        }
+        let mut size = doc.to_string().len() + 64;
+        for d in self.devices.iter().filter(|d| !d.outcome.is_success()) {
+            let v = serde_json::to_value(d).unwrap_or_default();
+            let len = v.to_string().len() + 1;
+            if size + len > max_bytes {
+                break;
+            }
+            size += len;
+            listed.push(v);
+        }
+        let n = listed.len();
+        doc["devices"] = serde_json::Value::Array(listed);
+        doc["truncated"]["devices_listed"] = n.into();
+        doc["truncated"]["devices_omitted"] = (self.devices.len() - n).into();
+        doc
+    }
+
     /// Re-derives the summary, status and failure after outcomes changed
     /// (a front door handing devices on to a continuation).
     pub fn refresh(&mut self, ignore_partial_failures: bool) {
@@ -400,5 +435,40 @@ mod tests {
             "{}",
             r.warnings[0]
         );
+    }
+
+    #[test]
+    fn a_document_too_large_for_its_channel_keeps_the_summary_and_the_failures() {
+        let outcomes: Vec<Outcome> = (0..5000)
+            .map(|i| {
+                if i % 100 == 0 {
+                    Outcome::NotFound
+                } else {
+                    Outcome::Initiated
+                }
+            })
+            .collect();
+        let mut r = run(false, &[]);
+        r.devices = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let id = DeviceId::parse(&format!("00000000-0000-0000-0000-{i:012x}")).unwrap();
+                DeviceResult::new(id, DeviceKind::Managed, *o)
+            })
+            .collect();
+        r.refresh(false);
+        let whole = serde_json::to_string(&r).unwrap().len();
+        assert_eq!(
+            r.bounded_document(whole, "x")["devices"].as_array().unwrap().len(),
+            5000
+        );
+        let doc = r.bounded_document(100_000, "the result events");
+        assert!(doc.to_string().len() <= 100_000);
+        assert_eq!(doc["summary"]["requested"], 5000);
+        assert_eq!(doc["devices"].as_array().unwrap().len(), 50, "every failure fits");
+        assert_eq!(doc["truncated"]["devices_omitted"], 4950);
+        let tiny = r.bounded_document(2_000, "the result events");
+        assert!(tiny.to_string().len() <= 2_000, "{}", tiny.to_string().len());
     }
 }

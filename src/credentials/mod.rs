@@ -96,6 +96,32 @@ pub trait WebhookSecrets: Send + Sync {
     fn secrets(&self) -> BoxFuture<'_, Result<Vec<SecretString>, String>>;
 }
 
+/// The shortest webhook signing secret accepted: an HMAC-SHA256 key should
+/// carry at least 256 bits.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 32;
+
+/// Checks signing secrets: at least one, none shorter than
+/// [`MIN_WEBHOOK_SECRET_BYTES`]. The error says which rule failed, never a
+/// value.
+pub fn checked_webhook_secrets(
+    secrets: Vec<SecretString>,
+    source: &str,
+) -> Result<Vec<SecretString>, CredentialsError> {
+    if secrets.is_empty() {
+        return Err(CredentialsError(format!("{source}: holds no webhook signing secret")));
+    }
+    if let Some(i) = secrets
+        .iter()
+        .position(|s| s.expose_secret().len() < MIN_WEBHOOK_SECRET_BYTES)
+    {
+        return Err(CredentialsError(format!(
+            "{source}: webhook signing secret {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes",
+            i + 1
+        )));
+    }
+    Ok(secrets)
+}
+
 /// Secrets fixed at start-up (an app setting).
 pub struct StaticSecrets(pub Vec<SecretString>);
 

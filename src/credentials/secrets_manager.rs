@@ -62,8 +62,10 @@ pub async fn webhook_secrets(
     id: &str,
 ) -> Result<Vec<SecretString>, CredentialsError> {
     let (text, _) = read(client, id).await?;
-    parse_webhook_secrets(&text)
-        .ok_or_else(|| CredentialsError(format!("secret {id}: no webhook signing secret in it")))
+    super::checked_webhook_secrets(
+        parse_webhook_secrets(&text).unwrap_or_default(),
+        &format!("secret {id}"),
+    )
 }
 
 /// Parses the forms [`webhook_secrets`] accepts.

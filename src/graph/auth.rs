@@ -17,7 +17,6 @@ use crate::core::backoff::Backoff;
 use crate::credentials::{AppCredentials, ClientCertificate, ClientCredential};
 
 use super::endpoints::Endpoints;
-use super::wire::bounded;
 
 /// Why no token could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +64,52 @@ struct TokenError {
     error: Option<String>,
     #[serde(default)]
     error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
+impl TokenError {
+    /// What the token endpoint said, in terms that are safe to repeat: the
+    /// OAuth `error` code when it has the standard shape, the AADSTS numbers,
+    /// and a fixed description. The endpoint's own text is never echoed (a
+    /// misconfigured or hostile endpoint may echo the posted form, secret
+    /// included).
+    fn describe(&self, status: u16) -> String {
+        let code = self
+            .error
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 40 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        let meaning = match code {
+            Some("invalid_client") => "the app's credentials were refused",
+            Some("unauthorized_client") => "the app is not allowed to use this grant in this tenant",
+            Some("invalid_request") => "the token request was refused as malformed",
+            Some("invalid_scope") => "the Graph scope was refused",
+            Some("invalid_grant") => "the grant was refused",
+            Some("temporarily_unavailable") => "Entra ID is temporarily unavailable",
+            _ => "the token endpoint refused the request",
+        };
+        let mut numbers: Vec<u64> = self.error_codes.iter().copied().take(4).collect();
+        if numbers.is_empty()
+            && let Some(d) = &self.error_description
+            && let Some(rest) = d.strip_prefix("AADSTS")
+        {
+            numbers.extend(
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok()),
+            );
+        }
+        let aadsts: Vec<String> = numbers.iter().map(|n| format!("AADSTS{n}")).collect();
+        format!(
+            "HTTP {status}{}: {meaning}{}",
+            code.map(|c| format!(" {c}")).unwrap_or_default(),
+            if aadsts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", aadsts.join(", "))
+            }
+        )
+    }
 }
 
 /// Loads the credentials again (after Entra ID refused the current ones, as
@@ -232,14 +277,7 @@ impl TokenProvider {
                 ));
             }
             let err: TokenError = serde_json::from_slice(&body).unwrap_or_default();
-            let what = format!(
-                "HTTP {}{}{}",
-                status.as_u16(),
-                err.error.map(|e| format!(" {e}")).unwrap_or_default(),
-                err.error_description
-                    .map(|d| format!(": {}", bounded(&d, 300)))
-                    .unwrap_or_default()
-            );
+            let what = err.describe(status.as_u16());
             if status.as_u16() == 429 || status.is_server_error() {
                 last = what;
                 continue;
@@ -318,4 +356,34 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
         "transport error"
     };
     what.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_errors_keep_the_code_and_aadsts_number_and_never_the_endpoint_text() {
+        let echoed: TokenError = serde_json::from_str(
+            r#"{"error": "invalid_client", "error_description": "AADSTS7000215: client_secret=hunter2\nforged line",
+                "error_codes": [7000215]}"#,
+        )
+        .unwrap();
+        let text = echoed.describe(401);
+        assert_eq!(
+            text,
+            "HTTP 401 invalid_client: the app's credentials were refused (AADSTS7000215)"
+        );
+        let odd: TokenError =
+            serde_json::from_str(r#"{"error": "Weird <b>code</b>", "error_description": "AADSTS50034 no such user"}"#)
+                .unwrap();
+        assert_eq!(
+            odd.describe(400),
+            "HTTP 400: the token endpoint refused the request (AADSTS50034)"
+        );
+        assert_eq!(
+            TokenError::default().describe(500),
+            "HTTP 500: the token endpoint refused the request"
+        );
+    }
 }

@@ -13,7 +13,9 @@ use crate::results::DeliveryError;
 pub struct WorkMessage {
     /// The payload (a request document).
     pub body: String,
-    /// Identifies the message for deduplication (`{correlation_id}#{part}`).
+    /// Identifies the message for deduplication: a digest of the body, so
+    /// that only a message saying exactly the same thing is dropped as a
+    /// repeat (on a FIFO queue, within its deduplication window).
     pub dedup_id: String,
     /// Groups the messages of one run.
     pub group_id: String,
@@ -21,7 +23,23 @@ pub struct WorkMessage {
 
 /// The queue that carries continuations and sweep chunks.
 pub trait WorkQueue: Send + Sync {
+    /// The largest message body the queue accepts, in bytes (learnt from
+    /// the queue itself, once); `None` when it could not be learnt.
+    fn max_message_bytes(&self) -> BoxFuture<'_, Option<usize>>;
+
     /// Sends the messages; fails if any could not be sent before
     /// `deadline`.
     fn send(&self, messages: Vec<WorkMessage>, deadline: Option<Instant>) -> BoxFuture<'_, Result<(), DeliveryError>>;
+}
+
+impl WorkMessage {
+    /// A message carrying `body` in the run `group_id`.
+    pub fn new(body: String, group_id: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self {
+            dedup_id: hex::encode(Sha256::digest(body.as_bytes())),
+            body,
+            group_id: group_id.to_owned(),
+        }
+    }
 }

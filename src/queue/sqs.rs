@@ -16,6 +16,7 @@ pub struct SqsWorkQueue {
     client: aws_sdk_sqs::Client,
     url: String,
     backoff: Backoff,
+    max_message: tokio::sync::OnceCell<usize>,
 }
 
 impl SqsWorkQueue {
@@ -25,6 +26,7 @@ impl SqsWorkQueue {
             client,
             url,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2), 4),
+            max_message: tokio::sync::OnceCell::new(),
         }
     }
 }
@@ -44,6 +46,32 @@ fn dedup_token(id: &str) -> String {
 }
 
 impl WorkQueue for SqsWorkQueue {
+    fn max_message_bytes(&self) -> BoxFuture<'_, Option<usize>> {
+        Box::pin(async move {
+            let read = self.max_message.get_or_try_init(|| async {
+                let out = self
+                    .client
+                    .get_queue_attributes()
+                    .queue_url(&self.url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                out.attributes()
+                    .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| "no MaximumMessageSize in the answer".to_owned())
+            });
+            match read.await {
+                Ok(n) => Some(*n),
+                Err(e) => {
+                    tracing::warn!(error = %crate::core::text::bounded(&e, 200), "the work queue's message size limit could not be read");
+                    None
+                }
+            }
+        })
+    }
+
     fn send(&self, messages: Vec<WorkMessage>, deadline: Option<Instant>) -> BoxFuture<'_, Result<(), DeliveryError>> {
         Box::pin(async move {
             let fifo = self.url.ends_with(".fifo");

@@ -2,10 +2,14 @@
 //!
 //! Each run puts a summary entry (`DetailType` "Device Attestation Result":
 //! the result without its device list) and device entries ("Device
-//! Attestation Result Devices"), each under 256 KB, all sharing the
-//! correlation id and saying `event_part` k of `event_parts` n. Entries go 10
-//! per call; entries EventBridge reports failed are sent again, and the
-//! publication fails if any still fails.
+//! Attestation Result Devices", each with the summary counts), all sharing
+//! the correlation id and saying `event_part` k of `event_parts` n; every
+//! device is in exactly one part. EventBridge limits the *total* size of
+//! the entries in one `PutEvents` call (256 KB, counted as the UTF-8 bytes of
+//! `Source`, `DetailType`, `Detail` and each resource, plus 14 when `Time`
+//! is set) as well as their number (10), so calls are packed by both.
+//! Entries EventBridge reports failed are sent again, and the publication
+//! fails if any still fails.
 
 use std::time::Duration;
 
@@ -26,8 +30,12 @@ pub const SUMMARY_DETAIL_TYPE: &str = "Device Attestation Result";
 pub const REJECTED_DETAIL_TYPE: &str = "Device Attestation Request Rejected";
 /// `DetailType` of the device entries.
 pub const DEVICES_DETAIL_TYPE: &str = "Device Attestation Result Devices";
-/// The largest entry sent (EventBridge's limit is 256 KiB).
-pub const MAX_ENTRY_BYTES: usize = 256 * 1000;
+/// The most entry bytes sent in one `PutEvents` call, and so the largest
+/// entry: EventBridge's limit is 256 KB (262,144 bytes) for the whole call;
+/// this keeps a margin under it.
+pub const MAX_CALL_BYTES: usize = 256 * 1000;
+/// The largest entry made.
+pub const MAX_ENTRY_BYTES: usize = MAX_CALL_BYTES;
 /// EventBridge's limit of entries per `PutEvents` call.
 pub const MAX_ENTRIES_PER_CALL: usize = 10;
 
@@ -41,10 +49,30 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The size EventBridge counts: source, detail type and detail.
+    /// The size EventBridge counts: source, detail type and detail (no
+    /// resources are set, nor `Time`).
     pub fn size(&self) -> usize {
         SOURCE.len() + self.detail_type.len() + self.detail.len()
     }
+}
+
+/// Packs entries into calls of at most [`MAX_ENTRIES_PER_CALL`] entries and
+/// [`MAX_CALL_BYTES`] in all, in order.
+pub fn calls(entries: &[Entry]) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let count = i - start;
+        if count > 0 && (count == MAX_ENTRIES_PER_CALL || bytes + e.size() > MAX_CALL_BYTES) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += e.size();
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
 }
 
 /// Splits a result into entries of at most `max_bytes`.
@@ -53,7 +81,10 @@ pub fn entries(result: &RunResult, max_bytes: usize) -> Vec<Entry> {
     if let Some(obj) = summary.as_object_mut() {
         obj.remove("devices");
     }
-    let base = |part: usize| json!({"schema_version": result.schema_version, "correlation_id": result.correlation_id, "event_part": part, "devices": []});
+    let base = |part: usize| {
+        json!({"schema_version": result.schema_version, "correlation_id": result.correlation_id,
+               "status": result.status, "summary": result.summary, "event_part": part, "devices": []})
+    };
     // Pack devices greedily; `{"event_parts": n}` is filled in at the end.
     let overhead = SOURCE.len() + DEVICES_DETAIL_TYPE.len() + base(0).to_string().len() + 32;
     let mut chunks: Vec<Vec<Value>> = Vec::new();
@@ -164,7 +195,7 @@ impl<P: PutEvents> EventBridgeSink<P> {
         loop {
             tried += 1;
             let mut failed = Vec::new();
-            for chunk in pending.chunks(MAX_ENTRIES_PER_CALL) {
+            for chunk in calls(&pending) {
                 let codes = self
                     .put
                     .put(&self.bus, chunk)
@@ -337,5 +368,58 @@ mod tests {
         ));
         let err = sink.publish(&result(1), None).await.unwrap_err();
         assert!(err.0.contains("ThrottlingException"), "{err}");
+    }
+
+    /// EventBridge's limits as AWS enforces them (moto does not): at most
+    /// ten entries, and a call whose entries total more than 256 KB is
+    /// refused whole.
+    #[derive(Default)]
+    struct Enforcing {
+        calls: Mutex<Vec<usize>>,
+        accepted: Mutex<Vec<String>>,
+    }
+
+    impl PutEvents for Enforcing {
+        fn put<'a>(
+            &'a self,
+            _bus: &'a str,
+            entries: &'a [Entry],
+        ) -> BoxFuture<'a, Result<Vec<Option<String>>, String>> {
+            Box::pin(async move {
+                let total: usize = entries.iter().map(Entry::size).sum();
+                if entries.len() > 10 || total > 262_144 {
+                    return Err(format!("ValidationException: {} entries, {total} bytes", entries.len()));
+                }
+                self.calls.lock().unwrap().push(total);
+                self.accepted
+                    .lock()
+                    .unwrap()
+                    .extend(entries.iter().map(|e| e.detail.clone()));
+                Ok(vec![None; entries.len()])
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_are_packed_under_the_total_size_limit_and_every_device_lands_once() {
+        // 1,500 devices with Graph-sized messages: about 700 KB of entries,
+        // which ten-per-call packing would send as one refused call.
+        let r = result(1500);
+        let sink = EventBridgeSink::new(Enforcing::default(), "bus".into());
+        sink.publish(&r, None).await.unwrap();
+        let calls = sink.put.calls.lock().unwrap().clone();
+        assert!(calls.len() >= 3, "{calls:?}");
+        assert!(calls.iter().all(|&b| b <= MAX_CALL_BYTES));
+        let accepted = sink.put.accepted.lock().unwrap().clone();
+        let mut seen = std::collections::HashMap::new();
+        for detail in &accepted {
+            let v: Value = serde_json::from_str(detail).unwrap();
+            assert_eq!(v["summary"]["requested"], 1500, "the summary travels with every part");
+            for d in v["devices"].as_array().into_iter().flatten() {
+                *seen.entry(d["device_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(seen.len(), 1500);
+        assert!(seen.values().all(|&n| n == 1));
     }
 }

@@ -35,8 +35,12 @@ pub use recent::RecentSet;
 pub use sweep::SweepSettings;
 pub use webhook::{HttpAnswer, WebhookAuth, WebhookRequest};
 
-/// Largest queued message body accepted (SQS's classic limit).
-pub const MAX_QUEUED_PAYLOAD: usize = 256 * 1024;
+/// The largest message any SQS queue accepts (1 MiB): the bound on a queued
+/// payload when the work queue's own limit is unknown.
+pub const MAX_QUEUE_MESSAGE: usize = 1024 * 1024;
+/// The message limit assumed for producing when the work queue's own could
+/// not be read (SQS's classic default).
+pub const DEFAULT_QUEUE_MESSAGE: usize = 256 * 1024;
 /// Time a queued delivery needs left to be started; later ones in the same
 /// batch are returned to the queue.
 pub const MIN_TIME_FOR_A_DELIVERY: Duration = Duration::from_secs(5);
@@ -204,7 +208,13 @@ pub enum Disposition {
     Accepted {
         /// The correlation id the run will carry.
         correlation_id: String,
+        /// Messages it was queued as (more than one when it is larger than
+        /// the queue's message limit).
+        parts: usize,
     },
+    /// A repeat of a delivery whose run finished but whose result could not
+    /// be published: the stored result was published now, nothing ran.
+    Republished(Box<RunResult>),
     /// A sweep queued in chunks.
     Dispatched(SweepDispatch),
     /// Refused for good and reported: acknowledge it.
@@ -242,12 +252,57 @@ pub struct AttestService {
     client: Mutex<Option<CachedClient>>,
     credential_ttl: Duration,
     completed: std::sync::Mutex<RecentSet>,
+    undelivered: std::sync::Mutex<Undelivered>,
+}
+
+/// Results whose run finished but whose publication failed, kept so that the
+/// redelivery publishes them instead of running the devices again. Keyed by
+/// delivery id and, when the caller named the run, by the request itself
+/// (a Step Functions retry arrives with a new request id).
+#[derive(Default)]
+struct Undelivered {
+    order: std::collections::VecDeque<Vec<String>>,
+    results: std::collections::HashMap<String, Arc<RunResult>>,
+}
+
+impl Undelivered {
+    /// At most this many results are held (a large one is megabytes).
+    const CAPACITY: usize = 16;
+
+    fn insert(&mut self, keys: Vec<String>, result: Arc<RunResult>) {
+        for k in &keys {
+            self.results.insert(k.clone(), result.clone());
+        }
+        self.order.push_back(keys);
+        while self.order.len() > Self::CAPACITY {
+            for k in self.order.pop_front().unwrap_or_default() {
+                self.results.remove(&k);
+            }
+        }
+    }
+
+    fn find(&self, keys: &[String]) -> Option<Arc<RunResult>> {
+        keys.iter().find_map(|k| self.results.get(k).cloned())
+    }
+
+    fn remove(&mut self, keys: &[String]) {
+        for k in keys {
+            self.results.remove(k);
+        }
+    }
+}
+
+/// The keys a delivery's undelivered result is found by.
+fn undelivered_keys(delivery: &Delivery, request_key: Option<&str>) -> Vec<String> {
+    let mut keys: Vec<String> = delivery.delivery_id.iter().map(|d| format!("delivery:{d}")).collect();
+    keys.extend(request_key.map(|k| format!("request:{k}")));
+    keys
 }
 
 impl AttestService {
     /// A service over the given ports. Credentials are re-read after
     /// `credential_ttl` (a rotation is picked up then, or at once when Entra
-    /// ID refuses the cached ones). Webhooks admit only IAM callers and
+    /// ID refuses the cached ones). Webhooks admit nobody and
     /// sweeps use the default filter until set otherwise.
     pub fn new(
         settings: Settings,
@@ -262,11 +317,12 @@ impl AttestService {
             credentials,
             sink,
             queue,
-            gate: webhook::Gate::new(WebhookAuth::IamOnly),
+            gate: webhook::Gate::new(WebhookAuth::default()),
             sweep: SweepSettings::from_env(|_| None).unwrap_or_else(|e| unreachable!("{e}")),
             client: Mutex::new(None),
             credential_ttl,
             completed: std::sync::Mutex::new(RecentSet::new(10_000)),
+            undelivered: std::sync::Mutex::new(Undelivered::default()),
         }
     }
 
@@ -297,16 +353,7 @@ impl AttestService {
     /// one is configured), recognised as a repeat, or run.
     pub async fn deliver(&self, delivery: Delivery) -> Disposition {
         let trigger = delivery.trigger;
-        let parsed = if trigger.is_queue() && delivery.payload.len() > MAX_QUEUED_PAYLOAD {
-            Err(ServiceError::InvalidRequest(InvalidRequest::single(
-                "(payload)",
-                &format!("{} bytes", delivery.payload.len()),
-                &format!("a queue message of at most {MAX_QUEUED_PAYLOAD} bytes"),
-            )))
-        } else {
-            self.parse(&delivery.payload)
-        };
-        let outcome = match parsed {
+        let outcome = match self.admit_payload(&delivery).await {
             Ok(req) if trigger.is_webhook() && self.queue.is_some() => self.hand_off(req, delivery.deadline).await,
             Ok(req) => self.run(req, &delivery).await,
             Err(e) => Err(e),
@@ -315,6 +362,41 @@ impl AttestService {
             Ok(d) => d,
             Err(e) => self.refuse(e, &delivery).await,
         }
+    }
+
+    /// Parses a delivered payload. A queued message may be as large as the
+    /// queue accepts (the same limit the service produces to), and only a
+    /// queued message may carry `part`: continuation metadata is the
+    /// service's own, never a caller's.
+    async fn admit_payload(&self, delivery: &Delivery) -> Result<AttestationRequest, ServiceError> {
+        let refused = |value: String, expected: String| {
+            Err(ServiceError::InvalidRequest(InvalidRequest::single(
+                "(payload)",
+                &value,
+                &expected,
+            )))
+        };
+        if delivery.trigger.is_queue() {
+            let limit = match &self.queue {
+                Some(q) => q.max_message_bytes().await.unwrap_or(MAX_QUEUE_MESSAGE),
+                None => MAX_QUEUE_MESSAGE,
+            };
+            if delivery.payload.len() > limit {
+                return refused(
+                    format!("{} bytes", delivery.payload.len()),
+                    format!("a queue message of at most {limit} bytes"),
+                );
+            }
+        }
+        let req = self.parse(&delivery.payload)?;
+        if req.part != 1 && !delivery.trigger.is_queue() {
+            return Err(ServiceError::InvalidRequest(InvalidRequest::single(
+                "part",
+                &req.part.to_string(),
+                "no part: the service sets it on the messages it queues itself",
+            )));
+        }
+        Ok(req)
     }
 
     /// Delivers a queue batch in order, returning for retry what the time
@@ -363,7 +445,8 @@ impl AttestService {
         Disposition::Rejected(rejection)
     }
 
-    /// Hands a webhook's request to the queue consumers.
+    /// Hands a webhook's request to the queue consumers, in as many
+    /// messages as the queue's size limit needs.
     async fn hand_off(
         &self,
         mut req: AttestationRequest,
@@ -373,16 +456,53 @@ impl AttestService {
             .correlation_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        self.send(
-            vec![WorkMessage {
-                body: req.to_payload().to_json(),
-                dedup_id: format!("{correlation_id}#1"),
-                group_id: correlation_id.clone(),
-            }],
-            deadline,
-        )
-        .await?;
-        Ok(Disposition::Accepted { correlation_id })
+        let messages = self
+            .messages_for(&req, req.devices.clone(), &correlation_id, req.part)
+            .await?;
+        let parts = messages.len();
+        self.send(messages, deadline).await?;
+        Ok(Disposition::Accepted { correlation_id, parts })
+    }
+
+    /// The work messages that carry `template` for `devices`: split so
+    /// that every body fits the work queue's message limit, each device in
+    /// exactly one message. A filter travels only in the first.
+    async fn messages_for(
+        &self,
+        template: &AttestationRequest,
+        devices: Vec<crate::core::device::DeviceRef>,
+        correlation_id: &str,
+        part: u32,
+    ) -> Result<Vec<WorkMessage>, ServiceError> {
+        let limit = match &self.queue {
+            Some(q) => q.max_message_bytes().await.unwrap_or(DEFAULT_QUEUE_MESSAGE),
+            None => DEFAULT_QUEUE_MESSAGE,
+        };
+        let mut first = template.for_devices(Vec::new(), correlation_id.to_owned(), part);
+        first.device_filter = template.device_filter.clone();
+        let empty = first.to_payload().to_json().len();
+        // A device ID costs its 36 characters, two quotes and a comma; a
+        // list's key costs up to 30 bytes more.
+        let budget = limit.saturating_sub(empty + 64);
+        let per_message = (budget / 39).max(1);
+        if budget < 39 {
+            return Err(ServiceError::Configuration(format!(
+                "the work queue's message limit ({limit} bytes) cannot hold a request"
+            )));
+        }
+        let mut messages = Vec::new();
+        let mut chunks = devices.chunks(per_message).peekable();
+        if chunks.peek().is_none() {
+            messages.push(WorkMessage::new(first.to_payload().to_json(), correlation_id));
+        }
+        for (i, chunk) in chunks.enumerate() {
+            let mut req = template.for_devices(chunk.to_vec(), correlation_id.to_owned(), part);
+            if i == 0 {
+                req.device_filter = template.device_filter.clone();
+            }
+            messages.push(WorkMessage::new(req.to_payload().to_json(), correlation_id));
+        }
+        Ok(messages)
     }
 
     async fn send(&self, messages: Vec<WorkMessage>, deadline: Option<Instant>) -> Result<(), ServiceError> {
@@ -413,11 +533,21 @@ impl AttestService {
         self.gate.settle(admitted.replay_key.as_deref(), accepted);
         match disposition {
             Disposition::Ran(result) => {
-                let body = serde_json::to_value(&*result).unwrap_or_default();
+                let body = result.bounded_document(webhook::MAX_ANSWER_BYTES, webhook::FULL_RESULT_AT);
                 (HttpAnswer::new(200, body), Some(result))
             }
-            Disposition::Accepted { correlation_id } => (
-                HttpAnswer::new(202, json!({"accepted": true, "correlation_id": correlation_id})),
+            Disposition::Republished(result) => (
+                HttpAnswer::new(
+                    200,
+                    result.bounded_document(webhook::MAX_ANSWER_BYTES, webhook::FULL_RESULT_AT),
+                ),
+                None,
+            ),
+            Disposition::Accepted { correlation_id, parts } => (
+                HttpAnswer::new(
+                    202,
+                    json!({"accepted": true, "correlation_id": correlation_id, "parts": parts}),
+                ),
                 None,
             ),
             Disposition::Repeat { delivery_id } => (
@@ -428,8 +558,11 @@ impl AttestService {
             Disposition::Rejected(r) if r.error_type == "InvalidRequest" => {
                 (HttpAnswer::error_with(400, "invalid_request", r.message), None)
             }
-            Disposition::Rejected(r) => (HttpAnswer::error_with(500, &r.error_type, r.message), None),
-            Disposition::Retry(e) => (HttpAnswer::error_with(503, e.error_type(), e.to_string()), None),
+            // The caller learns a stable code and the request id to quote;
+            // the detail (queue names, AADSTS text, secret names) stays in
+            // the log.
+            Disposition::Rejected(r) => (HttpAnswer::server_error(500, &r.error_type, req.request_id), None),
+            Disposition::Retry(e) => (HttpAnswer::server_error(503, e.error_type(), req.request_id), None),
         }
     }
 
@@ -535,20 +668,72 @@ impl AttestService {
     /// Runs one request to the end: engine, continuation, publication.
     /// Every log line of the run carries its correlation id.
     async fn run(&self, mut req: AttestationRequest, delivery: &Delivery) -> Result<Disposition, ServiceError> {
+        // A run the caller named is recognised by what it asks for.
+        let request_key = req.correlation_id.is_some().then(|| {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(req.to_payload().to_json().as_bytes()))
+        });
+        let keys = undelivered_keys(delivery, request_key.as_deref());
         let correlation_id = req
             .correlation_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
         let span = tracing::info_span!("run", correlation_id = %correlation_id, part = req.part);
-        tracing::Instrument::instrument(self.run_in_span(req, delivery), span).await
+        tracing::Instrument::instrument(self.run_in_span(req, delivery, keys), span).await
     }
 
-    async fn run_in_span(&self, req: AttestationRequest, delivery: &Delivery) -> Result<Disposition, ServiceError> {
+    fn lock_undelivered(&self) -> std::sync::MutexGuard<'_, Undelivered> {
+        self.undelivered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a result; on failure keeps it under `keys` for the
+    /// redelivery.
+    async fn publish(
+        &self,
+        result: Arc<RunResult>,
+        keys: &[String],
+        deadline: Option<Instant>,
+    ) -> Result<(), ServiceError> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        match sink.publish(&result, deadline).await {
+            Ok(()) => {
+                self.lock_undelivered().remove(keys);
+                Ok(())
+            }
+            Err(e) => {
+                let correlation_id = result.correlation_id.clone();
+                if !keys.is_empty() {
+                    self.lock_undelivered().insert(keys.to_vec(), result);
+                }
+                Err(ServiceError::ResultDeliveryFailed(format!(
+                    "the result of {correlation_id} was not delivered: {e}"
+                )))
+            }
+        }
+    }
+
+    async fn run_in_span(
+        &self,
+        req: AttestationRequest,
+        delivery: &Delivery,
+        keys: Vec<String>,
+    ) -> Result<Disposition, ServiceError> {
         if let Some(key) = delivery.delivery_id.as_deref().filter(|k| self.seen(k)) {
             tracing::info!(delivery_id = key, "repeat delivery of a completed run; skipped");
             return Ok(Disposition::Repeat {
                 delivery_id: key.to_owned(),
             });
+        }
+        let stored = self.lock_undelivered().find(&keys);
+        if let Some(result) = stored {
+            tracing::info!("repeat of a run whose result was not delivered; publishing the stored result");
+            self.publish(result.clone(), &keys, delivery.deadline).await?;
+            if let Some(key) = &delivery.delivery_id {
+                self.remember(key);
+            }
+            return Ok(Disposition::Republished(Box::new((*result).clone())));
         }
         let ignore = req.ignore_partial_failures;
         let mut client = self.graph_client(false).await?;
@@ -579,18 +764,12 @@ impl AttestService {
             self.continue_untried(&req, &mut result, delivery.deadline).await;
         }
         result.refresh(ignore);
-        if let Some(sink) = &self.sink {
-            sink.publish(&result, delivery.deadline).await.map_err(|e| {
-                ServiceError::ResultDeliveryFailed(format!(
-                    "the result of {} was not delivered: {e}",
-                    result.correlation_id
-                ))
-            })?;
-        }
+        let result = Arc::new(result);
+        self.publish(result.clone(), &keys, delivery.deadline).await?;
         if let Some(key) = &delivery.delivery_id {
             self.remember(key);
         }
-        Ok(Disposition::Ran(Box::new(result)))
+        Ok(Disposition::Ran(Box::new(Arc::unwrap_or_clone(result))))
     }
 
     /// Hands devices the deadline left untried to the next part of the run.
@@ -610,13 +789,13 @@ impl AttestService {
         }
         let part = req.part + 1;
         let devices = untried.iter().map(|&i| result.devices[i].device_ref()).collect();
-        let next = req.for_devices(devices, result.correlation_id.clone(), part);
-        let message = WorkMessage {
-            body: next.to_payload().to_json(),
-            dedup_id: format!("{}#{part}", result.correlation_id),
-            group_id: result.correlation_id.clone(),
+        let next = req.for_devices(Vec::new(), result.correlation_id.clone(), part);
+        let messages = self.messages_for(&next, devices, &result.correlation_id, part).await;
+        let sent = match messages {
+            Ok(m) => self.send(m, deadline).await,
+            Err(e) => Err(e),
         };
-        match self.send(vec![message], deadline).await {
+        match sent {
             Ok(()) => {
                 for &i in &untried {
                     let d = &mut result.devices[i];
@@ -656,29 +835,20 @@ impl AttestService {
                 other => ServiceError::SelectionFailed(other.to_string()),
             })?;
         let chunk_size = self.sweep.chunk_size.clamp(1, self.settings.limits.max_devices);
-        let messages: Vec<WorkMessage> = ids
-            .chunks(chunk_size)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let part = i + 1;
-                let devices = chunk
-                    .iter()
-                    .map(|&id| crate::core::device::DeviceRef {
-                        id,
-                        kind: crate::core::device::DeviceKind::Managed,
-                    })
-                    .collect();
-                let chunk_id = format!("{correlation_id}-c{part}");
-                WorkMessage {
-                    body: template
-                        .for_devices(devices, chunk_id.clone(), 1)
-                        .to_payload()
-                        .to_json(),
-                    dedup_id: format!("{correlation_id}#chunk{part}"),
-                    group_id: chunk_id,
-                }
-            })
-            .collect();
+        // The chunks name their devices; none carries the sweep's filter.
+        let template = template.for_devices(Vec::new(), correlation_id.to_owned(), 1);
+        let mut messages = Vec::new();
+        for (i, chunk) in ids.chunks(chunk_size).enumerate() {
+            let devices = chunk
+                .iter()
+                .map(|&id| crate::core::device::DeviceRef {
+                    id,
+                    kind: crate::core::device::DeviceKind::Managed,
+                })
+                .collect();
+            let chunk_id = format!("{correlation_id}-c{}", i + 1);
+            messages.extend(self.messages_for(&template, devices, &chunk_id, 1).await?);
+        }
         let chunks = messages.len();
         self.send(messages, Some(deadline))
             .await

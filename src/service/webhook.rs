@@ -18,19 +18,25 @@ use crate::credentials::WebhookSecrets;
 /// is parsed.
 pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 
-/// How webhook callers are authenticated.
+/// The largest answer body sent (a Lambda function URL refuses responses
+/// over 6 MB); larger results are answered in brief.
+pub const MAX_ANSWER_BYTES: usize = 5 * 1024 * 1024;
+/// Where a brief answer says the full result is.
+pub const FULL_RESULT_AT: &str = "the result events (every device, in parts)";
+
+/// How webhook callers are authenticated. The default admits nobody.
 #[derive(Clone, Default)]
-pub enum WebhookAuth {
-    /// Every request carries a valid signature (a caller the platform
-    /// authenticated with IAM needs none).
-    Signed(std::sync::Arc<dyn WebhookSecrets>),
-    /// The host authenticates every caller before the request arrives
-    /// (Azure function keys); nothing more is checked.
-    Host,
-    /// Nothing configured: only callers the platform authenticated with IAM
-    /// are admitted.
-    #[default]
-    IamOnly,
+pub struct WebhookAuth {
+    /// Signing secrets: when set, every call not admitted by IAM must carry
+    /// a valid signature.
+    pub signature: Option<std::sync::Arc<dyn WebhookSecrets>>,
+    /// The platform authenticates callers with IAM (a function URL with
+    /// `AuthType AWS_IAM`): a call naming an IAM caller needs no signature.
+    /// Only set from deployment configuration.
+    pub iam: bool,
+    /// The host authenticates every caller before the call arrives (Azure
+    /// function keys): with no signing secrets, nothing more is checked.
+    pub host: bool,
 }
 
 /// A webhook call as the host delivered it.
@@ -70,6 +76,12 @@ impl HttpAnswer {
     /// A refusal with a stable error code.
     pub fn error(status: u16, code: &str) -> Self {
         Self::new(status, json!({"error": code}))
+    }
+
+    /// A server-side failure: a stable error code and the request id to
+    /// quote, never the detail.
+    pub fn server_error(status: u16, code: &str, request_id: Option<String>) -> Self {
+        Self::new(status, json!({"error": code, "request_id": request_id}))
     }
 
     /// A refusal with a stable error code and a message.
@@ -135,15 +147,17 @@ impl Gate {
         if payload.len() > MAX_WEBHOOK_BODY {
             return Err(HttpAnswer::error(413, "payload_too_large"));
         }
-        let caller = req.iam_caller.clone().filter(|c| !c.is_empty());
-        let replay_key = match (&self.auth, &caller) {
-            // The platform authenticated the caller (function URL AuthType AWS_IAM).
-            (_, Some(_)) | (WebhookAuth::Host, None) => None,
-            (WebhookAuth::IamOnly, None) => {
+        // An empty caller is no caller; and an IAM caller counts only where
+        // the deployment says the platform checks IAM.
+        let caller = req.iam_caller.clone().filter(|c| self.auth.iam && !c.trim().is_empty());
+        let replay_key = match (&self.auth.signature, &caller) {
+            (_, Some(_)) => None,
+            (None, None) if self.auth.host => None,
+            (None, None) => {
                 tracing::warn!("webhook refused: no signing secret configured and no IAM caller");
                 return Err(HttpAnswer::error(401, "unauthorized"));
             }
-            (WebhookAuth::Signed(source), None) => {
+            (Some(source), None) => {
                 let secrets = source.secrets().await.map_err(|e| {
                     tracing::error!(error = %e, "webhook secrets unavailable");
                     HttpAnswer::error(503, "unavailable")

@@ -30,7 +30,10 @@ async fn start(sim: &Sim, extra: &[(&str, &str)]) -> Handler {
         .envs(env_of(sim, extra))
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("FUNCTIONS_WORKER_RUNTIME", "Custom")
-        .env("ATTEST_WEBHOOK_SECRETS", "whsec-a, whsec-b")
+        .env(
+            "ATTEST_WEBHOOK_SECRETS",
+            "whsec-a-0123456789abcdefghijklmnopqrst, whsec-b-0123456789abcdefghijklmnopqrst",
+        )
         .env("ATTEST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -120,7 +123,11 @@ async fn the_http_function_needs_a_signature_and_answers_through_its_binding() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let sig = intune_attest::service::signature::sign(&SecretString::from("whsec-b".to_string()), t, body.as_bytes());
+    let sig = intune_attest::service::signature::sign(
+        &SecretString::from("whsec-b-0123456789abcdefghijklmnopqrst".to_string()),
+        t,
+        body.as_bytes(),
+    );
     let (_, out) = post(&h, "attest-http", request(json!({"X-Intune-Attest-Signature": [sig]}))).await;
     assert_eq!(out["Outputs"]["res"]["statusCode"], 200, "{out}");
     let result: Value = serde_json::from_str(out["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
@@ -167,4 +174,53 @@ async fn a_failure_that_can_pass_fails_the_invocation_so_the_host_retries() {
     assert_eq!(status, 500, "{out}");
     assert!(out["Logs"][0].as_str().unwrap().starts_with("CredentialsUnavailable"));
     assert!(!out.to_string().contains("not-the-secret"));
+}
+
+#[tokio::test]
+async fn the_hosts_function_timeout_caps_the_run() {
+    let mut cfg = sim_config();
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 300,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let h = start(
+        &sim,
+        &[
+            ("AzureFunctionsJobHost__functionTimeout", "00:00:04"),
+            ("ATTEST_WRITE_BUDGET", "20"),
+        ],
+    )
+    .await;
+    let ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let message = json!({"managed_device_ids": ids, "validate_device_exists": false, "timeouts": {"invoke": "10m"}});
+    let envelope = json!({"Data": {"message": message.to_string()}, "Metadata": {"Id": "m-timeout"}});
+    let (status, out) = post(&h, "attest-queue", envelope).await;
+    assert_eq!(status, 200, "{out}");
+    let result: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+    let initiated = result["summary"]["initiated"].as_u64().unwrap();
+    let untried = result["summary"]["not_attempted"].as_u64().unwrap();
+    assert!(initiated > 0 && untried > 0, "{}", result["summary"]);
+    assert_eq!(initiated + untried, 300);
+}
+
+#[tokio::test]
+async fn a_webhook_secret_setting_without_a_usable_secret_stops_the_handler() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    for setting in [" , ", "too-short"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_intune-attest"))
+            .env_clear()
+            .envs(env_of(&sim, &[]))
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", "1")
+            .env("ATTEST_WEBHOOK_SECRETS", setting)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{setting:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("ATTEST_WEBHOOK_SECRETS"), "{stderr}");
+        assert!(!stderr.contains("too-short"), "the value is never echoed");
+    }
 }

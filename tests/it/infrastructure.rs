@@ -81,13 +81,20 @@ fn the_policies_name_exactly_the_resources_they_need() {
     actions.sort();
     assert_eq!(
         actions,
-        vec!["events:PutEvents", "secretsmanager:GetSecretValue", "sqs:SendMessage"]
+        vec![
+            "events:PutEvents",
+            "secretsmanager:GetSecretValue",
+            "sqs:GetQueueAttributes",
+            "sqs:SendMessage"
+        ]
     );
     let by_action = |a: &str| statements.iter().find(|s| s["Action"] == a).unwrap()["Resource"].clone();
-    assert_eq!(
-        by_action("sqs:SendMessage"),
-        serde_json::json!({"Fn::GetAtt": ["WorkQueue", "Arn"]})
-    );
+    for action in ["sqs:SendMessage", "sqs:GetQueueAttributes"] {
+        assert_eq!(
+            by_action(action),
+            serde_json::json!({"Fn::GetAtt": ["WorkQueue", "Arn"]})
+        );
+    }
     let secrets = by_action("secretsmanager:GetSecretValue").to_string();
     assert!(
         secrets.contains("CredentialsSecretArn") && secrets.contains("WebhookSecretArn"),
@@ -158,6 +165,34 @@ fn the_url_is_iam_by_default_and_none_needs_the_signing_secret() {
     assert!(t["Resources"]["AttestLogGroup"]["Properties"]["RetentionInDays"].is_object());
     for output in ["FunctionArn", "FunctionUrl", "WorkQueueUrl", "EventBusName"] {
         assert!(t["Outputs"].get(output).is_some(), "{output}");
+    }
+}
+
+#[test]
+fn platform_limits_are_set_where_the_code_relies_on_them() {
+    let t = template();
+    let f = &t["Resources"]["AttestFunction"]["Properties"];
+    // One message per invocation: a returned, unstarted record would count
+    // toward maxReceiveCount.
+    assert_eq!(f["Events"]["Work"]["Properties"]["BatchSize"], 1);
+    // The queue's message limit is explicit; the function reads it.
+    assert_eq!(t["Resources"]["WorkQueue"]["Properties"]["MaximumMessageSize"], 262_144);
+    let policy = f["Policies"].to_string();
+    assert!(policy.contains("sqs:GetQueueAttributes"), "{policy}");
+    // The IAM caller context is honoured only where the URL is IAM.
+    assert_eq!(
+        f["Environment"]["Variables"]["FUNCTION_URL_AUTH_TYPE"]["Ref"],
+        "FunctionUrlAuthType"
+    );
+    assert_eq!(f["ReservedConcurrentExecutions"]["Ref"], "ReservedConcurrency");
+    assert_eq!(
+        f["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0],
+        "FailedRunsQueue"
+    );
+    assert_eq!(t["Resources"]["FailedRunsAlarm"]["Type"], "AWS::CloudWatch::Alarm");
+    for param in ["CredentialsSecretArn", "WebhookSecretArn"] {
+        let pattern = t["Parameters"][param]["AllowedPattern"].as_str().unwrap_or_default();
+        assert!(pattern.contains("secretsmanager"), "{param}: {pattern}");
     }
 }
 

@@ -24,16 +24,16 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-struct World {
-    sim: Sim,
-    _moto: Moto,
-    aws: Clients,
-    events_queue: String,
-    work_queue: String,
-    secret_arn: String,
+pub(crate) struct World {
+    pub(crate) sim: Sim,
+    pub(crate) _moto: Moto,
+    pub(crate) aws: Clients,
+    pub(crate) events_queue: String,
+    pub(crate) work_queue: String,
+    pub(crate) secret_arn: String,
 }
 
-struct FixedSecrets(Vec<&'static str>);
+pub(crate) struct FixedSecrets(Vec<&'static str>);
 
 impl WebhookSecrets for FixedSecrets {
     fn secrets(&self) -> BoxFuture<'_, Result<Vec<SecretString>, String>> {
@@ -45,7 +45,7 @@ fn secret_json(secret: &str) -> String {
     json!({"tenant_id": TENANT_ID, "client_id": CLIENT_ID, "client_secret": secret}).to_string()
 }
 
-async fn world(cfg: SimConfig) -> World {
+pub(crate) async fn world(cfg: SimConfig) -> World {
     let sim = Sim::start(cfg).await.unwrap();
     let moto = Moto::start().await;
     let aws = Clients::new(&moto).await;
@@ -62,13 +62,15 @@ async fn world(cfg: SimConfig) -> World {
     }
 }
 
-struct AppOptions {
-    queue: bool,
-    queue_url: Option<String>,
-    secrets_endpoint: Option<&'static str>,
-    bus: &'static str,
-    webhook: Option<Vec<&'static str>>,
-    extra_env: Vec<(&'static str, &'static str)>,
+pub(crate) struct AppOptions {
+    pub(crate) queue: bool,
+    pub(crate) queue_url: Option<String>,
+    pub(crate) secrets_endpoint: Option<&'static str>,
+    pub(crate) bus: &'static str,
+    pub(crate) webhook: Option<Vec<&'static str>>,
+    pub(crate) extra_env: Vec<(&'static str, &'static str)>,
+    /// The function URL is not IAM: an IAM context is not to be trusted.
+    pub(crate) no_iam: bool,
 }
 
 impl Default for AppOptions {
@@ -80,12 +82,13 @@ impl Default for AppOptions {
             bus: "attest-results",
             webhook: None,
             extra_env: vec![],
+            no_iam: false,
         }
     }
 }
 
 impl World {
-    fn app(&self, o: AppOptions) -> LambdaApp {
+    pub(crate) fn app(&self, o: AppOptions) -> LambdaApp {
         let env = env_of(&self.sim, &o.extra_env);
         let settings = Settings::from_env(|k| env.get(k).cloned()).unwrap();
         let secrets = match o.secrets_endpoint {
@@ -114,9 +117,10 @@ impl World {
         let queue = o
             .queue
             .then(|| Arc::new(SqsWorkQueue::new(self.aws.sqs.clone(), url)) as Arc<dyn WorkQueue>);
-        let auth = match o.webhook {
-            Some(s) => WebhookAuth::Signed(Arc::new(FixedSecrets(s))),
-            None => WebhookAuth::IamOnly,
+        let auth = WebhookAuth {
+            signature: o.webhook.map(|s| Arc::new(FixedSecrets(s)) as Arc<dyn WebhookSecrets>),
+            iam: !o.no_iam,
+            host: false,
         };
         let sweep = SweepSettings::from_env(|k| (k == "SWEEP_CHUNK_SIZE").then(|| "50".to_string())).unwrap();
         let service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300))
@@ -125,7 +129,7 @@ impl World {
         LambdaApp::new(service, "intune-attest-test".into(), false)
     }
 
-    fn windows(&self, n: usize) -> Vec<String> {
+    pub(crate) fn windows(&self, n: usize) -> Vec<String> {
         self.sim
             .fleet()
             .iter()
@@ -135,7 +139,7 @@ impl World {
             .collect()
     }
 
-    async fn events(&self) -> Vec<Value> {
+    pub(crate) async fn events(&self) -> Vec<Value> {
         self.aws
             .drain(&self.events_queue)
             .await
@@ -145,14 +149,14 @@ impl World {
     }
 }
 
-fn ctx(id: &str, secs: u64) -> InvocationContext {
+pub(crate) fn ctx(id: &str, secs: u64) -> InvocationContext {
     InvocationContext {
         request_id: id.into(),
         deadline: Some(Instant::now() + Duration::from_secs(secs)),
     }
 }
 
-fn sqs_event(records: &[(&str, String)]) -> Value {
+pub(crate) fn sqs_event(records: &[(&str, String)]) -> Value {
     json!({"Records": records.iter().map(|(id, body)| json!({
         "messageId": id, "receiptHandle": "h", "body": body, "attributes": {"ApproximateReceiveCount": "1"},
         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:attest-work", "awsRegion": "us-east-1"
@@ -398,7 +402,7 @@ async fn result_events_that_cannot_be_delivered_are_reported() {
     assert_eq!(out, json!({"batchItemFailures": [{"itemIdentifier": "m-9"}]}));
 }
 
-fn http_event(body: &str, headers: Value, iam: Option<&str>) -> Value {
+pub(crate) fn http_event(body: &str, headers: Value, iam: Option<&str>) -> Value {
     let mut ctx = json!({"http": {"method": "POST", "path": "/", "sourceIp": "203.0.113.9"}, "requestId": "r"});
     if let Some(arn) = iam {
         ctx["authorizer"] = json!({"iam": {"userArn": arn}});
@@ -406,7 +410,7 @@ fn http_event(body: &str, headers: Value, iam: Option<&str>) -> Value {
     json!({"version": "2.0", "rawPath": "/", "headers": headers, "requestContext": ctx, "body": body, "isBase64Encoded": false})
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

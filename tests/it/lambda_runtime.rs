@@ -21,7 +21,7 @@ type Answer = (bool, Value);
 
 #[derive(Clone)]
 struct Emulator {
-    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>>,
+    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, String)>>>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>,
 }
 
@@ -44,7 +44,7 @@ async fn next(State(e): State<Emulator>) -> Response<Body> {
             "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
         )
         .header("content-type", "application/json")
-        .body(Body::from(event.to_string()))
+        .body(Body::from(event))
         .unwrap()
 }
 
@@ -71,7 +71,7 @@ async fn error(
 }
 
 struct Running {
-    tx: mpsc::UnboundedSender<(String, Value)>,
+    tx: mpsc::UnboundedSender<(String, String)>,
     emulator: Emulator,
     child: tokio::process::Child,
     n: usize,
@@ -79,6 +79,12 @@ struct Running {
 
 impl Running {
     async fn invoke(&mut self, event: Value) -> Answer {
+        self.invoke_raw(event.to_string()).await
+    }
+
+    /// Sends an event's bytes as they are, even when they are not JSON a
+    /// parser with a recursion limit accepts.
+    async fn invoke_raw(&mut self, event: String) -> Answer {
         self.n += 1;
         let id = format!("req-{}", self.n);
         let (tx, rx) = oneshot::channel();
@@ -110,7 +116,7 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
     let webhook_secret = aws
         .secret(
             "intune-attest/webhook",
-            r#"{"secrets": ["whsec-current", "whsec-previous"]}"#,
+            r#"{"secrets": ["whsec-current-0123456789abcdefghijklm", "whsec-previous-0123456789abcdefghijkl"]}"#,
         )
         .await;
     let results = aws.bus_into_queue("attest-results").await;
@@ -145,6 +151,7 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
         .env("ATTEST_THROTTLE_WINDOW", "1s")
         .env("SECRET_ID", &secret)
         .env("WEBHOOK_SECRET_ID", &webhook_secret)
+        .env("FUNCTION_URL_AUTH_TYPE", "AWS_IAM")
         .env("EVENT_BUS_NAME", "attest-results")
         .envs(moto.env())
         .stdout(std::process::Stdio::piped())
@@ -175,7 +182,7 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
     let body = signed["body"].as_str().unwrap().to_owned();
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     signed["headers"]["x-intune-attest-signature"] = json!(intune_attest::service::signature::sign(
-        &SecretString::from("whsec-previous".to_string()),
+        &SecretString::from("whsec-previous-0123456789abcdefghijkl".to_string()),
         t,
         body.as_bytes()
     ));
@@ -205,6 +212,17 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
     let (ok, bad) = f.invoke(json!({"managed_device_ids": ["../../etc"]})).await;
     assert!(!ok);
     assert_eq!(bad["errorType"], "InvalidRequest", "{bad}");
+    // Events the runtime's own decoding would refuse with an opaque
+    // deserializer error: deep nesting, a lone surrogate.
+    for raw in [
+        format!("{}1{}", "[".repeat(3000), "]".repeat(3000)),
+        r#"{"managed_device_ids": ["\ud800"]}"#.to_owned(),
+    ] {
+        let (ok, bad) = f.invoke_raw(raw).await;
+        assert!(!ok);
+        assert_eq!(bad["errorType"], "InvalidRequest", "{bad}");
+        assert!(bad["errorMessage"].as_str().unwrap().len() < 400, "{bad}");
+    }
 
     let (ok, failed) = f
         .invoke(json!({"managed_device_ids": ["00000000-dead-4bad-8bad-000000000001"]}))
@@ -246,7 +264,11 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
             .all(|l| l.contains("\"correlation_id\":\"ir-2026-1142-isolate-and-attest\"")),
         "{run_lines:#?}"
     );
-    for leaked in [CLIENT_SECRET, "whsec-current", "whsec-previous"] {
+    for leaked in [
+        CLIENT_SECRET,
+        "whsec-current-0123456789abcdefghijklm",
+        "whsec-previous-0123456789abcdefghijkl",
+    ] {
         assert!(!stderr.contains(leaked) && !stdout.contains(leaked), "{leaked} leaked");
     }
 }

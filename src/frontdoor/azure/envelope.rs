@@ -28,11 +28,54 @@ pub(super) fn header(headers: &Value, name: &str) -> Option<String> {
     }
 }
 
+/// The host's `functionTimeout`: the app setting
+/// `AzureFunctionsJobHost__functionTimeout` when set, else `host.json` in
+/// the working directory. Written as `hh:mm:ss` or `d.hh:mm:ss`; `-1` (no
+/// limit, Premium plans) reads as none.
+pub fn function_timeout(setting: Option<&str>, host_json: Option<&str>) -> Option<std::time::Duration> {
+    let text = match setting {
+        Some(s) => s.to_owned(),
+        None => serde_json::from_str::<Value>(host_json?)
+            .ok()?
+            .get("functionTimeout")?
+            .as_str()?
+            .to_owned(),
+    };
+    let (days, clock) = match text.trim().split_once('.') {
+        Some((d, rest)) if rest.contains(':') => (d.parse::<u64>().ok()?, rest.to_owned()),
+        _ => (0, text.trim().to_owned()),
+    };
+    let parts: Vec<u64> = clock.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = parts[..] else {
+        return None;
+    };
+    let secs = days * 86_400 + h * 3600 + m * 60 + s;
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::service::signature::SIGNATURE_HEADER;
     use serde_json::json;
+
+    #[test]
+    fn the_host_timeout_is_read_from_the_setting_or_host_json() {
+        use std::time::Duration;
+        let host = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/infra/azure/host.json")).ok();
+        assert_eq!(function_timeout(None, host.as_deref()), Some(Duration::from_secs(600)));
+        assert_eq!(
+            function_timeout(Some("00:00:03"), host.as_deref()),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            function_timeout(Some("1.00:00:00"), None),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(function_timeout(Some("-1"), None), None);
+        assert_eq!(function_timeout(None, Some("{}")), None);
+        assert_eq!(function_timeout(None, None), None);
+    }
 
     #[test]
     fn queue_messages_arrive_in_three_shapes() {

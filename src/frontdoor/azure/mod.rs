@@ -28,12 +28,12 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
-use crate::credentials::{EnvCredentials, StaticSecrets};
+use crate::credentials::{EnvCredentials, StaticSecrets, checked_webhook_secrets};
 use crate::service::signature::SIGNATURE_HEADER;
 
 use super::HostError;
-use envelope::header;
 pub use envelope::queue_payload;
+use envelope::{function_timeout, header};
 
 mod envelope;
 use crate::service::{AttestService, Delivery, Disposition, SweepSettings, Trigger, WebhookAuth, WebhookRequest};
@@ -45,11 +45,33 @@ pub const HTTP_BINDING: &str = "res";
 /// Largest body accepted from the host.
 const MAX_BODY: usize = 1024 * 1024;
 
+/// Time kept back from the host's timeout, so a run reports before the
+/// host abandons the invocation.
+const HOST_MARGIN: Duration = Duration::from_secs(10);
+
+/// The handler: the service, and the host's per-invocation time limit.
+pub struct AzureApp {
+    service: AttestService,
+    timeout: Option<Duration>,
+}
+
+impl AzureApp {
+    /// A handler over `service`; `timeout` is the host's `functionTimeout`.
+    pub fn new(service: AttestService, timeout: Option<Duration>) -> Self {
+        Self { service, timeout }
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.timeout
+            .map(|t| tokio::time::Instant::now() + t.saturating_sub(HOST_MARGIN.min(t / 4)))
+    }
+}
+
 /// The handler's routes, one per function.
-pub fn router(service: Arc<AttestService>) -> Router {
+pub fn router(app: Arc<AzureApp>) -> Router {
     Router::new()
         .route("/{function}", axum::routing::post(invoke))
-        .with_state(service)
+        .with_state(app)
 }
 
 fn reply(outputs: Value, logs: Vec<String>) -> Response {
@@ -62,7 +84,7 @@ fn reply(outputs: Value, logs: Vec<String>) -> Response {
 fn encode(d: Disposition) -> Response {
     let doc = |v: String| json!({RESULT_BINDING: v});
     match d {
-        Disposition::Ran(result) => {
+        Disposition::Ran(result) | Disposition::Republished(result) => {
             let log = format!(
                 "{}: {:?} {}",
                 result.correlation_id,
@@ -78,7 +100,10 @@ fn encode(d: Disposition) -> Response {
         Disposition::Repeat { delivery_id } => {
             reply(json!({}), vec![format!("repeat delivery {delivery_id}; skipped")])
         }
-        Disposition::Accepted { correlation_id } => reply(json!({}), vec![format!("accepted {correlation_id}")]),
+        Disposition::Accepted { correlation_id, parts } => reply(
+            json!({}),
+            vec![format!("accepted {correlation_id} in {parts} message(s)")],
+        ),
         Disposition::Dispatched(d) => reply(json!({}), vec![json!(d).to_string()]),
         Disposition::Retry(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,11 +113,8 @@ fn encode(d: Disposition) -> Response {
     }
 }
 
-async fn invoke(
-    State(service): State<Arc<AttestService>>,
-    Path(function): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, body: axum::body::Bytes) -> Response {
+    let (service, deadline) = (&app.service, app.deadline());
     if body.len() > MAX_BODY * 2 {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response();
     }
@@ -112,7 +134,7 @@ async fn invoke(
                 Value::String(s) => s.into_bytes(),
                 v => serde_json::to_vec(&v).unwrap_or_default(),
             };
-            let mut delivery = Delivery::new(Trigger::AzureQueue, payload);
+            let mut delivery = Delivery::new(Trigger::AzureQueue, payload).deadline(deadline);
             delivery.delivery_id = metadata.get("Id").and_then(Value::as_str).map(str::to_owned);
             encode(service.deliver(delivery).await)
         }
@@ -123,6 +145,11 @@ async fn invoke(
                 method: text("Method").unwrap_or_default(),
                 body: text("Body").unwrap_or_default(),
                 signature: header(req.get("Headers").unwrap_or(&Value::Null), SIGNATURE_HEADER),
+                request_id: metadata
+                    .pointer("/sys/RandGuid")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                deadline,
                 ..WebhookRequest::default()
             };
             let (answer, result) = service.webhook(call, Trigger::AzureHttp).await;
@@ -139,7 +166,7 @@ async fn invoke(
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            encode(service.sweep(Trigger::AzureTimer, &id, None).await)
+            encode(service.sweep(Trigger::AzureTimer, &id, deadline).await)
         }
         other => (StatusCode::NOT_FOUND, format!("no function {other:?}")).into_response(),
     }
@@ -160,12 +187,16 @@ pub fn build_service(get: impl Fn(&str) -> Option<String>) -> Result<AttestServi
                 .map(|s| SecretString::from(s.to_owned()))
                 .collect();
             // A setting that yields no usable secret fails closed.
-            if secrets.is_empty() {
-                return Err("ATTEST_WEBHOOK_SECRETS is set but holds no secret".into());
-            }
-            WebhookAuth::Signed(Arc::new(StaticSecrets(secrets)))
+            let secrets = checked_webhook_secrets(secrets, "ATTEST_WEBHOOK_SECRETS").map_err(|e| e.0)?;
+            Some(Arc::new(StaticSecrets(secrets)) as Arc<dyn crate::credentials::WebhookSecrets>)
         }
-        None => WebhookAuth::Host,
+        None => None,
+    };
+    // The host authenticates every caller with a function key.
+    let auth = WebhookAuth {
+        signature: auth,
+        iam: false,
+        host: true,
     };
     Ok(
         AttestService::new(settings, Arc::new(EnvCredentials), None, None, Duration::from_secs(300))
@@ -186,13 +217,17 @@ pub fn main() -> std::process::ExitCode {
         let port = env("FUNCTIONS_CUSTOMHANDLER_PORT")
             .and_then(|p| p.parse::<u16>().ok())
             .ok_or_else(|| HostError::Startup("FUNCTIONS_CUSTOMHANDLER_PORT is not a port number".into()))?;
-        let service = Arc::new(build_service(env).map_err(HostError::Startup)?);
+        let timeout = function_timeout(
+            env("AzureFunctionsJobHost__functionTimeout").as_deref(),
+            std::fs::read_to_string("host.json").ok().as_deref(),
+        );
+        let app = Arc::new(AzureApp::new(build_service(env).map_err(HostError::Startup)?, timeout));
         // The host only reaches the handler on the local interface.
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .map_err(|e| HostError::Startup(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
         tracing::info!(port, "custom handler listening");
-        axum::serve(listener, router(service))
+        axum::serve(listener, router(app))
             .await
             .map_err(|e| HostError::Stopped(e.to_string()))
     })

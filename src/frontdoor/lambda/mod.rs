@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -29,6 +30,12 @@ use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger
 pub use events::{Trigger, classify};
 
 use crate::service::signature::SIGNATURE_HEADER;
+
+/// The largest synchronous answer sent: Lambda refuses responses over 6 MB
+/// (after the work is done), so larger results are answered in brief.
+pub const MAX_SYNC_RESPONSE: usize = 5 * 1024 * 1024;
+/// Where a brief answer says the full result is.
+const FULL_RESULT_AT: &str = "the Device Attestation Result events on EVENT_BUS_NAME (every device, in parts)";
 
 /// What one invocation needs to know about itself.
 #[derive(Debug, Clone)]
@@ -74,6 +81,20 @@ impl LambdaApp {
         }
     }
 
+    /// Handles one event as the runtime delivered it (JSON text).
+    pub async fn handle_raw(&self, raw: &str, ctx: InvocationContext) -> Result<Value, Diagnostic> {
+        match serde_json::from_str::<Value>(raw) {
+            Ok(event) => self.handle(event, ctx).await,
+            Err(e) => Err(diagnostic(
+                "InvalidRequest",
+                format!(
+                    "invalid request: (payload): the event is not JSON this function can read ({})",
+                    crate::core::text::bounded(&e.to_string(), 120)
+                ),
+            )),
+        }
+    }
+
     /// Handles one event, whatever its trigger.
     pub async fn handle(&self, event: Value, ctx: InvocationContext) -> Result<Value, Diagnostic> {
         match classify(&event) {
@@ -90,7 +111,7 @@ impl LambdaApp {
                     .id(ctx.request_id.clone())
                     .deadline(ctx.deadline);
                 let d = self.service.deliver(delivery).await;
-                self.answer(d, |r| serde_json::to_value(r).unwrap_or_default())
+                self.answer(d, |r| r.bounded_document(MAX_SYNC_RESPONSE, FULL_RESULT_AT))
             }
         }
     }
@@ -113,7 +134,13 @@ impl LambdaApp {
                 Ok(shape(&result))
             }
             Disposition::Repeat { delivery_id } => Ok(json!({"repeat": true, "delivery_id": delivery_id})),
-            Disposition::Accepted { correlation_id } => Ok(json!({"accepted": true, "correlation_id": correlation_id})),
+            Disposition::Republished(result) if result.failed => {
+                Err(diagnostic("AttestationFailed", brief(&result).to_string()))
+            }
+            Disposition::Republished(result) => Ok(shape(&result)),
+            Disposition::Accepted { correlation_id, parts } => {
+                Ok(json!({"accepted": true, "correlation_id": correlation_id, "parts": parts}))
+            }
             Disposition::Dispatched(d) => Ok(json!(d)),
             Disposition::Rejected(r) => Err(diagnostic(&r.error_type, r.message)),
             Disposition::Retry(e) => Err((&e).into()),
@@ -176,10 +203,13 @@ pub fn main() -> std::process::ExitCode {
     crate::telemetry::init(std::io::stderr, style);
     super::host(async {
         let app = Arc::new(setup::build_app().await.map_err(HostError::Startup)?);
-        let handler = service_fn(move |event: LambdaEvent<Value>| {
+        // The event arrives raw: the runtime's own decoding would turn deep
+        // nesting or a lone surrogate into an opaque deserializer error, where
+        // the caller should get InvalidRequest.
+        let handler = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
             let app = app.clone();
             async move {
-                let (payload, context) = event.into_parts();
+                let (raw, context) = event.into_parts();
                 let remaining = Duration::from_millis(context.deadline)
                     .checked_sub(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
                     .unwrap_or_default();
@@ -188,7 +218,7 @@ pub fn main() -> std::process::ExitCode {
                     deadline: Some(Instant::now() + remaining),
                 };
                 let span = tracing::info_span!("invocation", request_id = %context.request_id);
-                tracing::Instrument::instrument(app.handle(payload, ctx), span).await
+                tracing::Instrument::instrument(app.handle_raw(raw.get(), ctx), span).await
             }
         });
         lambda_runtime::run(handler)

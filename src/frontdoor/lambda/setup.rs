@@ -47,11 +47,17 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
         Some(v) => parse_go_duration(&v).map_err(|_| format!("SECRET_TTL: {v:?} is not a Go duration"))?,
         None => Duration::from_secs(300),
     };
-    let auth = match env("WEBHOOK_SECRET_ID") {
-        Some(id) => WebhookAuth::Signed(Arc::new(
-            crate::credentials::secrets_manager::SecretsManagerWebhookSecrets::new(secrets_client.clone(), id, ttl),
-        )),
-        None => WebhookAuth::IamOnly,
+    let auth = WebhookAuth {
+        signature: env("WEBHOOK_SECRET_ID").map(|id| {
+            Arc::new(crate::credentials::secrets_manager::SecretsManagerWebhookSecrets::new(
+                secrets_client.clone(),
+                id,
+                ttl,
+            )) as Arc<dyn crate::credentials::WebhookSecrets>
+        }),
+        // The template sets this from the function URL's AuthType.
+        iam: env("FUNCTION_URL_AUTH_TYPE").is_some_and(|t| t == "AWS_IAM"),
+        host: false,
     };
     let service = AttestService::new(settings, credentials, sink, queue, ttl)
         .with_webhook_auth(auth)

@@ -100,6 +100,23 @@ impl Clients {
             .to_owned()
     }
 
+    /// A queue whose `MaximumMessageSize` is `bytes`.
+    pub async fn queue_with_limit(&self, name: &str, bytes: usize) -> String {
+        self.sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+                bytes.to_string(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned()
+    }
+
     /// A bus whose events all land in a queue, so tests can read them back.
     pub async fn bus_into_queue(&self, bus: &str) -> String {
         self.events.create_event_bus().name(bus).send().await.unwrap();
