@@ -13,7 +13,7 @@
 //! - [`telemetry`]: logging, the same on every host.
 //! - Ports, each beside its adapters: [`credentials`] (azure-identity
 //!   environment variables, AWS Secrets Manager), [`results`]
-//!   (EventBridge), [`queue`] (SQS).
+//!   (EventBridge), [`queue`] (SQS), [`state`] (in process, DynamoDB).
 //! - [`graph`]: the Microsoft Graph adapter (tokens, `$batch`, paging),
 //!   the engine's gateway.
 //! - [`core`]: the domain (requests, validation, outcomes, pacing and the
@@ -27,4 +27,5 @@ pub mod graph;
 pub mod queue;
 pub mod results;
 pub mod service;
+pub mod state;
 pub mod telemetry;

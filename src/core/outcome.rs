@@ -259,6 +259,43 @@ pub struct RunResult {
     pub devices: Vec<DeviceResult>,
 }
 
+/// A result document for a channel that carries at most `max_bytes`: the
+/// whole document when it fits; otherwise everything but the device list,
+/// the devices that did not succeed (as many as fit), and a `truncated`
+/// member saying how many were left out and where the full list is.
+pub fn bounded_document(whole: &serde_json::Value, max_bytes: usize, full_result: &str) -> serde_json::Value {
+    if whole.to_string().len() <= max_bytes {
+        return whole.clone();
+    }
+    let devices = whole["devices"].as_array().cloned().unwrap_or_default();
+    let mut doc = whole.clone();
+    doc["devices"] = serde_json::Value::Array(Vec::new());
+    doc["truncated"] = serde_json::json!({"devices_listed": 0, "devices_omitted": 0, "full_result": full_result});
+    let success: Vec<&str> = Outcome::ALL
+        .iter()
+        .filter(|o| o.is_success())
+        .map(|o| o.as_str())
+        .collect();
+    let mut size = doc.to_string().len() + 64;
+    let mut listed = Vec::new();
+    for d in devices
+        .iter()
+        .filter(|d| !d["outcome"].as_str().is_some_and(|o| success.contains(&o)))
+    {
+        let len = d.to_string().len() + 1;
+        if size + len > max_bytes {
+            break;
+        }
+        size += len;
+        listed.push(d.clone());
+    }
+    let n = listed.len();
+    doc["devices"] = serde_json::Value::Array(listed);
+    doc["truncated"]["devices_listed"] = n.into();
+    doc["truncated"]["devices_omitted"] = (devices.len() - n).into();
+    doc
+}
+
 /// What a run produced, before its summary and status are derived.
 #[derive(Clone, Debug, Default)]
 pub struct RunRecord {
@@ -335,39 +372,10 @@ impl RunResult {
         }
     }
 
-    /// The document for a channel that carries at most `max_bytes`: the
-    /// whole result when it fits; otherwise everything but the device list,
-    /// the devices that did not succeed (as many as fit), and a `truncated`
-    /// member saying how many were left out and where the full list is.
+    /// The document for a channel that carries at most `max_bytes` (see
+    /// [`bounded_document`]).
     pub fn bounded_document(&self, max_bytes: usize, full_result: &str) -> serde_json::Value {
-        let whole = serde_json::to_value(self).unwrap_or_default();
-        if whole.to_string().len() <= max_bytes {
-            return whole;
-        }
-        let mut doc = whole;
-        let mut listed = Vec::new();
-        if let Some(obj) = doc.as_object_mut() {
-            obj.insert("devices".into(), serde_json::Value::Array(Vec::new()));
-            obj.insert(
-                "truncated".into(),
-                serde_json::json!({"devices_listed": 0, "devices_omitted": 0, "full_result": full_result}),
-            );
-        }
-        let mut size = doc.to_string().len() + 64;
-        for d in self.devices.iter().filter(|d| !d.outcome.is_success()) {
-            let v = serde_json::to_value(d).unwrap_or_default();
-            let len = v.to_string().len() + 1;
-            if size + len > max_bytes {
-                break;
-            }
-            size += len;
-            listed.push(v);
-        }
-        let n = listed.len();
-        doc["devices"] = serde_json::Value::Array(listed);
-        doc["truncated"]["devices_listed"] = n.into();
-        doc["truncated"]["devices_omitted"] = (self.devices.len() - n).into();
-        doc
+        bounded_document(&serde_json::to_value(self).unwrap_or_default(), max_bytes, full_result)
     }
 
     /// Re-derives the summary, status and failure after outcomes changed

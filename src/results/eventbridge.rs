@@ -20,7 +20,6 @@ use tokio::time::Instant;
 use super::{DeliveryError, Rejection, ResultSink};
 use crate::core::BoxFuture;
 use crate::core::backoff::Backoff;
-use crate::core::outcome::RunResult;
 
 /// `Source` of every entry.
 pub const SOURCE: &str = "intune-attest";
@@ -75,30 +74,29 @@ pub fn calls(entries: &[Entry]) -> Vec<&[Entry]> {
     out
 }
 
-/// Splits a result into entries of at most `max_bytes`.
-pub fn entries(result: &RunResult, max_bytes: usize) -> Vec<Entry> {
-    let mut summary = serde_json::to_value(result).unwrap_or(Value::Null);
+/// Splits a result document into entries of at most `max_bytes`.
+pub fn entries(result: &Value, max_bytes: usize) -> Vec<Entry> {
+    let mut summary = result.clone();
     if let Some(obj) = summary.as_object_mut() {
         obj.remove("devices");
     }
     let base = |part: usize| {
-        json!({"schema_version": result.schema_version, "correlation_id": result.correlation_id,
-               "status": result.status, "summary": result.summary, "event_part": part, "devices": []})
+        json!({"schema_version": result["schema_version"], "correlation_id": result["correlation_id"],
+               "status": result["status"], "summary": result["summary"], "event_part": part, "devices": []})
     };
     // Pack devices greedily; `{"event_parts": n}` is filled in at the end.
     let overhead = SOURCE.len() + DEVICES_DETAIL_TYPE.len() + base(0).to_string().len() + 32;
     let mut chunks: Vec<Vec<Value>> = Vec::new();
     let mut current: Vec<Value> = Vec::new();
     let mut size = overhead;
-    for d in &result.devices {
-        let v = serde_json::to_value(d).unwrap_or(Value::Null);
+    for v in result["devices"].as_array().into_iter().flatten() {
         let len = v.to_string().len() + 1;
         if !current.is_empty() && size + len > max_bytes {
             chunks.push(std::mem::take(&mut current));
             size = overhead;
         }
         size += len;
-        current.push(v);
+        current.push(v.clone());
     }
     if !current.is_empty() {
         chunks.push(current);
@@ -179,6 +177,11 @@ impl<P: PutEvents> EventBridgeSink<P> {
         }
     }
 
+    /// The transport (for tests that read back what was put).
+    pub fn transport(&self) -> &P {
+        &self.put
+    }
+
     /// Sets the retry policy for entries EventBridge reports failed.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -225,11 +228,7 @@ impl<P: PutEvents> EventBridgeSink<P> {
 }
 
 impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
-    fn publish<'a>(
-        &'a self,
-        result: &'a RunResult,
-        deadline: Option<Instant>,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn publish<'a>(&'a self, result: &'a Value, deadline: Option<Instant>) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move { self.put_all(entries(result, MAX_ENTRY_BYTES), deadline).await })
     }
 
@@ -253,10 +252,10 @@ impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
 mod tests {
     use super::*;
     use crate::core::device::{DeviceId, DeviceKind};
-    use crate::core::outcome::{DeviceResult, Outcome, RunRecord};
+    use crate::core::outcome::{DeviceResult, Outcome, RunRecord, RunResult};
     use std::sync::Mutex;
 
-    fn result(n: usize) -> RunResult {
+    fn result(n: usize) -> Value {
         let devices = (0..n)
             .map(|i| {
                 let id = DeviceId::parse(&format!("00000000-0000-0000-0000-{i:012x}")).unwrap();
@@ -265,11 +264,12 @@ mod tests {
                 d
             })
             .collect();
-        RunResult::new(RunRecord {
+        serde_json::to_value(RunResult::new(RunRecord {
             correlation_id: "corr".into(),
             devices,
             ..RunRecord::default()
-        })
+        }))
+        .unwrap()
     }
 
     #[test]

@@ -7,7 +7,6 @@ pub mod eventbridge;
 use tokio::time::Instant;
 
 use crate::core::BoxFuture;
-use crate::core::outcome::RunResult;
 
 /// A delivery failed (result events, queue messages).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,11 +29,12 @@ pub struct Rejection {
 
 /// Where result documents go (EventBridge...).
 pub trait ResultSink: Send + Sync {
-    /// Publishes one result, split and retried as the sink needs, giving
-    /// up rather than waiting past `deadline`.
+    /// Publishes one result document (the JSON of a `RunResult`), split and
+    /// retried as the sink needs, giving up rather than waiting past
+    /// `deadline`.
     fn publish<'a>(
         &'a self,
-        result: &'a RunResult,
+        result: &'a serde_json::Value,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<(), DeliveryError>>;
     /// Reports a refused request.

@@ -7,7 +7,6 @@
 //! publication. The service keeps one Graph client and the tenant's pacing
 //! budget across warm invocations. It knows the ports, not AWS or Azure.
 
-mod recent;
 pub mod signature;
 pub mod sweep;
 pub mod webhook;
@@ -30,8 +29,8 @@ use crate::graph::GraphClient;
 use crate::graph::auth::Reloader;
 use crate::queue::{WorkMessage, WorkQueue};
 use crate::results::{Rejection, ResultSink};
+use crate::state::{Claim, MemoryStore, StateStore};
 
-pub use recent::RecentSet;
 pub use sweep::SweepSettings;
 pub use webhook::{HttpAnswer, WebhookAuth, WebhookRequest};
 
@@ -152,6 +151,12 @@ pub enum ServiceError {
     /// The result or a continuation could not be delivered.
     #[error("{0}")]
     ResultDeliveryFailed(String),
+    /// Another instance is handling the same delivery.
+    #[error("{0}")]
+    InProgress(String),
+    /// The shared state store could not be reached.
+    #[error(transparent)]
+    StateUnavailable(#[from] crate::state::StoreError),
     /// A deployment setting is wrong.
     #[error("{0}")]
     Configuration(String),
@@ -166,6 +171,8 @@ impl ServiceError {
             ServiceError::GraphUnavailable(_) => "GraphUnavailable",
             ServiceError::SelectionFailed(_) => "SelectionFailed",
             ServiceError::ResultDeliveryFailed(_) => "ResultDeliveryFailed",
+            ServiceError::InProgress(_) => "DeliveryInProgress",
+            ServiceError::StateUnavailable(_) => "StateUnavailable",
             ServiceError::Configuration(_) => "ConfigurationError",
         }
     }
@@ -213,8 +220,9 @@ pub enum Disposition {
         parts: usize,
     },
     /// A repeat of a delivery whose run finished but whose result could not
-    /// be published: the stored result was published now, nothing ran.
-    Republished(Box<RunResult>),
+    /// be published: the kept result document was published now, nothing
+    /// ran.
+    Republished(Box<serde_json::Value>),
     /// A sweep queued in chunks.
     Dispatched(SweepDispatch),
     /// Refused for good and reported: acknowledge it.
@@ -251,53 +259,16 @@ pub struct AttestService {
     pacers: Pacers,
     client: Mutex<Option<CachedClient>>,
     credential_ttl: Duration,
-    completed: std::sync::Mutex<RecentSet>,
-    undelivered: std::sync::Mutex<Undelivered>,
+    store: Arc<dyn StateStore>,
+    /// Names this instance in the claims it holds.
+    instance: String,
 }
 
-/// Results whose run finished but whose publication failed, kept so that the
-/// redelivery publishes them instead of running the devices again. Keyed by
-/// delivery id and, when the caller named the run, by the request itself
-/// (a Step Functions retry arrives with a new request id).
-#[derive(Default)]
-struct Undelivered {
-    order: std::collections::VecDeque<Vec<String>>,
-    results: std::collections::HashMap<String, Arc<RunResult>>,
-}
-
-impl Undelivered {
-    /// At most this many results are held (a large one is megabytes).
-    const CAPACITY: usize = 16;
-
-    fn insert(&mut self, keys: Vec<String>, result: Arc<RunResult>) {
-        for k in &keys {
-            self.results.insert(k.clone(), result.clone());
-        }
-        self.order.push_back(keys);
-        while self.order.len() > Self::CAPACITY {
-            for k in self.order.pop_front().unwrap_or_default() {
-                self.results.remove(&k);
-            }
-        }
-    }
-
-    fn find(&self, keys: &[String]) -> Option<Arc<RunResult>> {
-        keys.iter().find_map(|k| self.results.get(k).cloned())
-    }
-
-    fn remove(&mut self, keys: &[String]) {
-        for k in keys {
-            self.results.remove(k);
-        }
-    }
-}
-
-/// The keys a delivery's undelivered result is found by.
-fn undelivered_keys(delivery: &Delivery, request_key: Option<&str>) -> Vec<String> {
-    let mut keys: Vec<String> = delivery.delivery_id.iter().map(|d| format!("delivery:{d}")).collect();
-    keys.extend(request_key.map(|k| format!("request:{k}")));
-    keys
-}
+/// How long a claim outlives the host's deadline: a claim whose instance died
+/// is taken over after it, and never while its run may still be going.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+/// A claim's lease when the host gives no deadline (Lambda's longest run).
+const LEASE_WITHOUT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
 impl AttestService {
     /// A service over the given ports. Credentials are re-read after
@@ -321,9 +292,16 @@ impl AttestService {
             sweep: SweepSettings::from_env(|_| None).unwrap_or_else(|e| unreachable!("{e}")),
             client: Mutex::new(None),
             credential_ttl,
-            completed: std::sync::Mutex::new(RecentSet::new(10_000)),
-            undelivered: std::sync::Mutex::new(Undelivered::default()),
+            store: Arc::new(MemoryStore::default()),
+            instance: uuid::Uuid::new_v4().to_string(),
         }
+    }
+
+    /// Keeps claims, kept results and webhook replays in `store` (shared by
+    /// every instance) instead of in this process.
+    pub fn with_state_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = store;
+        self
     }
 
     /// Authenticates webhook callers with `auth`.
@@ -517,7 +495,7 @@ impl AttestService {
 
     /// Admits a webhook call and handles its request.
     pub async fn webhook(&self, req: WebhookRequest, trigger: Trigger) -> (HttpAnswer, Option<Box<RunResult>>) {
-        let admitted = match self.gate.admit(&req).await {
+        let admitted = match self.gate.admit(&req, self.store.as_ref()).await {
             Ok(a) => a,
             Err(answer) => return (answer, None),
         };
@@ -530,16 +508,18 @@ impl AttestService {
         };
         let disposition = self.deliver(delivery).await;
         let accepted = !matches!(disposition, Disposition::Retry(_));
-        self.gate.settle(admitted.replay_key.as_deref(), accepted);
+        self.gate
+            .settle(admitted.replay_key.as_deref(), accepted, self.store.as_ref())
+            .await;
         match disposition {
             Disposition::Ran(result) => {
                 let body = result.bounded_document(webhook::MAX_ANSWER_BYTES, webhook::FULL_RESULT_AT);
                 (HttpAnswer::new(200, body), Some(result))
             }
-            Disposition::Republished(result) => (
+            Disposition::Republished(doc) => (
                 HttpAnswer::new(
                     200,
-                    result.bounded_document(webhook::MAX_ANSWER_BYTES, webhook::FULL_RESULT_AT),
+                    crate::core::outcome::bounded_document(&doc, webhook::MAX_ANSWER_BYTES, webhook::FULL_RESULT_AT),
                 ),
                 None,
             ),
@@ -580,10 +560,11 @@ impl AttestService {
             deadline,
         };
         let outcome = if self.queue.is_some() {
-            if self.seen(&correlation_id) {
-                return Disposition::Repeat {
-                    delivery_id: event_id.to_owned(),
-                };
+            let key = format!("sweep#{correlation_id}");
+            match self.claim(&key, deadline).await {
+                Ok(None) => {}
+                Ok(Some(done)) => return done,
+                Err(e) => return self.refuse(e, &delivery).await,
             }
             let deadline = deadline.unwrap_or_else(|| Instant::now() + self.sweep.timeout);
             self.dispatch_sweep(&req, &correlation_id, deadline).await
@@ -650,91 +631,174 @@ impl AttestService {
         }
     }
 
-    /// Whether a delivery id was already handled to completion here.
-    fn seen(&self, delivery_id: &str) -> bool {
-        self.completed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(delivery_id)
+    /// When a claim taken now runs out.
+    fn lease_until(&self, deadline: Option<Instant>) -> std::time::SystemTime {
+        let left = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(LEASE_WITHOUT_DEADLINE);
+        std::time::SystemTime::now() + left + CLAIM_MARGIN
     }
 
-    fn remember(&self, delivery_id: &str) {
-        self.completed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(delivery_id);
+    /// Claims `key` for this instance: `Ok(None)` to go ahead, or the
+    /// disposition of a delivery that must not run here (done before, or
+    /// held by another instance).
+    async fn claim(&self, key: &str, deadline: Option<Instant>) -> Result<Option<Disposition>, ServiceError> {
+        let found = self
+            .store
+            .claim(key, &self.instance, self.lease_until(deadline))
+            .await?;
+        self.on_claim(key, found, deadline).await
     }
 
-    /// Runs one request to the end: engine, continuation, publication.
-    /// Every log line of the run carries its correlation id.
+    async fn on_claim(
+        &self,
+        key: &str,
+        found: Claim,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Disposition>, ServiceError> {
+        match found {
+            Claim::Claimed => Ok(None),
+            Claim::HeldElsewhere => Err(ServiceError::InProgress(format!(
+                "{key} is being handled by another instance"
+            ))),
+            Claim::Done { undelivered: None } => {
+                tracing::info!(key, "repeat of a completed delivery; skipped");
+                Ok(Some(Disposition::Repeat {
+                    delivery_id: key.split_once('#').map_or(key, |(_, id)| id).to_owned(),
+                }))
+            }
+            Claim::Done {
+                undelivered: Some(kept),
+            } => {
+                tracing::info!(
+                    key,
+                    "repeat of a run whose result was not delivered; publishing the kept result"
+                );
+                let doc: serde_json::Value = serde_json::from_str(&kept).map_err(|_| {
+                    ServiceError::StateUnavailable(crate::state::StoreError(format!(
+                        "{key}: the kept result is unreadable"
+                    )))
+                })?;
+                self.publish(&doc, deadline).await?;
+                self.finished(key, None).await;
+                Ok(Some(Disposition::Republished(Box::new(doc))))
+            }
+        }
+    }
+
+    /// Marks a claimed key done. A failure is logged, not raised: the run
+    /// is over, and a repeat would at worst run again (the action is
+    /// idempotent).
+    async fn finished(&self, key: &str, undelivered: Option<&str>) {
+        if let Err(e) = self.store.finish(key, &self.instance, undelivered).await {
+            tracing::warn!(key, error = %e, "a finished delivery could not be recorded");
+        }
+    }
+
+    async fn publish(&self, doc: &serde_json::Value, deadline: Option<Instant>) -> Result<(), ServiceError> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        sink.publish(doc, deadline).await.map_err(|e| {
+            ServiceError::ResultDeliveryFailed(format!(
+                "the result of {} was not delivered: {e}",
+                doc["correlation_id"].as_str().unwrap_or("a run")
+            ))
+        })
+    }
+
+    /// Runs one request to the end: claim, engine, continuation,
+    /// publication. Every log line of the run carries its correlation id.
     async fn run(&self, mut req: AttestationRequest, delivery: &Delivery) -> Result<Disposition, ServiceError> {
-        // A run the caller named is recognised by what it asks for.
+        // A run the caller named is also recognised by what it asks for (a
+        // Step Functions retry arrives with a new request id).
         let request_key = req.correlation_id.is_some().then(|| {
             use sha2::{Digest, Sha256};
-            hex::encode(Sha256::digest(req.to_payload().to_json().as_bytes()))
+            format!(
+                "request#{}",
+                hex::encode(Sha256::digest(req.to_payload().to_json().as_bytes()))
+            )
         });
-        let keys = undelivered_keys(delivery, request_key.as_deref());
         let correlation_id = req
             .correlation_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
         let span = tracing::info_span!("run", correlation_id = %correlation_id, part = req.part);
-        tracing::Instrument::instrument(self.run_in_span(req, delivery, keys), span).await
+        tracing::Instrument::instrument(self.claimed_run(req, delivery, request_key), span).await
     }
 
-    fn lock_undelivered(&self) -> std::sync::MutexGuard<'_, Undelivered> {
-        self.undelivered.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Publishes a result; on failure keeps it under `keys` for the
-    /// redelivery.
-    async fn publish(
-        &self,
-        result: Arc<RunResult>,
-        keys: &[String],
-        deadline: Option<Instant>,
-    ) -> Result<(), ServiceError> {
-        let Some(sink) = &self.sink else {
-            return Ok(());
-        };
-        match sink.publish(&result, deadline).await {
-            Ok(()) => {
-                self.lock_undelivered().remove(keys);
-                Ok(())
-            }
-            Err(e) => {
-                let correlation_id = result.correlation_id.clone();
-                if !keys.is_empty() {
-                    self.lock_undelivered().insert(keys.to_vec(), result);
-                }
-                Err(ServiceError::ResultDeliveryFailed(format!(
-                    "the result of {correlation_id} was not delivered: {e}"
-                )))
-            }
-        }
-    }
-
-    async fn run_in_span(
+    /// A run under its delivery's claim: a repeat is acknowledged or its
+    /// kept result republished, a delivery another instance holds is
+    /// returned for retry, and a run that fails gives its claim back.
+    async fn claimed_run(
         &self,
         req: AttestationRequest,
         delivery: &Delivery,
-        keys: Vec<String>,
+        request_key: Option<String>,
     ) -> Result<Disposition, ServiceError> {
-        if let Some(key) = delivery.delivery_id.as_deref().filter(|k| self.seen(k)) {
-            tracing::info!(delivery_id = key, "repeat delivery of a completed run; skipped");
-            return Ok(Disposition::Repeat {
-                delivery_id: key.to_owned(),
-            });
+        let key = delivery.delivery_id.as_ref().map(|d| format!("delivery#{d}"));
+        if let Some(key) = &key
+            && let Some(done) = self.claim(key, delivery.deadline).await?
+        {
+            return Ok(done);
         }
-        let stored = self.lock_undelivered().find(&keys);
-        if let Some(result) = stored {
-            tracing::info!("repeat of a run whose result was not delivered; publishing the stored result");
-            self.publish(result.clone(), &keys, delivery.deadline).await?;
-            if let Some(key) = &delivery.delivery_id {
-                self.remember(key);
+        if let Some(rk) = &request_key {
+            // Only a kept result counts for a request key: the same request
+            // sent again later is a new run.
+            match self
+                .store
+                .claim(rk, &self.instance, self.lease_until(delivery.deadline))
+                .await
+            {
+                Ok(kept @ Claim::Done { undelivered: Some(_) }) => {
+                    if let Some(republished) = self.on_claim(rk, kept, delivery.deadline).await? {
+                        if let Some(key) = &key {
+                            self.finished(key, None).await;
+                        }
+                        return Ok(republished);
+                    }
+                }
+                Ok(Claim::Claimed) => {
+                    let _ = self.store.release(rk, &self.instance).await;
+                }
+                _ => {}
             }
-            return Ok(Disposition::Republished(Box::new((*result).clone())));
         }
+        let ran = self.run_to_result(req, delivery).await;
+        let result = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(key) = &key
+                    && let Err(release) = self.store.release(key, &self.instance).await
+                {
+                    tracing::warn!(error = %release, "a claim could not be given back; it runs out with its lease");
+                }
+                return Err(e);
+            }
+        };
+        let doc = serde_json::to_value(&result).unwrap_or_default();
+        match self.publish(&doc, delivery.deadline).await {
+            Ok(()) => {
+                if let Some(key) = &key {
+                    self.finished(key, None).await;
+                }
+                Ok(Disposition::Ran(Box::new(result)))
+            }
+            Err(e) => {
+                // Kept, so the redelivery publishes it instead of running the
+                // devices again.
+                let kept = doc.to_string();
+                for k in key.iter().chain(request_key.iter()) {
+                    self.finished(k, Some(&kept)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the engine (reading rotated credentials again once), then hands
+    /// untried devices to the next part.
+    async fn run_to_result(&self, req: AttestationRequest, delivery: &Delivery) -> Result<RunResult, ServiceError> {
         let ignore = req.ignore_partial_failures;
         let mut client = self.graph_client(false).await?;
         let mut refreshed = false;
@@ -764,12 +828,7 @@ impl AttestService {
             self.continue_untried(&req, &mut result, delivery.deadline).await;
         }
         result.refresh(ignore);
-        let result = Arc::new(result);
-        self.publish(result.clone(), &keys, delivery.deadline).await?;
-        if let Some(key) = &delivery.delivery_id {
-            self.remember(key);
-        }
-        Ok(Disposition::Ran(Box::new(Arc::unwrap_or_clone(result))))
+        Ok(result)
     }
 
     /// Hands devices the deadline left untried to the next part of the run.
@@ -853,7 +912,7 @@ impl AttestService {
         self.send(messages, Some(deadline))
             .await
             .map_err(|e| ServiceError::ResultDeliveryFailed(format!("sweep chunks {e}")))?;
-        self.remember(correlation_id);
+        self.finished(&format!("sweep#{correlation_id}"), None).await;
         tracing::info!(devices = ids.len(), chunks, "sweep dispatched");
         Ok(Disposition::Dispatched(SweepDispatch {
             correlation_id: correlation_id.to_owned(),

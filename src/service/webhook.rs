@@ -3,16 +3,15 @@
 //! IAM), replay protection, then the payload. A front door only decodes its
 //! HTTP envelope into a [`WebhookRequest`] and encodes the [`HttpAnswer`].
 
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::recent::RecentSet;
 use super::signature;
 use crate::credentials::WebhookSecrets;
+use crate::state::StateStore;
 
 /// Largest webhook body accepted (after base64 decoding), before anything
 /// is parsed.
@@ -102,10 +101,10 @@ pub struct Admitted {
     pub replay_key: Option<String>,
 }
 
-/// The admission gate with its replay memory.
+/// The admission gate. Signatures already used are remembered in the
+/// state store, so a replay is refused whichever instance it reaches.
 pub struct Gate {
     auth: WebhookAuth,
-    replays: Mutex<RecentSet>,
 }
 
 fn now_unix() -> u64 {
@@ -118,19 +117,12 @@ fn now_unix() -> u64 {
 impl Gate {
     /// A gate authenticating with `auth`.
     pub fn new(auth: WebhookAuth) -> Self {
-        Self {
-            auth,
-            replays: Mutex::new(RecentSet::new(10_000)),
-        }
-    }
-
-    fn replays(&self) -> std::sync::MutexGuard<'_, RecentSet> {
-        self.replays.lock().unwrap_or_else(|p| p.into_inner())
+        Self { auth }
     }
 
     /// Checks everything but the payload's meaning. A signed call's replay
     /// key is claimed here and must be settled with [`Gate::settle`].
-    pub async fn admit(&self, req: &WebhookRequest) -> Result<Admitted, HttpAnswer> {
+    pub async fn admit(&self, req: &WebhookRequest, store: &dyn StateStore) -> Result<Admitted, HttpAnswer> {
         if !req.method.eq_ignore_ascii_case("POST") {
             return Err(HttpAnswer::error(405, "method_not_allowed"));
         }
@@ -162,21 +154,26 @@ impl Gate {
                     tracing::error!(error = %e, "webhook secrets unavailable");
                     HttpAnswer::error(503, "unavailable")
                 })?;
-                let verified =
-                    signature::verify(req.signature.as_deref(), &payload, &secrets, now_unix()).and_then(|v| {
-                        let key = format!("{}:{}", v.timestamp, v.signature);
-                        let mut replays = self.replays();
-                        if replays.contains(&key) {
-                            return Err(signature::SignatureError::Replayed);
-                        }
-                        replays.insert(&key);
-                        Ok(key)
-                    });
-                match verified {
-                    Ok(key) => Some(key),
+                let verified = match signature::verify(req.signature.as_deref(), &payload, &secrets, now_unix()) {
+                    Ok(v) => v,
                     Err(e) => {
                         tracing::warn!(reason = %e, "webhook refused");
                         return Err(HttpAnswer::error(401, "unauthorized"));
+                    }
+                };
+                // Remembered past the signature's tolerance, after which the
+                // timestamp alone refuses it.
+                let key = format!("replay#{}:{}", verified.timestamp, verified.signature);
+                let until = SystemTime::now() + Duration::from_secs(2 * signature::TOLERANCE_SECS);
+                match store.first_use(&key, until).await {
+                    Ok(true) => Some(key),
+                    Ok(false) => {
+                        tracing::warn!(reason = %signature::SignatureError::Replayed, "webhook refused");
+                        return Err(HttpAnswer::error(401, "unauthorized"));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "replay protection unavailable");
+                        return Err(HttpAnswer::error(503, "unavailable"));
                     }
                 }
             }
@@ -191,9 +188,11 @@ impl Gate {
     /// Settles a claimed replay key: kept when the request was accepted
     /// (a replay is then refused), given back when it was not, so that the
     /// caller's identical retry is not taken for a replay.
-    pub fn settle(&self, replay_key: Option<&str>, accepted: bool) {
-        if let (Some(key), false) = (replay_key, accepted) {
-            self.replays().remove(key);
+    pub async fn settle(&self, replay_key: Option<&str>, accepted: bool, store: &dyn StateStore) {
+        if let (Some(key), false) = (replay_key, accepted)
+            && let Err(e) = store.forget(key).await
+        {
+            tracing::warn!(error = %e, "a replay key could not be given back");
         }
     }
 }

@@ -64,9 +64,14 @@ fn the_policies_name_exactly_the_resources_they_need() {
     let mut actions = Vec::new();
     for s in statements {
         assert_eq!(s["Effect"], "Allow");
-        let action = s["Action"].as_str().expect("one action per statement");
-        assert!(!action.contains('*'), "{action}");
-        actions.push(action.to_owned());
+        let named: Vec<String> = match &s["Action"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_owned()).collect(),
+            other => panic!("an action list expected: {other}"),
+        };
+        assert!(named.iter().all(|a| !a.contains('*')), "{named:?}");
+        let action = named.join(",");
+        actions.extend(named);
         let mut rs = Vec::new();
         resources(&s["Resource"], &mut rs);
         for r in rs {
@@ -82,11 +87,24 @@ fn the_policies_name_exactly_the_resources_they_need() {
     assert_eq!(
         actions,
         vec![
+            "dynamodb:DeleteItem",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
             "events:PutEvents",
             "secretsmanager:GetSecretValue",
             "sqs:GetQueueAttributes",
             "sqs:SendMessage"
         ]
+    );
+    let table = statements
+        .iter()
+        .find(|s| s["Sid"] == "SharedState")
+        .expect("a statement for the state table");
+    assert_eq!(
+        table["Resource"],
+        serde_json::json!({"Fn::GetAtt": ["StateTable", "Arn"]})
     );
     let by_action = |a: &str| statements.iter().find(|s| s["Action"] == a).unwrap()["Resource"].clone();
     for action in ["sqs:SendMessage", "sqs:GetQueueAttributes"] {
@@ -172,6 +190,11 @@ fn the_url_is_iam_by_default_and_none_needs_the_signing_secret() {
 fn platform_limits_are_set_where_the_code_relies_on_them() {
     let t = template();
     let f = &t["Resources"]["AttestFunction"]["Properties"];
+    // The shared state: on demand, with TTL, named to the function.
+    let table = &t["Resources"]["StateTable"]["Properties"];
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
+    assert_eq!(f["Environment"]["Variables"]["STATE_TABLE"]["Ref"], "StateTable");
     // One message per invocation: a returned, unstarted record would count
     // toward maxReceiveCount.
     assert_eq!(f["Events"]["Work"]["Properties"]["BatchSize"], 1);

@@ -71,6 +71,8 @@ pub(crate) struct AppOptions {
     pub(crate) extra_env: Vec<(&'static str, &'static str)>,
     /// The function URL is not IAM: an IAM context is not to be trusted.
     pub(crate) no_iam: bool,
+    /// The DynamoDB state table shared with other instances.
+    pub(crate) state_table: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -83,6 +85,7 @@ impl Default for AppOptions {
             webhook: None,
             extra_env: vec![],
             no_iam: false,
+            state_table: None,
         }
     }
 }
@@ -123,9 +126,15 @@ impl World {
             host: false,
         };
         let sweep = SweepSettings::from_env(|k| (k == "SWEEP_CHUNK_SIZE").then(|| "50".to_string())).unwrap();
-        let service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300))
+        let mut service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300))
             .with_webhook_auth(auth)
             .with_sweep(sweep);
+        if let Some(table) = o.state_table {
+            service = service.with_state_store(Arc::new(intune_attest::state::dynamodb::DynamoStore::new(
+                self.aws.dynamodb.clone(),
+                table,
+            )));
+        }
         LambdaApp::new(service, "intune-attest-test".into(), false)
     }
 

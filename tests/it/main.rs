@@ -15,3 +15,4 @@ mod platform_limits;
 mod properties;
 mod redirects;
 mod secret_hygiene;
+mod shared_state;

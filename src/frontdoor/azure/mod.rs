@@ -84,7 +84,7 @@ fn reply(outputs: Value, logs: Vec<String>) -> Response {
 fn encode(d: Disposition) -> Response {
     let doc = |v: String| json!({RESULT_BINDING: v});
     match d {
-        Disposition::Ran(result) | Disposition::Republished(result) => {
+        Disposition::Ran(result) => {
             let log = format!(
                 "{}: {:?} {}",
                 result.correlation_id,
@@ -92,6 +92,10 @@ fn encode(d: Disposition) -> Response {
                 json!(result.summary)
             );
             reply(doc(serde_json::to_string(&*result).unwrap_or_default()), vec![log])
+        }
+        Disposition::Republished(kept) => {
+            let log = format!("{}: republished", kept["correlation_id"]);
+            reply(doc(kept.to_string()), vec![log])
         }
         Disposition::Rejected(r) => {
             let log = format!("request refused: {}", r.message);

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::HostError;
-use crate::core::outcome::RunResult;
+use crate::core::outcome::{RunResult, bounded_document};
 use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger as Via, WebhookRequest};
 
 pub use events::{Trigger, classify};
@@ -67,8 +67,8 @@ fn diagnostic(error_type: &str, message: impl Into<String>) -> Diagnostic {
     }
 }
 
-fn brief(result: &RunResult) -> Value {
-    json!({"correlation_id": result.correlation_id, "status": result.status, "summary": result.summary})
+fn brief(doc: &Value) -> Value {
+    json!({"correlation_id": doc["correlation_id"], "status": doc["status"], "summary": doc["summary"]})
 }
 
 impl LambdaApp {
@@ -111,7 +111,7 @@ impl LambdaApp {
                     .id(ctx.request_id.clone())
                     .deadline(ctx.deadline);
                 let d = self.service.deliver(delivery).await;
-                self.answer(d, |r| r.bounded_document(MAX_SYNC_RESPONSE, FULL_RESULT_AT))
+                self.answer(d, |doc| bounded_document(doc, MAX_SYNC_RESPONSE, FULL_RESULT_AT))
             }
         }
     }
@@ -124,27 +124,25 @@ impl LambdaApp {
 
     /// A disposition as a synchronous invoke's answer: a failed run is the
     /// `AttestationFailed` error (so Step Functions can branch on it).
-    fn answer(&self, d: Disposition, shape: impl Fn(&RunResult) -> Value) -> Result<Value, Diagnostic> {
-        match d {
+    fn answer(&self, d: Disposition, shape: impl Fn(&Value) -> Value) -> Result<Value, Diagnostic> {
+        let doc = match d {
             Disposition::Ran(result) => {
                 self.observe(&result);
-                if result.failed {
-                    return Err(diagnostic("AttestationFailed", brief(&result).to_string()));
-                }
-                Ok(shape(&result))
+                serde_json::to_value(&*result).unwrap_or_default()
             }
-            Disposition::Repeat { delivery_id } => Ok(json!({"repeat": true, "delivery_id": delivery_id})),
-            Disposition::Republished(result) if result.failed => {
-                Err(diagnostic("AttestationFailed", brief(&result).to_string()))
-            }
-            Disposition::Republished(result) => Ok(shape(&result)),
+            Disposition::Republished(doc) => *doc,
+            Disposition::Repeat { delivery_id } => return Ok(json!({"repeat": true, "delivery_id": delivery_id})),
             Disposition::Accepted { correlation_id, parts } => {
-                Ok(json!({"accepted": true, "correlation_id": correlation_id, "parts": parts}))
+                return Ok(json!({"accepted": true, "correlation_id": correlation_id, "parts": parts}));
             }
-            Disposition::Dispatched(d) => Ok(json!(d)),
-            Disposition::Rejected(r) => Err(diagnostic(&r.error_type, r.message)),
-            Disposition::Retry(e) => Err((&e).into()),
+            Disposition::Dispatched(d) => return Ok(json!(d)),
+            Disposition::Rejected(r) => return Err(diagnostic(&r.error_type, r.message)),
+            Disposition::Retry(e) => return Err((&e).into()),
+        };
+        if doc["failed"] == Value::Bool(true) {
+            return Err(diagnostic("AttestationFailed", brief(&doc).to_string()));
         }
+        Ok(shape(&doc))
     }
 
     async fn sqs(&self, records: &[Value], ctx: &InvocationContext) -> Value {

@@ -59,9 +59,16 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
         iam: env("FUNCTION_URL_AUTH_TYPE").is_some_and(|t| t == "AWS_IAM"),
         host: false,
     };
-    let service = AttestService::new(settings, credentials, sink, queue, ttl)
+    let mut service = AttestService::new(settings, credentials, sink, queue, ttl)
         .with_webhook_auth(auth)
         .with_sweep(SweepSettings::from_env(env)?);
+    // Without a shared table, claims and replays live in this process.
+    if let Some(table) = env("STATE_TABLE") {
+        service = service.with_state_store(Arc::new(crate::state::dynamodb::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            table,
+        )));
+    }
     let function_name = env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "intune-attest".into());
     let metrics = env("ATTEST_METRICS").is_none_or(|v| v != "off");
     Ok(LambdaApp::new(service, function_name, metrics))

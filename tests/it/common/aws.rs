@@ -64,6 +64,7 @@ pub struct Clients {
     pub secrets: aws_sdk_secretsmanager::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub events: aws_sdk_eventbridge::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl Clients {
@@ -73,7 +74,42 @@ impl Clients {
             secrets: aws_sdk_secretsmanager::Client::new(&cfg),
             sqs: aws_sdk_sqs::Client::new(&cfg),
             events: aws_sdk_eventbridge::Client::new(&cfg),
+            dynamodb: aws_sdk_dynamodb::Client::new(&cfg),
         }
+    }
+
+    /// The state table as the template declares it: `pk` and `sk` strings,
+    /// on demand.
+    pub async fn state_table(&self, name: &str) -> String {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+                .unwrap()
+        };
+        self.dynamodb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .send()
+            .await
+            .unwrap();
+        name.to_owned()
     }
 
     pub async fn secret(&self, name: &str, value: &str) -> String {

@@ -1,0 +1,306 @@
+//! The shared state on one DynamoDB table (`STATE_TABLE`; on-demand, TTL on
+//! `expires_at`), written with conditional puts so that two instances can
+//! never both claim a delivery.
+//!
+//! | item | `pk` | `sk` | attributes |
+//! |---|---|---|---|
+//! | a delivery | `delivery#<id>` | `state` | `state` (`claimed` / `done`), `owner`, `lease_until` (ms), `chunks`, `expires_at` (s) |
+//! | a result kept for republication | `delivery#<id>` | `result#0000`... | `data` (a slice of the JSON, under the 400 KB item limit) |
+//! | a used webhook signature | `replay#<t>:<v1>` | `state` | `state` (`used`), `expires_at` |
+//!
+//! DynamoDB deletes expired items hours late, so every read compares
+//! `expires_at` itself.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{Claim, DONE_TTL, StateStore, StoreError, epoch_ms};
+use crate::core::BoxFuture;
+use crate::core::text::bounded;
+
+/// The largest slice of a kept result in one item (DynamoDB's item limit is
+/// 400 KB, attribute names and keys included).
+const CHUNK_BYTES: usize = 300 * 1024;
+
+/// The state store on DynamoDB.
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoStore {
+    /// The store on `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { client, table }
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn num(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+fn unavailable<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError(bounded(&e.to_string(), 200))
+}
+
+fn describe<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(s) => bounded(&s.to_string(), 200),
+        None => "the state table did not answer".into(),
+    }
+}
+
+impl DynamoStore {
+    async fn item(&self, pk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s("state"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError(describe(&e)))?;
+        Ok(out.item().cloned())
+    }
+
+    async fn kept_result(&self, pk: &str, chunks: u64) -> Result<Option<String>, StoreError> {
+        if chunks == 0 {
+            return Ok(None);
+        }
+        // A query answers at most 1 MB a page: follow the pages.
+        let mut parts: Vec<(String, String)> = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :r)")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":r", s("result#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| StoreError(describe(&e)))?;
+            parts.extend(
+                out.items()
+                    .iter()
+                    .map(|i| (text(i, "sk").to_owned(), text(i, "data").to_owned())),
+            );
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        parts.sort();
+        if parts.len() as u64 != chunks {
+            return Err(StoreError(format!(
+                "a kept result has {} of its {chunks} parts",
+                parts.len()
+            )));
+        }
+        Ok(Some(parts.into_iter().map(|(_, d)| d).collect()))
+    }
+}
+
+impl StateStore for DynamoStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease_until: SystemTime,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let now = SystemTime::now();
+            let lease = epoch_ms(lease_until);
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(key))
+                .item("sk", s("state"))
+                .item("state", s("claimed"))
+                .item("owner", s(owner))
+                .item("lease_until", n(lease))
+                .item("expires_at", n(lease / 1000 + DONE_TTL.as_secs()))
+                // Free, expired, or claimed by an instance whose lease ran out
+                // (or by this owner already).
+                .condition_expression(
+                    "attribute_not_exists(pk) OR expires_at < :now_s \
+                     OR (#state = :claimed AND (lease_until < :now_ms OR #owner = :owner))",
+                )
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_values(":now_s", n(epoch_ms(now) / 1000))
+                .expression_attribute_values(":now_ms", n(epoch_ms(now)))
+                .expression_attribute_values(":claimed", s("claimed"))
+                .expression_attribute_values(":owner", s(owner))
+                .send()
+                .await;
+            match put {
+                Ok(_) => Ok(Claim::Claimed),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
+                    let Some(item) = self.item(key).await? else {
+                        // Gone since (released): the caller may try again.
+                        return Ok(Claim::HeldElsewhere);
+                    };
+                    if text(&item, "state") == "done" {
+                        let undelivered = self.kept_result(key, num(&item, "chunks")).await?;
+                        Ok(Claim::Done { undelivered })
+                    } else {
+                        Ok(Claim::HeldElsewhere)
+                    }
+                }
+                Err(e) => Err(StoreError(describe(&e))),
+            }
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        undelivered: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let expires = epoch_ms(SystemTime::now() + DONE_TTL) / 1000;
+            let mut chunks = 0u64;
+            if let Some(result) = undelivered {
+                let bytes = result.as_bytes();
+                let mut start = 0;
+                while start < bytes.len() {
+                    // Cut on a character boundary.
+                    let mut end = (start + CHUNK_BYTES).min(bytes.len());
+                    while !result.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    self.client
+                        .put_item()
+                        .table_name(&self.table)
+                        .item("pk", s(key))
+                        .item("sk", s(&format!("result#{chunks:04}")))
+                        .item("data", s(&result[start..end]))
+                        .item("expires_at", n(expires))
+                        .send()
+                        .await
+                        .map_err(|e| StoreError(describe(&e)))?;
+                    chunks += 1;
+                    start = end;
+                }
+            }
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(key))
+                .item("sk", s("state"))
+                .item("state", s("done"))
+                .item("owner", s(owner))
+                .item("chunks", n(chunks))
+                .item("expires_at", n(expires))
+                .send()
+                .await
+                .map_err(|e| StoreError(describe(&e)))?;
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let deleted = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(key))
+                .key("sk", s("state"))
+                .condition_expression("#state = :claimed AND #owner = :owner")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_values(":claimed", s("claimed"))
+                .expression_attribute_values(":owner", s(owner))
+                .send()
+                .await;
+            match deleted {
+                Ok(_) => Ok(()),
+                // Not ours any more: nothing to give back.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(unavailable(describe(&e))),
+            }
+        })
+    }
+
+    fn first_use<'a>(&'a self, key: &'a str, until: SystemTime) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(key))
+                .item("sk", s("state"))
+                .item("state", s("used"))
+                .item("expires_at", n(epoch_ms(until) / 1000 + 1))
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now_s")
+                .expression_attribute_values(":now_s", n(epoch_ms(SystemTime::now()) / 1000))
+                .send()
+                .await;
+            match put {
+                Ok(_) => Ok(true),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(StoreError(describe(&e))),
+            }
+        })
+    }
+
+    fn forget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(key))
+                .key("sk", s("state"))
+                .send()
+                .await
+                .map_err(|e| StoreError(describe(&e)))?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! Several instances, one DynamoDB state table (moto): a delivery runs once
+//! whichever instances it reaches, a claim whose instance died runs out, a
+//! kept result is republished by another instance, and a webhook signature
+//! used at one instance is refused at the others.
+
+use std::time::{Duration, SystemTime};
+
+use graph_sim::{FleetSpec, SimConfig};
+use intune_attest::state::dynamodb::DynamoStore;
+use intune_attest::state::{Claim, StateStore};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::common::sim_config;
+use crate::lambda_handler::{AppOptions, World, ctx, http_event, now, sqs_event, world};
+
+fn fleet(size: usize) -> SimConfig {
+    let mut cfg = sim_config();
+    cfg.fleet = FleetSpec {
+        size,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..FleetSpec::default()
+    };
+    cfg
+}
+
+fn ids(w: &World) -> Vec<String> {
+    w.sim.fleet().iter().map(|d| d.id.clone()).collect()
+}
+
+fn shared(table: &str) -> AppOptions {
+    AppOptions {
+        state_table: Some(table.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn each_once(w: &World, n: usize) {
+    let ledger = w.sim.ledger_counts();
+    assert_eq!(ledger.len(), n, "every device initiated");
+    assert!(ledger.values().all(|&c| c == 1), "a device initiated twice: {ledger:?}");
+}
+
+#[tokio::test]
+async fn a_repeat_reaching_another_instance_is_acknowledged_without_a_graph_call() {
+    let w = world(fleet(20)).await;
+    let table = w.aws.state_table("state-repeat").await;
+    let (a, b) = (w.app(shared(&table)), w.app(shared(&table)));
+    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let first = a
+        .handle(sqs_event(&[("m-1", body.clone())]), ctx("a-1", 60))
+        .await
+        .unwrap();
+    assert_eq!(first, json!({"batchItemFailures": []}));
+    let requests = w.sim.stats().http_requests;
+    let again = b.handle(sqs_event(&[("m-1", body)]), ctx("b-1", 60)).await.unwrap();
+    assert_eq!(again, json!({"batchItemFailures": []}));
+    assert_eq!(w.sim.stats().http_requests, requests, "instance B called Graph");
+    each_once(&w, 20);
+}
+
+#[tokio::test]
+async fn the_same_delivery_at_two_instances_at_once_runs_once() {
+    let w = world(fleet(200)).await;
+    let table = w.aws.state_table("state-race").await;
+    let mk = || {
+        w.app(AppOptions {
+            extra_env: vec![("ATTEST_WRITE_BUDGET", "100")],
+            ..shared(&table)
+        })
+    };
+    let (a, b) = (mk(), mk());
+    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let (ra, rb) = tokio::join!(
+        a.handle(sqs_event(&[("m-2", body.clone())]), ctx("a-2", 60)),
+        b.handle(sqs_event(&[("m-2", body)]), ctx("b-2", 60)),
+    );
+    let answers = [ra.unwrap(), rb.unwrap()];
+    let returned = answers
+        .iter()
+        .filter(|a| **a == json!({"batchItemFailures": [{"itemIdentifier": "m-2"}]}))
+        .count();
+    let ran = answers
+        .iter()
+        .filter(|a| **a == json!({"batchItemFailures": []}))
+        .count();
+    assert_eq!((ran, returned), (1, 1), "{answers:?}");
+    each_once(&w, 200);
+}
+
+#[tokio::test]
+async fn a_claim_left_by_a_dead_instance_runs_out_and_the_delivery_then_runs_once() {
+    let w = world(fleet(10)).await;
+    let table = w.aws.state_table("state-dead").await;
+    // An instance claimed the message for two seconds and died.
+    let store = DynamoStore::new(w.aws.dynamodb.clone(), table.clone());
+    let lease = SystemTime::now() + Duration::from_secs(2);
+    assert_eq!(store.claim("delivery#m-3", "dead", lease).await, Ok(Claim::Claimed));
+    let a = w.app(shared(&table));
+    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let held = a
+        .handle(sqs_event(&[("m-3", body.clone())]), ctx("a-3", 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        json!({"batchItemFailures": [{"itemIdentifier": "m-3"}]}),
+        "held: returned, not run"
+    );
+    assert!(w.sim.ledger_counts().is_empty());
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let ran = a.handle(sqs_event(&[("m-3", body)]), ctx("a-4", 60)).await.unwrap();
+    assert_eq!(ran, json!({"batchItemFailures": []}));
+    each_once(&w, 10);
+}
+
+#[tokio::test]
+async fn a_kept_result_is_republished_by_another_instance() {
+    let w = world(fleet(30)).await;
+    let table = w.aws.state_table("state-kept").await;
+    let a = w.app(AppOptions {
+        bus: "kept-bus",
+        ..shared(&table)
+    });
+    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let first = a
+        .handle(sqs_event(&[("m-4", body.clone())]), ctx("a-5", 60))
+        .await
+        .unwrap();
+    assert_eq!(first, json!({"batchItemFailures": [{"itemIdentifier": "m-4"}]}));
+    let events = w.aws.bus_into_queue("kept-bus").await;
+    let b = w.app(AppOptions {
+        bus: "kept-bus",
+        ..shared(&table)
+    });
+    let again = b.handle(sqs_event(&[("m-4", body)]), ctx("b-5", 60)).await.unwrap();
+    assert_eq!(again, json!({"batchItemFailures": []}));
+    each_once(&w, 30);
+    let published: Vec<serde_json::Value> = w
+        .aws
+        .drain(&events)
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        published
+            .iter()
+            .any(|e| e["detail-type"] == "Device Attestation Result" && e["detail"]["summary"]["initiated"] == 30),
+        "the kept result was published: {} event(s)",
+        published.len()
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_signature_used_at_one_instance_is_refused_at_another() {
+    let w = world(fleet(5)).await;
+    let table = w.aws.state_table("state-replay").await;
+    let secret = "whsec-0123456789abcdefghijklmnopqrstuvwxyz";
+    let mk = || {
+        w.app(AppOptions {
+            webhook: Some(vec![secret]),
+            ..shared(&table)
+        })
+    };
+    let (a, b) = (mk(), mk());
+    let body = json!({"managed_device_ids": ids(&w)}).to_string();
+    let sig = intune_attest::service::signature::sign(&SecretString::from(secret.to_string()), now(), body.as_bytes());
+    let event = http_event(&body, json!({"x-intune-attest-signature": sig}), None);
+    let first = a.handle(event.clone(), ctx("h-a", 60)).await.unwrap();
+    assert_eq!(first["statusCode"], 200, "{first}");
+    let replay = b.handle(event, ctx("h-b", 60)).await.unwrap();
+    assert_eq!(replay["statusCode"], 401, "{replay}");
+    each_once(&w, 5);
+}
+
+#[tokio::test]
+async fn a_kept_result_larger_than_an_item_reads_back_whole() {
+    let w = world(fleet(1)).await;
+    let table = w.aws.state_table("state-chunks").await;
+    let store = DynamoStore::new(w.aws.dynamodb.clone(), table);
+    let later = SystemTime::now() + Duration::from_secs(60);
+    assert_eq!(store.claim("delivery#big", "a", later).await, Ok(Claim::Claimed));
+    // About 1 MB with multi-byte characters, past DynamoDB's 400 KB item.
+    let kept = format!("{{\"x\": \"{}\"}}", "é…".repeat(200_000));
+    store.finish("delivery#big", "a", Some(&kept)).await.unwrap();
+    assert_eq!(
+        store.claim("delivery#big", "b", later).await,
+        Ok(Claim::Done {
+            undelivered: Some(kept)
+        })
+    );
+    // A released claim can be taken at once; a used key is refused.
+    assert_eq!(store.claim("delivery#r", "a", later).await, Ok(Claim::Claimed));
+    assert_eq!(store.claim("delivery#r", "b", later).await, Ok(Claim::HeldElsewhere));
+    store.release("delivery#r", "a").await.unwrap();
+    assert_eq!(store.claim("delivery#r", "b", later).await, Ok(Claim::Claimed));
+    assert_eq!(store.first_use("replay#1:ab", later).await, Ok(true));
+    assert_eq!(store.first_use("replay#1:ab", later).await, Ok(false));
+    store.forget("replay#1:ab").await.unwrap();
+    assert_eq!(store.first_use("replay#1:ab", later).await, Ok(true));
+}
