@@ -19,6 +19,7 @@ use crate::core::device::{DeviceId, DeviceKind};
 use crate::core::engine::{Engine, RunError};
 use crate::core::progress::Progress;
 use crate::core::request::AttestationRequest;
+use crate::core::text::bounded;
 use crate::credentials::AppCredentials;
 use crate::graph::GraphClient;
 
@@ -115,7 +116,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The same sanitiser as every log line: bounded, no control or
+            // bidirectional characters from a server's text.
+            eprintln!("error: {}", bounded(&format!("{e:#}"), 4000));
             ExitCode::from(2)
         }
     }
@@ -165,7 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = match outcome {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", bounded(&e.to_string(), 4000));
                     let code = match e {
                         RunError::Credentials(_) => 2,
                         RunError::Selection(_) | RunError::Unavailable(_) => 1,
