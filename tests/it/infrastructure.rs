@@ -288,4 +288,23 @@ fn the_azure_function_app_matches_the_handler() {
             .any(|b| b["name"] == intune_attest::frontdoor::azure::HTTP_BINDING)
     );
     assert_eq!(http["bindings"][0]["authLevel"], "function");
+    // One instance, one message at a time: the state stays in process on
+    // Azure, so the platform must not scale the app out.
+    let queues = &host["extensions"]["queues"];
+    assert_eq!(
+        (queues["batchSize"].as_u64(), queues["newBatchThreshold"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(azure.join("app-settings.json")).unwrap()).unwrap();
+    let setting = |name: &str| {
+        settings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["value"].clone())
+    };
+    assert_eq!(setting("WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT"), Some("1".into()));
+    assert_eq!(setting("FUNCTIONS_WORKER_RUNTIME"), Some("Custom".into()));
 }
