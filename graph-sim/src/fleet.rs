@@ -18,6 +18,12 @@ pub struct SimDevice {
     /// `hardwareInformation.tpmSpecificationVersion`: `Some("")` means no
     /// TPM reported, `None` means the field is not reported.
     pub tpm: Option<&'static str>,
+    /// `model`.
+    pub model: &'static str,
+    /// `manufacturer`.
+    pub manufacturer: &'static str,
+    /// `deviceType`.
+    pub device_type: &'static str,
 }
 
 impl SimDevice {
@@ -44,6 +50,9 @@ impl SimDevice {
             "operatingSystem": self.os,
             "osVersion": self.os_version,
             "managementAgent": agent,
+            "model": self.model,
+            "manufacturer": self.manufacturer,
+            "deviceType": self.device_type,
             "hardwareInformation": hardware,
         })
     }
@@ -70,6 +79,14 @@ pub struct FleetSpec {
     pub non_windows: f64,
     /// Fraction of Windows devices that are co-managed.
     pub comanaged: f64,
+    /// Windows devices with a TPM 1.2.
+    pub tpm_1_2: f64,
+    /// Windows virtual machines (Hyper-V / Azure, Azure Virtual Desktop).
+    pub virtual_machines: f64,
+    /// Windows 365 Cloud PCs.
+    pub cloud_pcs: f64,
+    /// Windows 10 devices on a build older than attestation needs.
+    pub old_builds: f64,
 }
 
 impl Default for FleetSpec {
@@ -81,6 +98,10 @@ impl Default for FleetSpec {
             windows_unknown_tpm: 0.05,
             non_windows: 0.2,
             comanaged: 0.15,
+            tpm_1_2: 0.0,
+            virtual_machines: 0.0,
+            cloud_pcs: 0.0,
+            old_builds: 0.0,
         }
     }
 }
@@ -112,15 +133,44 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
         .map(|i| {
             let id = guid(&mut rng);
             let roll = rng.f64();
-            let (os, os_version, tpm) = if roll < spec.non_windows {
+            // (os, osVersion, TPM, model, manufacturer, deviceType)
+            let physical = ("Latitude 7440", "Dell Inc.", "windowsRT");
+            let mut bucket = roll;
+            let mut take = |share: f64| {
+                bucket -= share;
+                bucket < 0.0
+            };
+            let (os, os_version, tpm, (model, manufacturer, device_type)) = if take(spec.non_windows) {
                 let (os, v) = others[rng.usize(..others.len())];
-                (os, v, None)
-            } else if roll < spec.non_windows + spec.windows_no_tpm {
-                ("Windows", "10.0.19045.4529", Some(""))
-            } else if roll < spec.non_windows + spec.windows_no_tpm + spec.windows_unknown_tpm {
-                ("Windows", "10.0.22631.3737", None)
+                (os, v, None, ("", "", "other"))
+            } else if take(spec.windows_no_tpm) {
+                ("Windows", "10.0.19045.4529", Some(""), physical)
+            } else if take(spec.windows_unknown_tpm) {
+                ("Windows", "10.0.22631.3737", None, physical)
+            } else if take(spec.tpm_1_2) {
+                ("Windows", "10.0.19045.4529", Some("1.2, 2, 3"), physical)
+            } else if take(spec.virtual_machines) {
+                (
+                    "Windows",
+                    "10.0.22631.3737",
+                    Some("2.0, 0, 1.38"),
+                    ("Virtual Machine", "Microsoft Corporation", "windowsRT"),
+                )
+            } else if take(spec.cloud_pcs) {
+                (
+                    "Windows",
+                    "10.0.22631.3737",
+                    Some("2.0, 0, 1.38"),
+                    (
+                        "Cloud PC Enterprise 2vCPU/8GB/128GB",
+                        "Microsoft Corporation",
+                        "cloudPC",
+                    ),
+                )
+            } else if take(spec.old_builds) {
+                ("Windows", "10.0.19044.3086", Some("2.0, 0, 1.59"), physical)
             } else {
-                ("Windows", "10.0.22631.3737", Some("2.0, 0, 1.59"))
+                ("Windows", "10.0.22631.3737", Some("2.0, 0, 1.59"), physical)
             };
             let comanaged = os == "Windows" && rng.f64() < spec.comanaged;
             SimDevice {
@@ -130,6 +180,9 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
                 os_version,
                 comanaged,
                 tpm,
+                model,
+                manufacturer,
+                device_type,
             }
         })
         .collect()

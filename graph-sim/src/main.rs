@@ -57,9 +57,15 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("unknown --retry-after {other:?}"),
     };
     let mut cfg = SimConfig {
+        // A realistic mix, so the quick start shows every kind of device
+        // that cannot attest.
         fleet: FleetSpec {
             size: args.devices,
             seed: args.seed,
+            tpm_1_2: 0.01,
+            virtual_machines: 0.03,
+            cloud_pcs: 0.02,
+            old_builds: 0.03,
             ..FleetSpec::default()
         },
         window: Duration::from_millis(args.window_ms),

@@ -99,7 +99,7 @@ impl DeviceRef {
     /// not serve a GET on `comanagedDevices/{id}`.
     pub fn read_path(&self) -> String {
         format!(
-            "/deviceManagement/managedDevices/{}?$select=id,deviceName,operatingSystem,osVersion,managementAgent,hardwareInformation",
+            "/deviceManagement/managedDevices/{}?$select=id,deviceName,operatingSystem,osVersion,managementAgent,model,manufacturer,deviceType,hardwareInformation",
             self.id
         )
     }

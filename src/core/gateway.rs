@@ -85,21 +85,31 @@ pub enum ItemAnswer<T> {
 }
 
 /// What a device reports about its TPM.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TpmReport {
     /// A specification version was reported (for example `"2.0"`).
     Present(String),
     /// The field was reported and empty: no TPM.
     Empty,
     /// Not reported at all: proceed and let Intune decide.
+    #[default]
     Unknown,
 }
 
-/// The facts validation needs about a device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The facts validation needs about a device (see
+/// [`eligibility`](super::eligibility)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// `operatingSystem`.
     pub operating_system: Option<String>,
+    /// `osVersion` (`10.0.<build>.<revision>` on Windows).
+    pub os_version: Option<String>,
+    /// `model`.
+    pub model: Option<String>,
+    /// `manufacturer`.
+    pub manufacturer: Option<String>,
+    /// `deviceType` (`cloudPC` for Windows 365).
+    pub device_type: Option<String>,
     /// `hardwareInformation.tpmSpecificationVersion`.
     pub tpm: TpmReport,
 }

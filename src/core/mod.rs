@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod device;
 pub mod duration;
+pub mod eligibility;
 pub mod engine;
 pub mod filter;
 pub mod gateway;

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::device::{DeviceId, DeviceKind};
+pub use super::eligibility::ReasonCode;
 
 /// The result document's schema version. Bump on any breaking change.
 pub const SCHEMA_VERSION: &str = "1";
@@ -82,6 +83,10 @@ pub struct DeviceResult {
     pub outcome: Outcome,
     /// Why, for `unsupported` and for failures decided without Graph's word.
     pub reason: Option<String>,
+    /// Why, for machines: `not_found`, `not_windows`, `no_tpm`,
+    /// `tpm_below_2_0`, `virtual_machine`, `cloud_pc`, `os_build_too_old`,
+    /// or `tpm_unknown` (attempted, with a warning).
+    pub reason_code: Option<ReasonCode>,
     /// The last HTTP status Graph gave for this device.
     pub http_status: Option<u16>,
     /// Graph's `error.code`, when it gave one.
@@ -113,6 +118,7 @@ impl DeviceResult {
             kind,
             outcome,
             reason: None,
+            reason_code: None,
             http_status: None,
             error_code: None,
             message: None,

@@ -353,10 +353,12 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
 }
 
 fn device_info(body: Option<&Value>) -> DeviceInfo {
-    let os = body
-        .and_then(|b| b.get("operatingSystem"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let text = |name: &str| {
+        body.and_then(|b| b.get(name))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     let tpm = match body
         .and_then(|b| b.get("hardwareInformation"))
         .and_then(|h| h.get("tpmSpecificationVersion"))
@@ -366,7 +368,11 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
         _ => TpmReport::Unknown,
     };
     DeviceInfo {
-        operating_system: os,
+        operating_system: text("operatingSystem"),
+        os_version: text("osVersion"),
+        model: text("model"),
+        manufacturer: text("manufacturer"),
+        device_type: text("deviceType"),
         tpm,
     }
 }

@@ -469,3 +469,78 @@ async fn unused_sim_config_is_default() {
     );
     assert_eq!(c.window, Duration::from_secs(20));
 }
+
+#[tokio::test]
+async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no_write() {
+    let mut cfg = sim_config();
+    cfg.fleet = FleetSpec {
+        size: 400,
+        seed: 11,
+        non_windows: 0.1,
+        windows_no_tpm: 0.1,
+        windows_unknown_tpm: 0.1,
+        tpm_1_2: 0.1,
+        virtual_machines: 0.1,
+        cloud_pcs: 0.1,
+        old_builds: 0.1,
+        comanaged: 0.0,
+    };
+    let h = harness(cfg).await;
+    let fleet = h.sim.fleet().to_vec();
+    let ids: Vec<String> = fleet.iter().map(|d| d.id.clone()).collect();
+    let r = h
+        .run(json!({"managed_device_ids": ids, "validate_device_exists": true, "timeouts": {"invoke": "2m"}}))
+        .await
+        .unwrap();
+    let ledger = h.sim.ledger_counts();
+    let mut seen = std::collections::HashMap::new();
+    for (d, out) in fleet.iter().zip(&r.devices) {
+        let expected = if !d.is_windows() {
+            Some("not_windows")
+        } else if d.device_type == "cloudPC" {
+            Some("cloud_pc")
+        } else if d.model == "Virtual Machine" {
+            Some("virtual_machine")
+        } else if d.os_version.starts_with("10.0.19044") {
+            Some("os_build_too_old")
+        } else if d.tpm == Some("") {
+            Some("no_tpm")
+        } else if d.tpm.is_some_and(|t| t.starts_with("1.2")) {
+            Some("tpm_below_2_0")
+        } else {
+            None
+        };
+        let code = out.reason_code.map(|c| c.as_str());
+        let written = ledger.contains_key(&(d.id.clone(), "managed"));
+        match expected {
+            Some(want) => {
+                assert_eq!(out.outcome, Outcome::Unsupported, "{}: {out:?}", d.id);
+                assert_eq!(code, Some(want), "{}", d.id);
+                assert!(out.reason.is_some());
+                assert!(!written, "a write was spent on an ineligible device");
+            }
+            None => {
+                assert_eq!(out.outcome, Outcome::Initiated, "{}: {out:?}", d.id);
+                assert!(written);
+                let unknown = d.tpm.is_none();
+                assert_eq!(code, unknown.then_some("tpm_unknown"), "{}", d.id);
+            }
+        }
+        *seen.entry(code.unwrap_or("eligible")).or_insert(0) += 1;
+    }
+    for kind in [
+        "not_windows",
+        "cloud_pc",
+        "virtual_machine",
+        "os_build_too_old",
+        "no_tpm",
+        "tpm_below_2_0",
+        "tpm_unknown",
+        "eligible",
+    ] {
+        assert!(
+            seen.get(kind).is_some_and(|&n| n > 0),
+            "the fleet had no {kind}: {seen:?}"
+        );
+    }
+}

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::device::{DeviceId, DeviceKind, DeviceRef};
-use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer, TpmReport};
+use super::eligibility::{self, Eligibility, ReasonCode};
+use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer};
 use super::outcome::{DeviceResult, Outcome, RunRecord, RunResult, RunStats};
 use super::pacer::{Pacer, PacerConfig};
 use super::progress::Progress;
@@ -142,6 +143,9 @@ struct Work {
     lost: u32,
     stage_attempts: u32,
     last: Option<CallFailure>,
+    /// What validation found worth saying (`tpm_unknown`, or why the device
+    /// cannot attest).
+    code: Option<(ReasonCode, String)>,
 }
 
 enum Reply {
@@ -201,6 +205,14 @@ impl Run {
     fn finish(&self, w: &Work, outcome: Outcome, reason: Option<String>, answer: Option<(u16, Option<String>)>) {
         let mut r = DeviceResult::new(w.dev.id, w.dev.kind, outcome);
         r.reason = reason;
+        r.reason_code = match outcome {
+            Outcome::NotFound => Some(ReasonCode::NotFound),
+            Outcome::Initiated | Outcome::WouldInitiate | Outcome::Unsupported => w.code.as_ref().map(|(c, _)| *c),
+            _ => None,
+        };
+        if r.reason.is_none() && r.reason_code.is_some() {
+            r.reason = w.code.as_ref().map(|(_, why)| why.clone());
+        }
         r.attempts = w.attempts;
         r.lost_answers = w.lost;
         if let Some(f) = &w.last {
@@ -417,6 +429,7 @@ impl<G: DeviceGateway> Engine<G> {
                 lost: 0,
                 stage_attempts: 0,
                 last: None,
+                code: None,
             })
             .collect();
         if req.dry_run && !req.validate_device_exists {
@@ -600,9 +613,16 @@ impl<G: DeviceGateway> Engine<G> {
                 Reply::Read(ItemAnswer::Ok { value, .. }) => {
                     accepted += 1;
                     w.last = None;
-                    if let Some(reason) = unsupported_reason(&value) {
-                        run.finish(&w, Outcome::Unsupported, Some(reason), None);
-                    } else if run.dry_run {
+                    let eligibility = eligibility::check(&value);
+                    if let Eligibility::Ineligible(code, why) = eligibility {
+                        w.code = Some((code, why));
+                        run.finish(&w, Outcome::Unsupported, None, None);
+                        continue;
+                    }
+                    if let Eligibility::Unconfirmed(code, why) = eligibility {
+                        w.code = Some((code, why));
+                    }
+                    if run.dry_run {
                         run.finish(&w, Outcome::WouldInitiate, None, None);
                     } else {
                         w.stage_attempts = 0;
@@ -670,19 +690,6 @@ fn log_finished(result: &RunResult) {
         duration_ms = result.stats.duration_ms,
         "run finished"
     );
-}
-
-/// Why a device that exists cannot be attested, if it cannot.
-pub fn unsupported_reason(info: &DeviceInfo) -> Option<String> {
-    match info.operating_system.as_deref() {
-        Some(os) if os.eq_ignore_ascii_case("windows") => {}
-        Some(os) => return Some(format!("operating system is {os:?}, not Windows")),
-        None => return Some("operating system not reported; attestation needs Windows".into()),
-    }
-    match info.tpm {
-        TpmReport::Empty => Some("no TPM reported".into()),
-        TpmReport::Present(_) | TpmReport::Unknown => None,
-    }
 }
 
 fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: String) -> tokio::task::JoinHandle<()> {

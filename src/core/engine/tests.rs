@@ -78,7 +78,8 @@ impl DeviceGateway for Fake {
                         }
                         .into(),
                     ),
-                    tpm: TpmReport::Present("2.0".into()),
+                    tpm: crate::core::gateway::TpmReport::Present("2.0".into()),
+                    ..DeviceInfo::default()
                 },
                 status: 200,
                 request_id: None,
