@@ -185,6 +185,11 @@ impl Pacer {
         }
     }
 
+    /// The mean round trip of recent answered calls (zero before any).
+    pub fn mean_rtt(&self) -> Duration {
+        self.mean_rtt
+    }
+
     /// Permits currently held in the window (sent, and not yet released).
     pub fn in_window(&self) -> u32 {
         self.held.iter().map(|h| h.n).sum()

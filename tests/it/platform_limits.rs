@@ -391,3 +391,74 @@ async fn a_fleet_runs_to_the_end_through_sqs_continuation() {
 async fn fifty_thousand_devices_through_sqs_continuation() {
     continuation_run(50_000, 45).await;
 }
+
+#[tokio::test]
+async fn a_webhook_answered_503_can_be_retried_and_its_body_names_no_internals() {
+    let w = world(fleet(5)).await;
+    let app = w.app(AppOptions {
+        queue: true,
+        queue_url: Some("http://127.0.0.1:1/123456789012/no-such-queue".into()),
+        webhook: Some(vec!["whsec-0123456789abcdefghijklmnopqrstuvwxyz"]),
+        ..Default::default()
+    });
+    let body = json!({"managed_device_ids": all_ids(&w)}).to_string();
+    let sig = webhook::sign(
+        &SecretString::from("whsec-0123456789abcdefghijklmnopqrstuvwxyz".to_string()),
+        now(),
+        body.as_bytes(),
+    );
+    let event = http_event(&body, json!({"x-intune-attest-signature": sig}), None);
+    for attempt in 0..2 {
+        let out = app
+            .handle(event.clone(), ctx(&format!("q-{attempt}"), 60))
+            .await
+            .unwrap();
+        assert_eq!(out["statusCode"], 503, "attempt {attempt}: {out}");
+        let answer: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+        assert_eq!(answer["error"], "ResultDeliveryFailed");
+        assert_eq!(answer["request_id"], format!("q-{attempt}"));
+        assert_eq!(
+            answer.as_object().unwrap().len(),
+            2,
+            "a code and a request id, nothing else: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn webhook_auth_edges_fail_closed() {
+    let w = world(fleet(5)).await;
+    let body = json!({"managed_device_ids": all_ids(&w)}).to_string();
+    // An empty userArn is no caller: a signature is still needed.
+    let signed_app = w.app(AppOptions {
+        webhook: Some(vec!["whsec-0123456789abcdefghijklmnopqrstuvwxyz"]),
+        ..Default::default()
+    });
+    let out = signed_app
+        .handle(http_event(&body, json!({}), Some("")), ctx("e-1", 60))
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 401);
+    // An IAM context is not trusted where the URL is not IAM.
+    let untrusted = w.app(AppOptions {
+        no_iam: true,
+        ..Default::default()
+    });
+    let out = untrusted
+        .handle(
+            http_event(&body, json!({}), Some("arn:aws:iam::1:user/forged")),
+            ctx("e-2", 60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 401, "{out}");
+    // `part` is the service's own: a caller cannot set it.
+    let app = w.app(AppOptions::default());
+    let err = app
+        .handle(json!({"managed_device_ids": all_ids(&w), "part": 7}), ctx("e-3", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type, "InvalidRequest");
+    assert!(err.error_message.contains("part"), "{}", err.error_message);
+    assert!(w.sim.ledger_counts().is_empty(), "no call reached Graph");
+}

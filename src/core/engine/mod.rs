@@ -513,6 +513,12 @@ impl<G: DeviceGateway> Engine<G> {
         if st.inflight.len() >= concurrency {
             return Launch::WaitUntil(wake);
         }
+        // A call whose answer cannot come back before the cutoff would end
+        // as an answer lost (the device reported failed, perhaps attested):
+        // leave its devices untried instead, for the next part of the run.
+        if now + lock(pacer).mean_rtt() * 2 >= run.cutoff {
+            return Launch::WaitUntil(run.cutoff);
+        }
         let size = lock(pacer).batch_size(MAX_BATCH);
         let since = *st.waiting_since.get_or_insert(now);
         let fill_deadline = since + self.cfg.fill_wait;
