@@ -24,6 +24,9 @@ pub struct SimDevice {
     pub manufacturer: &'static str,
     /// `deviceType`.
     pub device_type: &'static str,
+    /// `lastSyncDateTime` (the fleet synced over the four weeks to
+    /// 2026-11-28, one device a day in turn).
+    pub last_sync: String,
 }
 
 impl SimDevice {
@@ -53,6 +56,7 @@ impl SimDevice {
             "model": self.model,
             "manufacturer": self.manufacturer,
             "deviceType": self.device_type,
+            "lastSyncDateTime": self.last_sync,
             "hardwareInformation": hardware,
         })
     }
@@ -183,6 +187,7 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
                 model,
                 manufacturer,
                 device_type,
+                last_sync: format!("2026-11-{:02}T{:02}:00:00Z", i % 28 + 1, i % 24),
             }
         })
         .collect()

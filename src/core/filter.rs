@@ -1,18 +1,30 @@
-//! The safe OData subset accepted in `device_filter`.
+//! The OData subset accepted in `device_filter`: exactly the properties and
+//! operators Graph's schema annotations document for `managedDevices`
+//! (`$filter` capabilities), so a filter that passes here is one Graph
+//! serves:
+//!
+//! | properties | operators |
+//! |---|---|
+//! | `deviceName`, `model` | `eq`, `contains()` |
+//! | `operatingSystem`, `managementAgent`, `managementState`, `complianceState`, `deviceType`, `ownerType`, `jailBroken`, `deviceCategoryDisplayName`, `serialNumber`, `manufacturer`, `imei`, `exchangeAccessState` | `eq`, and `or` between them |
+//! | `userPrincipalName` | `eq`, `ne` |
+//! | `azureADDeviceId` | `eq` |
+//! | `osVersion`, `emailAddress`, `phoneNumber` | `contains()` |
+//! | `enrolledDateTime`, `lastSyncDateTime`, `complianceGracePeriodExpirationDateTime` | `lt`, `gt` with a date-time literal |
 //!
 //! Grammar (keywords in lower case, as Graph writes them):
 //! ```text
-//! expr    := and ( "or" and )*
+//! expr    := and ( "or" and )*          -- every comparison under an "or" on a property that allows it
 //! and     := term ( "and" term )*
 //! term    := "(" expr ")"
-//!          | field ("eq" | "ne") literal
-//!          | "startswith(" field "," string ")"
-//! literal := 'quoted string' ('' escapes a quote) | true | false | integer
+//!          | field ("eq" | "ne") 'string'
+//!          | field ("lt" | "gt") datetime   -- 2026-11-22T00:00:00Z
+//!          | "contains(" field "," 'string' ")"
 //! ```
-//! `field` is a property of the Graph `managedDevice` resource from a fixed
-//! list. Anything else (functions, lambdas, `$` options, other operators) is
-//! refused, and the accepted filter is re-written in a canonical form, so
-//! nothing from the payload reaches the URL unparsed.
+//! Anything else (other functions, `startswith`, lambdas, `$` options,
+//! numbers) is refused with a message that lists what the property allows,
+//! and the accepted filter is re-written in a canonical form, so nothing from
+//! the payload reaches the URL unparsed.
 
 use std::fmt;
 
@@ -23,49 +35,90 @@ pub const MAX_CLAUSES: usize = 32;
 /// The deepest parenthesis nesting accepted.
 pub const MAX_DEPTH: usize = 8;
 
-/// Properties of `managedDevice` that may be filtered on.
-pub const FILTERABLE_FIELDS: &[&str] = &[
-    "id",
-    "deviceName",
-    "operatingSystem",
-    "osVersion",
-    "managementAgent",
-    "managementState",
-    "complianceState",
-    "deviceEnrollmentType",
-    "deviceRegistrationState",
-    "managedDeviceOwnerType",
-    "ownerType",
-    "deviceType",
-    "userId",
-    "userPrincipalName",
-    "userDisplayName",
-    "emailAddress",
-    "model",
-    "manufacturer",
-    "serialNumber",
-    "azureADDeviceId",
-    "azureActiveDirectoryDeviceId",
-    "deviceCategoryDisplayName",
-    "enrollmentProfileName",
-    "joinType",
-    "skuFamily",
-    "isEncrypted",
-    "isSupervised",
-    "jailBroken",
-    "partnerReportedThreatState",
-    "managedDeviceName",
+/// What a property allows in a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Allowed {
+    eq: bool,
+    ne: bool,
+    contains: bool,
+    order: bool,
+    or: bool,
+}
+
+const fn allow(eq: bool, ne: bool, contains: bool, order: bool, or: bool) -> Allowed {
+    Allowed {
+        eq,
+        ne,
+        contains,
+        order,
+        or,
+    }
+}
+
+const EQ_CONTAINS: Allowed = allow(true, false, true, false, false);
+const EQ_OR: Allowed = allow(true, false, false, false, true);
+const CONTAINS: Allowed = allow(false, false, true, false, false);
+const DATES: Allowed = allow(false, false, false, true, false);
+
+/// The `managedDevice` properties Graph documents as filterable, with the
+/// operators it documents for each.
+const PROPERTIES: &[(&str, Allowed)] = &[
+    ("deviceName", EQ_CONTAINS),
+    ("model", EQ_CONTAINS),
+    ("operatingSystem", EQ_OR),
+    ("managementAgent", EQ_OR),
+    ("managementState", EQ_OR),
+    ("complianceState", EQ_OR),
+    ("deviceType", EQ_OR),
+    ("ownerType", EQ_OR),
+    ("jailBroken", EQ_OR),
+    ("deviceCategoryDisplayName", EQ_OR),
+    ("serialNumber", EQ_OR),
+    ("manufacturer", EQ_OR),
+    ("imei", EQ_OR),
+    ("exchangeAccessState", EQ_OR),
+    ("userPrincipalName", allow(true, true, false, false, false)),
+    ("azureADDeviceId", allow(true, false, false, false, false)),
+    ("osVersion", CONTAINS),
+    ("emailAddress", CONTAINS),
+    ("phoneNumber", CONTAINS),
+    ("enrolledDateTime", DATES),
+    ("lastSyncDateTime", DATES),
+    ("complianceGracePeriodExpirationDateTime", DATES),
 ];
+
+/// The properties that may be filtered on.
+pub fn filterable_properties() -> impl Iterator<Item = &'static str> {
+    PROPERTIES.iter().map(|(p, _)| *p)
+}
+
+fn allowed_text(a: Allowed) -> String {
+    let mut ops = Vec::new();
+    if a.eq {
+        ops.push("eq");
+    }
+    if a.ne {
+        ops.push("ne");
+    }
+    if a.contains {
+        ops.push("contains()");
+    }
+    if a.order {
+        ops.push("lt and gt with a date-time such as 2026-11-22T00:00:00Z");
+    }
+    if a.or {
+        ops.push("or between such comparisons");
+    }
+    ops.join(", ")
+}
 
 /// A literal value in a comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Literal {
     /// A quoted string.
     Str(String),
-    /// `true` or `false`.
-    Bool(bool),
-    /// A whole number.
-    Int(i64),
+    /// A date-time, as written (validated RFC 3339).
+    DateTime(String),
 }
 
 /// A comparison operator.
@@ -75,12 +128,27 @@ pub enum CompareOp {
     Eq,
     /// `ne`
     Ne,
+    /// `lt`
+    Lt,
+    /// `gt`
+    Gt,
+}
+
+impl CompareOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Lt => "lt",
+            CompareOp::Gt => "gt",
+        }
+    }
 }
 
 /// A parsed filter expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterExpr {
-    /// `field eq|ne literal`
+    /// `field op literal`
     Compare {
         /// Canonical property name.
         field: &'static str,
@@ -89,17 +157,31 @@ pub enum FilterExpr {
         /// The value compared with.
         value: Literal,
     },
-    /// `startswith(field,'prefix')`
-    StartsWith {
+    /// `contains(field,'text')`
+    Contains {
         /// Canonical property name.
         field: &'static str,
-        /// The prefix.
-        prefix: String,
+        /// The text looked for.
+        text: String,
     },
     /// Both sides hold.
     And(Box<FilterExpr>, Box<FilterExpr>),
     /// Either side holds.
     Or(Box<FilterExpr>, Box<FilterExpr>),
+}
+
+impl FilterExpr {
+    /// The first comparison under this expression on a property that does
+    /// not allow `or`, if any.
+    fn not_or_able(&self) -> Option<&'static str> {
+        match self {
+            FilterExpr::Compare { field, .. } | FilterExpr::Contains { field, .. } => {
+                let allowed = PROPERTIES.iter().find(|(p, _)| p == field).map(|(_, a)| *a);
+                (!allowed.is_some_and(|a| a.or)).then_some(*field)
+            }
+            FilterExpr::And(a, b) | FilterExpr::Or(a, b) => a.not_or_able().or_else(|| b.not_or_able()),
+        }
+    }
 }
 
 /// A validated `device_filter`.
@@ -148,8 +230,7 @@ impl fmt::Display for Literal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Literal::Str(s) => write!(f, "'{}'", s.replace('\'', "''")),
-            Literal::Bool(b) => write!(f, "{b}"),
-            Literal::Int(i) => write!(f, "{i}"),
+            Literal::DateTime(t) => f.write_str(t),
         }
     }
 }
@@ -157,15 +238,9 @@ impl fmt::Display for Literal {
 impl fmt::Display for FilterExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FilterExpr::Compare { field, op, value } => {
-                let op = match op {
-                    CompareOp::Eq => "eq",
-                    CompareOp::Ne => "ne",
-                };
-                write!(f, "{field} {op} {value}")
-            }
-            FilterExpr::StartsWith { field, prefix } => {
-                write!(f, "startswith({field},{})", Literal::Str(prefix.clone()))
+            FilterExpr::Compare { field, op, value } => write!(f, "{field} {} {value}", op.as_str()),
+            FilterExpr::Contains { field, text } => {
+                write!(f, "contains({field},{})", Literal::Str(text.clone()))
             }
             FilterExpr::And(a, b) => {
                 write_operand(f, a, true)?;
@@ -200,7 +275,7 @@ impl fmt::Display for DeviceFilter {
 enum Kind {
     Word(String),
     Str(String),
-    Int(i64),
+    DateTime(String),
     Open,
     Close,
     Comma,
@@ -211,7 +286,7 @@ impl fmt::Display for Kind {
         match self {
             Kind::Word(w) => write!(f, "{w:?}"),
             Kind::Str(_) => f.write_str("a string"),
-            Kind::Int(_) => f.write_str("a number"),
+            Kind::DateTime(_) => f.write_str("a date-time"),
             Kind::Open => f.write_str("\"(\""),
             Kind::Close => f.write_str("\")\""),
             Kind::Comma => f.write_str("\",\""),
@@ -273,17 +348,25 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FilterError> {
                 }
                 out.push(Token { kind: Kind::Str(s), at });
             }
-            c if c.is_ascii_digit() || c == '-' => {
+            c if c.is_ascii_digit() => {
                 let start = i;
-                i += 1;
-                while chars.get(i).is_some_and(|(_, d)| d.is_ascii_digit()) {
+                while chars
+                    .get(i)
+                    .is_some_and(|(_, d)| d.is_ascii_alphanumeric() || matches!(d, ':' | '.' | '-' | '+'))
+                {
                     i += 1;
                 }
                 let lit: String = chars[start..i].iter().map(|(_, ch)| ch).collect();
-                let n = lit
-                    .parse::<i64>()
-                    .map_err(|_| FilterError(format!("{lit:?} at character {at} is not a whole number")))?;
-                out.push(Token { kind: Kind::Int(n), at });
+                if humantime::parse_rfc3339(&lit).is_err() {
+                    return Err(FilterError(format!(
+                        "{lit:?} at character {at} is not a UTC date-time such as 2026-11-22T00:00:00Z \
+                         (no managedDevice property is a number)"
+                    )));
+                }
+                out.push(Token {
+                    kind: Kind::DateTime(lit),
+                    at,
+                });
             }
             c if c.is_ascii_alphabetic() => {
                 let start = i;
@@ -299,7 +382,8 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FilterError> {
             other => {
                 return Err(FilterError(format!(
                     "character {other:?} at position {at} is not allowed; the filter accepts \
-                     properties, eq, ne, startswith(), and, or, parentheses and quoted literals"
+                     properties, eq, ne, lt, gt, contains(), and, or, parentheses, quoted strings \
+                     and date-times"
                 )));
             }
         }
@@ -344,8 +428,21 @@ impl Parser {
     fn expr(&mut self, depth: usize) -> Result<FilterExpr, FilterError> {
         let mut left = self.and(depth)?;
         while self.peek_word() == Some("or") {
+            let at = self.tokens.get(self.pos).map_or(0, |t| t.at);
             self.pos += 1;
             let right = self.and(depth)?;
+            if let Some(field) = left.not_or_able().or_else(|| right.not_or_able()) {
+                return Err(FilterError(format!(
+                    "\"or\" at character {at} combines a comparison on {field}, which Graph does not allow in \"or\"; \
+                     \"or\" is allowed between comparisons on {}",
+                    PROPERTIES
+                        .iter()
+                        .filter(|(_, a)| a.or)
+                        .map(|(p, _)| *p)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             left = FilterExpr::Or(Box::new(left), Box::new(right));
         }
         Ok(left)
@@ -375,46 +472,61 @@ impl Parser {
                 self.expect(Kind::Close, "\")\"")?;
                 Ok(inner)
             }
-            Kind::Word(w) if w == "startswith" => {
+            Kind::Word(w) if w == "contains" => {
                 self.count_clause(at)?;
-                self.expect(Kind::Open, "\"(\" after startswith")?;
-                let field = self.field()?;
-                self.expect(Kind::Comma, "\",\"")?;
-                let tok = self.next("a quoted prefix")?;
-                let Kind::Str(prefix) = tok.kind.clone() else {
+                self.expect(Kind::Open, "\"(\" after contains")?;
+                let (field, allowed) = self.field()?;
+                if !allowed.contains {
                     return Err(FilterError(format!(
-                        "startswith takes a quoted string; found {} at character {}",
+                        "contains() is not allowed on {field}; it allows {}",
+                        allowed_text(allowed)
+                    )));
+                }
+                self.expect(Kind::Comma, "\",\"")?;
+                let tok = self.next("a quoted string")?;
+                let Kind::Str(text) = tok.kind.clone() else {
+                    return Err(FilterError(format!(
+                        "contains takes a quoted string; found {} at character {}",
                         tok.kind, tok.at
                     )));
                 };
                 self.expect(Kind::Close, "\")\"")?;
-                Ok(FilterExpr::StartsWith { field, prefix })
+                Ok(FilterExpr::Contains { field, text })
             }
             Kind::Word(_) => {
                 self.count_clause(at)?;
                 self.pos -= 1;
-                let field = self.field()?;
-                let tok = self.next("eq or ne")?;
+                let (field, allowed) = self.field()?;
+                let tok = self.next("an operator")?;
+                let op_at = tok.at;
                 let op = match &tok.kind {
-                    Kind::Word(w) if w == "eq" => CompareOp::Eq,
-                    Kind::Word(w) if w == "ne" => CompareOp::Ne,
+                    Kind::Word(w) if w == "eq" && allowed.eq => CompareOp::Eq,
+                    Kind::Word(w) if w == "ne" && allowed.ne => CompareOp::Ne,
+                    Kind::Word(w) if w == "lt" && allowed.order => CompareOp::Lt,
+                    Kind::Word(w) if w == "gt" && allowed.order => CompareOp::Gt,
                     other => {
                         return Err(FilterError(format!(
-                            "found {other} at character {}; only eq and ne compare values",
-                            tok.at
+                            "found {other} at character {op_at} after {field}; {field} allows {}",
+                            allowed_text(allowed)
                         )));
                     }
                 };
                 let tok = self.next("a literal")?;
-                let value = match &tok.kind {
-                    Kind::Str(s) => Literal::Str(s.clone()),
-                    Kind::Int(n) => Literal::Int(*n),
-                    Kind::Word(w) if w == "true" => Literal::Bool(true),
-                    Kind::Word(w) if w == "false" => Literal::Bool(false),
-                    other => {
+                let value = match (&tok.kind, op) {
+                    (Kind::Str(s), CompareOp::Eq | CompareOp::Ne) => Literal::Str(s.clone()),
+                    (Kind::DateTime(t), CompareOp::Lt | CompareOp::Gt) => Literal::DateTime(t.clone()),
+                    (other, CompareOp::Lt | CompareOp::Gt) => {
                         return Err(FilterError(format!(
-                            "found {other} at character {}; expected a quoted string, true, false or a number",
-                            tok.at
+                            "found {other} at character {}; {field} {} takes a date-time such as 2026-11-22T00:00:00Z",
+                            tok.at,
+                            op.as_str()
+                        )));
+                    }
+                    (other, _) => {
+                        return Err(FilterError(format!(
+                            "found {other} at character {}; {field} {} takes a quoted string",
+                            tok.at,
+                            op.as_str()
                         )));
                     }
                 };
@@ -436,7 +548,7 @@ impl Parser {
         Ok(())
     }
 
-    fn field(&mut self) -> Result<&'static str, FilterError> {
+    fn field(&mut self) -> Result<(&'static str, Allowed), FilterError> {
         let tok = self.next("a property name")?;
         let Kind::Word(name) = &tok.kind else {
             return Err(FilterError(format!(
@@ -444,14 +556,15 @@ impl Parser {
                 tok.kind, tok.at
             )));
         };
-        FILTERABLE_FIELDS
+        PROPERTIES
             .iter()
-            .find(|f| f.eq_ignore_ascii_case(name))
+            .find(|(p, _)| p.eq_ignore_ascii_case(name))
             .copied()
             .ok_or_else(|| {
                 FilterError(format!(
-                    "{name:?} at character {} is not a filterable managedDevice property (for example operatingSystem, deviceName, managementAgent, complianceState)",
-                    tok.at
+                    "{name:?} at character {} is not a managedDevice property Graph can filter on; the filterable ones are {}",
+                    tok.at,
+                    PROPERTIES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ")
                 ))
             })
     }
@@ -468,23 +581,46 @@ mod tests {
     }
 
     #[test]
-    fn accepts_and_canonicalises_the_subset() {
+    fn accepts_and_canonicalises_what_graph_documents() {
         assert_eq!(
             canonical("operatingSystem eq 'Windows'"),
             "operatingSystem eq 'Windows'"
         );
         assert_eq!(
             canonical(
-                "operatingsystem eq 'Windows'  and (managementAgent eq 'mdm' or startswith( deviceName , 'LAB-'))"
+                "operatingsystem eq 'Windows'  and (managementAgent eq 'mdm' or complianceState eq 'noncompliant')"
             ),
-            "operatingSystem eq 'Windows' and (managementAgent eq 'mdm' or startswith(deviceName,'LAB-'))"
+            "operatingSystem eq 'Windows' and (managementAgent eq 'mdm' or complianceState eq 'noncompliant')"
         );
         assert_eq!(canonical("deviceName eq 'O''Brien'"), "deviceName eq 'O''Brien'");
-        assert_eq!(canonical("isEncrypted ne false"), "isEncrypted ne false");
         assert_eq!(
-            canonical("model eq 1 or skuFamily eq 2"),
-            "model eq 1 or skuFamily eq 2"
+            canonical("contains( deviceName , 'LAB') and contains(osVersion,'19045')"),
+            "contains(deviceName,'LAB') and contains(osVersion,'19045')"
         );
+        assert_eq!(
+            canonical("operatingSystem eq 'Windows' and lastSyncDateTime gt 2026-11-22T00:00:00Z"),
+            "operatingSystem eq 'Windows' and lastSyncDateTime gt 2026-11-22T00:00:00Z"
+        );
+        assert_eq!(
+            canonical("userPrincipalName ne 'kiosk@contoso.com'"),
+            "userPrincipalName ne 'kiosk@contoso.com'"
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_the_property_allows() {
+        let err = DeviceFilter::parse("model ne 'x'").unwrap_err().0;
+        assert!(err.contains("model allows eq, contains()"), "{err}");
+        let err = DeviceFilter::parse("deviceName eq 'a' or deviceName eq 'b'")
+            .unwrap_err()
+            .0;
+        assert!(err.contains("\"or\"") && err.contains("operatingSystem"), "{err}");
+        let err = DeviceFilter::parse("lastSyncDateTime gt '2026-01-01'").unwrap_err().0;
+        assert!(err.contains("date-time"), "{err}");
+        let err = DeviceFilter::parse("enrolledDateTime eq 2026-01-01T00:00:00Z")
+            .unwrap_err()
+            .0;
+        assert!(err.contains("lt and gt"), "{err}");
     }
 
     #[test]
@@ -497,7 +633,12 @@ mod tests {
             "operatingSystem eq 'Windows' and",
             "operatingSystem eq 'Windows'&$top=1",
             "operatingSystem eq 'Windows'; drop",
-            "contains(deviceName,'x')",
+            "startswith(deviceName,'x')",
+            "contains(operatingSystem,'x')",
+            "isEncrypted eq true",
+            "model eq 1",
+            "lastSyncDateTime gt 2026-13-01T00:00:00Z",
+            "lastSyncDateTime gt 2026-11-22",
             "password eq 'x'",
             "operatingSystem eq 'unterminated",
             "operatingSystem eq Windows",
@@ -506,14 +647,14 @@ mod tests {
             "not operatingSystem eq 'Windows'",
             "operatingSystem eq 'Windows' or/**/1 eq 1",
             "deviceName eq 'a\u{0}b'",
-            "startswith(deviceName, 5)",
+            "contains(deviceName, 5)",
             "operatingSystem eq 'W' AND deviceName eq 'x'",
         ] {
             assert!(DeviceFilter::parse(bad).is_err(), "{bad:?} was accepted");
         }
         let deep = format!("{}operatingSystem eq 'W'{}", "(".repeat(20), ")".repeat(20));
         assert!(DeviceFilter::parse(&deep).unwrap_err().0.contains("nest"));
-        let many = vec!["model eq 'x'"; 40].join(" or ");
+        let many = vec!["imei eq 'x'"; 40].join(" or ");
         assert!(DeviceFilter::parse(&many).unwrap_err().0.contains("comparisons"));
         assert!(DeviceFilter::parse(&"x".repeat(2000)).is_err());
     }

@@ -544,3 +544,45 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
         );
     }
 }
+
+#[tokio::test]
+async fn each_documented_filter_form_selects_exactly_the_devices_graph_would() {
+    let mut cfg = sim_config();
+    cfg.fleet = FleetSpec {
+        size: 300,
+        seed: 5,
+        virtual_machines: 0.1,
+        old_builds: 0.1,
+        ..FleetSpec::default()
+    };
+    let h = harness(cfg).await;
+    let fleet = h.sim.fleet().to_vec();
+    type Pick = fn(&graph_sim::SimDevice) -> bool;
+    let cases: [(&str, Pick); 6] = [
+        ("operatingSystem eq 'Windows'", |d| d.is_windows()),
+        ("operatingSystem eq 'macOS' or operatingSystem eq 'iOS'", |d| {
+            d.os == "macOS" || d.os == "iOS"
+        }),
+        ("contains(deviceName,'DEV-00001')", |d| d.name.contains("DEV-00001")),
+        ("model eq 'Virtual Machine'", |d| d.model == "Virtual Machine"),
+        ("operatingSystem eq 'Windows' and contains(osVersion,'19044')", |d| {
+            d.is_windows() && d.os_version.contains("19044")
+        }),
+        (
+            "operatingSystem eq 'Windows' and lastSyncDateTime gt 2026-11-21T23:59:59Z",
+            |d| d.is_windows() && d.last_sync.as_str() > "2026-11-21T23:59:59Z",
+        ),
+    ];
+    for (filter, pick) in cases {
+        let r = h
+            .run(json!({"device_filter": filter, "dry_run": true, "validate_device_exists": false}))
+            .await
+            .unwrap_or_else(|e| panic!("{filter}: {e}"));
+        let mut got: Vec<String> = r.devices.iter().map(|d| d.device_id.to_string()).collect();
+        let mut want: Vec<String> = fleet.iter().filter(|d| pick(d)).map(|d| d.id.clone()).collect();
+        got.sort();
+        want.sort();
+        assert!(!want.is_empty(), "{filter}: the fleet has no such device");
+        assert_eq!(got, want, "{filter}");
+    }
+}

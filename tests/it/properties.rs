@@ -74,12 +74,15 @@ proptest! {
 
     #[test]
     fn grammar_shaped_filters_round_trip(
-        field in prop::sample::select(vec!["operatingSystem", "deviceName", "model", "isEncrypted"]),
+        field in prop::sample::select(vec!["operatingSystem", "managementAgent", "complianceState", "deviceType"]),
         value in "[a-zA-Z0-9' -]{0,12}",
         joiner in prop::sample::select(vec![" and ", " or "]),
+        day in 1u32..28,
     ) {
         let lit = value.replace('\'', "''");
-        let text = format!("({field} eq '{lit}'){joiner}startswith(deviceName,'{lit}')");
+        let text = format!(
+            "({field} eq '{lit}'{joiner}manufacturer eq '{lit}') and contains(deviceName,'{lit}') and lastSyncDateTime gt 2026-11-{day:02}T00:00:00Z"
+        );
         let f = DeviceFilter::parse(&text).expect("well-formed");
         prop_assert_eq!(DeviceFilter::parse(&f.to_string()).unwrap(), f);
     }
@@ -131,8 +134,8 @@ fn valid_payload() -> impl Strategy<Value = Value> {
         prop::collection::vec(guid(), 0..4),
         prop::option::of(prop_oneof![
             Just("operatingSystem eq 'Windows'".to_string()),
-            Just("(deviceName eq 'a''b' or model eq 'x') and operatingSystem eq 'Windows'".to_string()),
-            Just("startswith(deviceName,'LAB')".to_string()),
+            Just("(operatingSystem eq 'a''b' or deviceType eq 'x') and deviceName eq 'Windows'".to_string()),
+            Just("contains(deviceName,'LAB') and lastSyncDateTime gt 2026-11-22T00:00:00Z".to_string()),
         ]),
         (any::<bool>(), any::<bool>(), any::<bool>()),
         prop::option::of(1u64..100_000_000_000),
