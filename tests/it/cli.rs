@@ -216,3 +216,63 @@ async fn check_prints_the_normalised_request_without_calling_graph() {
     assert_eq!(doc["warnings"][0], "1 duplicate ID(s) removed from managed_device_ids");
     assert_eq!(sim.stats().http_requests, 0);
 }
+
+#[tokio::test]
+async fn the_table_view_shows_status_counts_and_the_devices_that_were_not_initiated() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let good: Vec<String> = sim
+        .fleet()
+        .iter()
+        .filter(|d| d.is_windows() && d.tpm.is_some_and(|t| !t.is_empty()))
+        .take(3)
+        .map(|d| d.id.clone())
+        .collect();
+    // 60 unknown devices: more rows than the view lists.
+    let missing: Vec<String> = (0..60).map(|i| format!("00000000-dead-4bad-8bad-{i:012x}")).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": good.iter().chain(&missing).collect::<Vec<_>>(),
+        "correlation_id": "table-view"
+    }))
+    .unwrap();
+    let json = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+    let table = invoke(
+        &sim,
+        &[],
+        &["invoke", "--output", "table", "--event", "-"],
+        Some(payload),
+    )
+    .await;
+    assert_eq!(
+        table.status.code(),
+        json.status.code(),
+        "the same exit code in both modes"
+    );
+    assert_eq!(table.status.code(), Some(1));
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("partially_failed (failed)") && text.contains("table-view"),
+        "{text}"
+    );
+    assert!(text.contains("not_found"), "{text}");
+    assert!(
+        text.contains(&missing[0]),
+        "a row for a device that was not initiated: {text}"
+    );
+    assert!(!text.contains(&good[0]), "initiated devices get no row: {text}");
+    assert!(text.contains("and 10 more; `--output json`"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour when stdout is not a terminal");
+
+    let check = invoke(
+        &sim,
+        &[],
+        &["check", "--output", "table", "--event", "-"],
+        Some(br#"{"device_filter": "operatingSystem eq 'Windows'", "dry_run": true}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(check.status.code(), Some(0));
+    let text = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        text.contains("device_filter") && text.contains("operatingSystem eq 'Windows'"),
+        "{text}"
+    );
+}

@@ -13,6 +13,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod progress;
+mod table;
+
+pub use table::Output;
 
 use crate::config::Settings;
 use crate::core::device::{DeviceId, DeviceKind};
@@ -47,12 +50,18 @@ enum Command {
         /// Never draw a progress bar (progress is still logged).
         #[arg(long)]
         no_progress: bool,
+        /// `json` (the document, for scripts) or `table` (for people).
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
     /// Validate a payload without calling Graph; print the normalised request.
     Check {
         /// The request payload: a JSON file, or `-` for standard input.
         #[arg(long, value_name = "FILE|-")]
         event: String,
+        /// `json` (the document, for scripts) or `table` (for people).
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
 }
 
@@ -127,7 +136,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
     match cli.command {
-        Command::Check { event } => {
+        Command::Check { event, output } => {
             let settings = Settings::from_env(env)?;
             let bytes = read_event(&event)?;
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
@@ -147,10 +156,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dry_run: req.dry_run,
                 warnings: &req.warnings,
             };
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+                Output::Table => {
+                    let count = |k: DeviceKind| doc.devices.iter().filter(|d| d.kind == k).count().to_string();
+                    let rows = [
+                        ("managed devices", count(DeviceKind::Managed)),
+                        ("co-managed devices", count(DeviceKind::Comanaged)),
+                        ("device_filter", doc.device_filter.clone().unwrap_or_else(|| "-".into())),
+                        ("timeouts.invoke", format!("{} ms", doc.timeout_ms)),
+                        ("validate_device_exists", doc.validate_device_exists.to_string()),
+                        ("ignore_partial_failures", doc.ignore_partial_failures.to_string()),
+                        ("dry_run", doc.dry_run.to_string()),
+                    ];
+                    print!("{}", table::checked(&rows, doc.warnings));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoke { event, no_progress } => {
+        Command::Invoke {
+            event,
+            no_progress,
+            output,
+        } => {
             let settings = Settings::from_env(env)?;
             let bytes = read_event(&event)?;
             // Validate before anything else, so bad input never reaches Graph.
@@ -176,7 +204,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(code));
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+                Output::Table => print!("{}", table::result(&result)),
+            }
             Ok(if result.failed {
                 ExitCode::from(1)
             } else {

@@ -1,0 +1,131 @@
+//! `--output table`: the view a person reads, beside the JSON a script reads
+//! (the AWS and Azure CLIs' flag). The run's status and correlation id, the
+//! counts, and one row per device that did not reach the good end; column
+//! widths follow the terminal, and colour appears only on a terminal without
+//! `NO_COLOR`.
+
+use std::io::IsTerminal;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, Color, ContentArrangement, Table};
+
+use crate::core::outcome::{Outcome, RunResult, RunStatus};
+
+/// The most device rows shown; the JSON lists every device.
+pub const MAX_ROWS: usize = 50;
+
+/// What the CLI prints on standard output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// The document, for scripts (the default).
+    Json,
+    /// Tables, for people.
+    Table,
+}
+
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    if !std::io::stdout().is_terminal() {
+        t.force_no_tty();
+    }
+    t
+}
+
+fn status_cell(status: RunStatus, failed: bool) -> Cell {
+    let text = format!(
+        "{}{}",
+        serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        if failed { " (failed)" } else { "" }
+    );
+    let cell = Cell::new(text);
+    if !colour() {
+        return cell;
+    }
+    cell.fg(match status {
+        RunStatus::Succeeded => Color::Green,
+        RunStatus::PartiallyFailed => Color::Yellow,
+        RunStatus::Failed => Color::Red,
+    })
+}
+
+/// A run's result as tables.
+pub fn result(r: &RunResult) -> String {
+    let mut head = table();
+    head.set_header(vec!["status", "correlation id", "requested", "duration"]);
+    head.add_row(vec![
+        status_cell(r.status, r.failed),
+        Cell::new(&r.correlation_id),
+        Cell::new(r.summary.requested),
+        Cell::new(format!("{:.1} s", r.stats.duration_ms as f64 / 1000.0)),
+    ]);
+    let mut counts = table();
+    let shown: Vec<Outcome> = Outcome::ALL
+        .iter()
+        .copied()
+        .filter(|o| r.summary.count(*o) > 0)
+        .collect();
+    counts.set_header(shown.iter().map(|o| o.as_str()).collect::<Vec<_>>());
+    counts.add_row(shown.iter().map(|o| r.summary.count(*o)).collect::<Vec<_>>());
+
+    let good = |o: Outcome| matches!(o, Outcome::Initiated | Outcome::WouldInitiate);
+    let others: Vec<_> = r.devices.iter().filter(|d| !good(d.outcome)).collect();
+    let mut out = format!("{head}\n{counts}\n");
+    if !others.is_empty() {
+        let mut rows = table();
+        rows.set_header(vec![
+            "device id",
+            "kind",
+            "outcome",
+            "reason code",
+            "HTTP",
+            "Graph error",
+        ]);
+        for d in others.iter().take(MAX_ROWS) {
+            rows.add_row(vec![
+                d.device_id.to_string(),
+                serde_json::to_value(d.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                d.outcome.as_str().to_owned(),
+                d.reason_code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+                d.http_status.map(|s| s.to_string()).unwrap_or_default(),
+                d.error_code.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&format!("{rows}\n"));
+        if others.len() > MAX_ROWS {
+            out.push_str(&format!(
+                "and {} more; `--output json` lists every device with its reason and request id\n",
+                others.len() - MAX_ROWS
+            ));
+        }
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+/// A checked request as a table.
+pub fn checked(rows: &[(&str, String)], warnings: &[String]) -> String {
+    let mut t = table();
+    t.set_header(vec!["setting", "value"]);
+    for (k, v) in rows {
+        t.add_row(vec![*k, v.as_str()]);
+    }
+    let mut out = format!("{t}\n");
+    for w in warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
