@@ -15,15 +15,12 @@
 mod events;
 mod setup;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use setup::main;
 
-use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
-use serde_json::value::RawValue;
+use lambda_runtime::Diagnostic;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::HostError;
 use crate::core::outcome::{RunResult, bounded_document};
 use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger as Via, WebhookRequest};
 
@@ -190,37 +187,4 @@ impl LambdaApp {
         }
         json!({"statusCode": answer.status, "headers": {"content-type": "application/json"}, "body": answer.body.to_string()})
     }
-}
-
-/// Runs the Lambda runtime loop until the process is stopped.
-pub fn main() -> std::process::ExitCode {
-    let style = crate::telemetry::LogStyle {
-        ansi: false,
-        timestamps: false,
-    };
-    crate::telemetry::init(std::io::stderr, style);
-    super::host(async {
-        let app = Arc::new(setup::build_app().await.map_err(HostError::Startup)?);
-        // The event arrives raw: the runtime's own decoding would turn deep
-        // nesting or a lone surrogate into an opaque deserializer error, where
-        // the caller should get InvalidRequest.
-        let handler = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
-            let app = app.clone();
-            async move {
-                let (raw, context) = event.into_parts();
-                let remaining = Duration::from_millis(context.deadline)
-                    .checked_sub(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
-                    .unwrap_or_default();
-                let ctx = InvocationContext {
-                    request_id: context.request_id.clone(),
-                    deadline: Some(Instant::now() + remaining),
-                };
-                let span = tracing::info_span!("invocation", request_id = %context.request_id);
-                tracing::Instrument::instrument(app.handle_raw(raw.get(), ctx), span).await
-            }
-        });
-        lambda_runtime::run(handler)
-            .await
-            .map_err(|e| HostError::Stopped(e.to_string()))
-    })
 }

@@ -1,13 +1,20 @@
-//! The Lambda function's composition root: the service and its AWS
-//! adapters, from the function's environment.
+//! The Lambda function's start-up: the service and its AWS adapters from
+//! the function's environment, and the runtime loop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::LambdaApp;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{InvocationContext, LambdaApp};
 use crate::config::Settings;
 use crate::core::duration::parse_go_duration;
 use crate::credentials::CredentialSource;
+use crate::frontdoor::HostError;
 use crate::queue::WorkQueue;
 use crate::results::ResultSink;
 use crate::service::{AttestService, SweepSettings, WebhookAuth};
@@ -72,4 +79,37 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
     let function_name = env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "intune-attest".into());
     let metrics = env("ATTEST_METRICS").is_none_or(|v| v != "off");
     Ok(LambdaApp::new(service, function_name, metrics))
+}
+
+/// Runs the Lambda runtime loop until the process is stopped.
+pub fn main() -> std::process::ExitCode {
+    let style = crate::telemetry::LogStyle {
+        ansi: false,
+        timestamps: false,
+    };
+    crate::telemetry::init(std::io::stderr, style);
+    crate::frontdoor::host(async {
+        let app = Arc::new(build_app().await.map_err(HostError::Startup)?);
+        // The event arrives raw: the runtime's own decoding would turn deep
+        // nesting or a lone surrogate into an opaque deserializer error, where
+        // the caller should get InvalidRequest.
+        let handler = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
+            let app = app.clone();
+            async move {
+                let (raw, context) = event.into_parts();
+                let remaining = Duration::from_millis(context.deadline)
+                    .checked_sub(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+                    .unwrap_or_default();
+                let ctx = InvocationContext {
+                    request_id: context.request_id.clone(),
+                    deadline: Some(Instant::now() + remaining),
+                };
+                let span = tracing::info_span!("invocation", request_id = %context.request_id);
+                tracing::Instrument::instrument(app.handle_raw(raw.get(), ctx), span).await
+            }
+        });
+        lambda_runtime::run(handler)
+            .await
+            .map_err(|e| HostError::Stopped(e.to_string()))
+    })
 }
