@@ -10,6 +10,7 @@ pub mod filter;
 pub mod gateway;
 pub mod outcome;
 pub mod pacer;
+pub mod pack;
 pub mod progress;
 pub mod request;
 pub mod text;

@@ -45,25 +45,6 @@ fn dedup_token(id: &str) -> String {
         .collect()
 }
 
-/// Packs messages into `SendMessageBatch` calls of at most ten entries and
-/// `max_bytes` of bodies in all, in order.
-fn batches(messages: &[(usize, WorkMessage)], max_bytes: usize) -> Vec<&[(usize, WorkMessage)]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, (_, m)) in messages.iter().enumerate() {
-        let count = i - start;
-        if count > 0 && (count == 10 || bytes + m.body.len() > max_bytes) {
-            out.push(&messages[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += m.body.len();
-    }
-    if start < messages.len() {
-        out.push(&messages[start..]);
-    }
-    out
-}
-
 impl WorkQueue for SqsWorkQueue {
     fn max_message_bytes(&self) -> BoxFuture<'_, Option<usize>> {
         Box::pin(async move {
@@ -103,7 +84,7 @@ impl WorkQueue for SqsWorkQueue {
             loop {
                 tried += 1;
                 let mut failed = Vec::new();
-                for chunk in batches(&pending, batch_bytes) {
+                for chunk in crate::core::pack::by_count_and_size(&pending, 10, batch_bytes, |(_, m)| m.body.len()) {
                     let mut entries = Vec::with_capacity(chunk.len());
                     for (i, m) in chunk {
                         let mut b = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
@@ -152,21 +133,5 @@ impl WorkQueue for SqsWorkQueue {
                 pending.len()
             )))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_hold_ten_messages_and_one_message_worth_of_bytes() {
-        let m = |n: usize| WorkMessage::new("x".repeat(n), "g");
-        let msgs: Vec<(usize, WorkMessage)> = [100, 100, 900, 50, 50].into_iter().map(m).enumerate().collect();
-        let sizes: Vec<usize> = batches(&msgs, 1000).iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, vec![2, 3]);
-        let many: Vec<(usize, WorkMessage)> = (0..25).map(|_| m(1)).enumerate().collect();
-        let sizes: Vec<usize> = batches(&many, 1000).iter().map(|b| b.len()).collect();
-        assert_eq!(sizes, vec![10, 10, 5]);
     }
 }

@@ -58,20 +58,7 @@ impl Entry {
 /// Packs entries into calls of at most [`MAX_ENTRIES_PER_CALL`] entries and
 /// [`MAX_CALL_BYTES`] in all, in order.
 pub fn calls(entries: &[Entry]) -> Vec<&[Entry]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, e) in entries.iter().enumerate() {
-        let count = i - start;
-        if count > 0 && (count == MAX_ENTRIES_PER_CALL || bytes + e.size() > MAX_CALL_BYTES) {
-            out.push(&entries[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += e.size();
-    }
-    if start < entries.len() {
-        out.push(&entries[start..]);
-    }
-    out
+    crate::core::pack::by_count_and_size(entries, MAX_ENTRIES_PER_CALL, MAX_CALL_BYTES, Entry::size)
 }
 
 /// Splits a result document into entries of at most `max_bytes`.

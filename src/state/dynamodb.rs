@@ -59,10 +59,6 @@ fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-fn unavailable<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError(bounded(&e.to_string(), 200))
-}
-
 fn describe<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
 where
     E: std::error::Error + 'static,
@@ -258,7 +254,7 @@ impl StateStore for DynamoStore {
                 {
                     Ok(())
                 }
-                Err(e) => Err(unavailable(describe(&e))),
+                Err(e) => Err(StoreError(describe(&e))),
             }
         })
     }

@@ -138,6 +138,11 @@ impl World {
         LambdaApp::new(service, "intune-attest-test".into(), false)
     }
 
+    /// Every device of the fleet.
+    pub(crate) fn all_ids(&self) -> Vec<String> {
+        self.sim.fleet().iter().map(|d| d.id.clone()).collect()
+    }
+
     pub(crate) fn windows(&self, n: usize) -> Vec<String> {
         self.sim
             .fleet()

@@ -6,12 +6,11 @@
 
 use std::collections::HashMap;
 
-use graph_sim::{FleetSpec, SimConfig};
 use intune_attest::service::signature as webhook;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::common::sim_config;
+use crate::common::attestable_fleet;
 use crate::lambda_handler::{AppOptions, World, ctx, http_event, now, sqs_event, world};
 
 /// Writes one row of the "platform limits" part of the fault matrix:
@@ -35,22 +34,6 @@ fn ledger_faults(w: &World, expected: usize) -> (usize, usize) {
     (lost, duplicated)
 }
 
-fn fleet(size: usize) -> SimConfig {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        windows_unknown_tpm: 0.0,
-        ..FleetSpec::default()
-    };
-    cfg
-}
-
-fn all_ids(w: &World) -> Vec<String> {
-    w.sim.fleet().iter().map(|d| d.id.clone()).collect()
-}
-
 /// Every device named in the messages, with how often.
 fn named(messages: &[String]) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -65,7 +48,7 @@ fn named(messages: &[String]) -> HashMap<String, usize> {
 
 #[tokio::test]
 async fn a_continuation_larger_than_the_queue_accepts_is_split_and_every_part_runs() {
-    let w = world(fleet(1500)).await;
+    let w = world(attestable_fleet(1500)).await;
     // A queue made with a small limit: the function must learn it.
     let small = w.aws.queue_with_limit("attest-small", 8192).await;
     let app = w.app(AppOptions {
@@ -75,7 +58,7 @@ async fn a_continuation_larger_than_the_queue_accepts_is_split_and_every_part_ru
         ..Default::default()
     });
     let payload =
-        json!({"managed_device_ids": all_ids(&w), "validate_device_exists": false, "correlation_id": "split-run"});
+        json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false, "correlation_id": "split-run"});
     let first = app.handle(payload, ctx("big-1", 3)).await.unwrap();
     let continued = first["summary"]["continued"].as_u64().unwrap() as usize;
     assert!(continued > 400, "{}", first["summary"]);
@@ -112,12 +95,12 @@ async fn a_continuation_larger_than_the_queue_accepts_is_split_and_every_part_ru
 
 #[tokio::test]
 async fn a_result_that_could_not_be_delivered_is_republished_not_rerun() {
-    let w = world(fleet(40)).await;
+    let w = world(attestable_fleet(40)).await;
     let app = w.app(AppOptions {
         bus: "late-bus",
         ..Default::default()
     });
-    let body = json!({"managed_device_ids": all_ids(&w), "validate_device_exists": false}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
     let first = app
         .handle(sqs_event(&[("m-1", body.clone())]), ctx("d-1", 60))
         .await
@@ -148,12 +131,12 @@ async fn a_result_that_could_not_be_delivered_is_republished_not_rerun() {
 
     // A Step Functions retry arrives with a new request id: a run the caller
     // named is recognised by its request.
-    let w = world(fleet(10)).await;
+    let w = world(attestable_fleet(10)).await;
     let app = w.app(AppOptions {
         bus: "late-bus-2",
         ..Default::default()
     });
-    let payload = json!({"managed_device_ids": all_ids(&w), "validate_device_exists": false, "correlation_id": "ir-7"});
+    let payload = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false, "correlation_id": "ir-7"});
     let err = app.handle(payload.clone(), ctx("sfn-1", 60)).await.unwrap_err();
     assert_eq!(err.error_type, "ResultDeliveryFailed");
     w.aws.bus_into_queue("late-bus-2").await;
@@ -164,7 +147,7 @@ async fn a_result_that_could_not_be_delivered_is_republished_not_rerun() {
 
 #[tokio::test]
 async fn a_webhook_larger_than_one_queue_message_is_carried_in_parts() {
-    let w = world(fleet(10)).await;
+    let w = world(attestable_fleet(10)).await;
     // The template's queue: 256 KiB messages.
     let queue = w.aws.queue_with_limit("attest-256k", 262_144).await;
     let app = w.app(AppOptions {
@@ -219,7 +202,7 @@ async fn a_webhook_larger_than_one_queue_message_is_carried_in_parts() {
 
 #[tokio::test]
 async fn a_direct_answer_stays_under_lambdas_response_limit() {
-    let w = world(fleet(10)).await;
+    let w = world(attestable_fleet(10)).await;
     let app = w.app(AppOptions::default());
     let ids: Vec<String> = (0..50_000)
         .map(|i| format!("00000000-0000-4000-8000-{i:012x}"))
@@ -279,7 +262,7 @@ impl intune_attest::results::eventbridge::PutEvents for EnforcingPutEvents {
 #[tokio::test]
 async fn a_result_over_256_kb_reaches_an_enforcing_event_bus_whole() {
     use intune_attest::results::ResultSink;
-    let h = crate::common::harness_with(fleet(1500), &[], |_| {}).await;
+    let h = crate::common::harness_with(attestable_fleet(1500), &[], |_| {}).await;
     let ids: Vec<String> = h.sim.fleet().iter().map(|d| d.id.clone()).collect();
     let result = h
         .run(json!({"managed_device_ids": ids, "dry_run": true, "validate_device_exists": false}))
@@ -312,14 +295,14 @@ async fn a_result_over_256_kb_reaches_an_enforcing_event_bus_whole() {
 /// leaves to the work queue, and every queued part runs until none is left.
 /// Returns the figures it prints.
 async fn continuation_run(devices: usize, invocation_secs: u64) -> String {
-    let w = world(fleet(devices)).await;
+    let w = world(attestable_fleet(devices)).await;
     let app = w.app(AppOptions {
         queue: true,
         ..Default::default()
     });
     let started = std::time::Instant::now();
     let payload =
-        json!({"managed_device_ids": all_ids(&w), "validate_device_exists": false, "correlation_id": "fleet-run"});
+        json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false, "correlation_id": "fleet-run"});
     app.handle(payload, ctx("part-1", invocation_secs)).await.unwrap();
     let (mut invocations, mut messages) = (1, 0);
     loop {
@@ -394,14 +377,14 @@ async fn fifty_thousand_devices_through_sqs_continuation() {
 
 #[tokio::test]
 async fn a_webhook_answered_503_can_be_retried_and_its_body_names_no_internals() {
-    let w = world(fleet(5)).await;
+    let w = world(attestable_fleet(5)).await;
     let app = w.app(AppOptions {
         queue: true,
         queue_url: Some("http://127.0.0.1:1/123456789012/no-such-queue".into()),
         webhook: Some(vec!["whsec-0123456789abcdefghijklmnopqrstuvwxyz"]),
         ..Default::default()
     });
-    let body = json!({"managed_device_ids": all_ids(&w)}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids()}).to_string();
     let sig = webhook::sign(
         &SecretString::from("whsec-0123456789abcdefghijklmnopqrstuvwxyz".to_string()),
         now(),
@@ -427,8 +410,8 @@ async fn a_webhook_answered_503_can_be_retried_and_its_body_names_no_internals()
 
 #[tokio::test]
 async fn webhook_auth_edges_fail_closed() {
-    let w = world(fleet(5)).await;
-    let body = json!({"managed_device_ids": all_ids(&w)}).to_string();
+    let w = world(attestable_fleet(5)).await;
+    let body = json!({"managed_device_ids": w.all_ids()}).to_string();
     // An empty userArn is no caller: a signature is still needed.
     let signed_app = w.app(AppOptions {
         webhook: Some(vec!["whsec-0123456789abcdefghijklmnopqrstuvwxyz"]),
@@ -455,7 +438,7 @@ async fn webhook_auth_edges_fail_closed() {
     // `part` is the service's own: a caller cannot set it.
     let app = w.app(AppOptions::default());
     let err = app
-        .handle(json!({"managed_device_ids": all_ids(&w), "part": 7}), ctx("e-3", 60))
+        .handle(json!({"managed_device_ids": w.all_ids(), "part": 7}), ctx("e-3", 60))
         .await
         .unwrap_err();
     assert_eq!(err.error_type, "InvalidRequest");

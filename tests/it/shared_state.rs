@@ -5,30 +5,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use graph_sim::{FleetSpec, SimConfig};
 use intune_attest::state::dynamodb::DynamoStore;
 use intune_attest::state::{Claim, StateStore};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::common::sim_config;
+use crate::common::attestable_fleet;
 use crate::lambda_handler::{AppOptions, World, ctx, http_event, now, sqs_event, world};
-
-fn fleet(size: usize) -> SimConfig {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        windows_unknown_tpm: 0.0,
-        ..FleetSpec::default()
-    };
-    cfg
-}
-
-fn ids(w: &World) -> Vec<String> {
-    w.sim.fleet().iter().map(|d| d.id.clone()).collect()
-}
 
 fn shared(table: &str) -> AppOptions {
     AppOptions {
@@ -45,10 +28,10 @@ fn each_once(w: &World, n: usize) {
 
 #[tokio::test]
 async fn a_repeat_reaching_another_instance_is_acknowledged_without_a_graph_call() {
-    let w = world(fleet(20)).await;
+    let w = world(attestable_fleet(20)).await;
     let table = w.aws.state_table("state-repeat").await;
     let (a, b) = (w.app(shared(&table)), w.app(shared(&table)));
-    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
     let first = a
         .handle(sqs_event(&[("m-1", body.clone())]), ctx("a-1", 60))
         .await
@@ -63,7 +46,7 @@ async fn a_repeat_reaching_another_instance_is_acknowledged_without_a_graph_call
 
 #[tokio::test]
 async fn the_same_delivery_at_two_instances_at_once_runs_once() {
-    let w = world(fleet(200)).await;
+    let w = world(attestable_fleet(200)).await;
     let table = w.aws.state_table("state-race").await;
     let mk = || {
         w.app(AppOptions {
@@ -72,7 +55,7 @@ async fn the_same_delivery_at_two_instances_at_once_runs_once() {
         })
     };
     let (a, b) = (mk(), mk());
-    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
     let (ra, rb) = tokio::join!(
         a.handle(sqs_event(&[("m-2", body.clone())]), ctx("a-2", 60)),
         b.handle(sqs_event(&[("m-2", body)]), ctx("b-2", 60)),
@@ -92,14 +75,14 @@ async fn the_same_delivery_at_two_instances_at_once_runs_once() {
 
 #[tokio::test]
 async fn a_claim_left_by_a_dead_instance_runs_out_and_the_delivery_then_runs_once() {
-    let w = world(fleet(10)).await;
+    let w = world(attestable_fleet(10)).await;
     let table = w.aws.state_table("state-dead").await;
     // An instance claimed the message for two seconds and died.
     let store = DynamoStore::new(w.aws.dynamodb.clone(), table.clone());
     let lease = SystemTime::now() + Duration::from_secs(2);
     assert_eq!(store.claim("delivery#m-3", "dead", lease).await, Ok(Claim::Claimed));
     let a = w.app(shared(&table));
-    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
     let held = a
         .handle(sqs_event(&[("m-3", body.clone())]), ctx("a-3", 60))
         .await
@@ -118,13 +101,13 @@ async fn a_claim_left_by_a_dead_instance_runs_out_and_the_delivery_then_runs_onc
 
 #[tokio::test]
 async fn a_kept_result_is_republished_by_another_instance() {
-    let w = world(fleet(30)).await;
+    let w = world(attestable_fleet(30)).await;
     let table = w.aws.state_table("state-kept").await;
     let a = w.app(AppOptions {
         bus: "kept-bus",
         ..shared(&table)
     });
-    let body = json!({"managed_device_ids": ids(&w), "validate_device_exists": false}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
     let first = a
         .handle(sqs_event(&[("m-4", body.clone())]), ctx("a-5", 60))
         .await
@@ -156,7 +139,7 @@ async fn a_kept_result_is_republished_by_another_instance() {
 
 #[tokio::test]
 async fn a_webhook_signature_used_at_one_instance_is_refused_at_another() {
-    let w = world(fleet(5)).await;
+    let w = world(attestable_fleet(5)).await;
     let table = w.aws.state_table("state-replay").await;
     let secret = "whsec-0123456789abcdefghijklmnopqrstuvwxyz";
     let mk = || {
@@ -166,7 +149,7 @@ async fn a_webhook_signature_used_at_one_instance_is_refused_at_another() {
         })
     };
     let (a, b) = (mk(), mk());
-    let body = json!({"managed_device_ids": ids(&w)}).to_string();
+    let body = json!({"managed_device_ids": w.all_ids()}).to_string();
     let sig = intune_attest::service::signature::sign(&SecretString::from(secret.to_string()), now(), body.as_bytes());
     let event = http_event(&body, json!({"x-intune-attest-signature": sig}), None);
     let first = a.handle(event.clone(), ctx("h-a", 60)).await.unwrap();
@@ -178,7 +161,7 @@ async fn a_webhook_signature_used_at_one_instance_is_refused_at_another() {
 
 #[tokio::test]
 async fn a_kept_result_larger_than_an_item_reads_back_whole() {
-    let w = world(fleet(1)).await;
+    let w = world(attestable_fleet(1)).await;
     let table = w.aws.state_table("state-chunks").await;
     let store = DynamoStore::new(w.aws.dynamodb.clone(), table);
     let later = SystemTime::now() + Duration::from_secs(60);

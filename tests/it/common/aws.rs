@@ -125,26 +125,25 @@ impl Clients {
     }
 
     pub async fn queue(&self, name: &str) -> String {
-        self.sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_owned()
+        self.queue_with(name, None).await
     }
 
     /// A queue whose `MaximumMessageSize` is `bytes`.
     pub async fn queue_with_limit(&self, name: &str, bytes: usize) -> String {
+        self.queue_with(name, Some(bytes)).await
+    }
+
+    async fn queue_with(&self, name: &str, max_bytes: Option<usize>) -> String {
         self.sqs
             .create_queue()
             .queue_name(name)
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
-                bytes.to_string(),
-            )
+            .set_attributes(max_bytes.map(|b| {
+                [(
+                    aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+                    b.to_string(),
+                )]
+                .into()
+            }))
             .send()
             .await
             .unwrap()

@@ -27,6 +27,19 @@ pub struct Harness {
     pub engine: Engine<GraphClient>,
 }
 
+/// A fleet of `size` Windows devices that can all attest.
+pub fn attestable_fleet(size: usize) -> SimConfig {
+    let mut cfg = sim_config();
+    cfg.fleet = graph_sim::FleetSpec {
+        size,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    cfg
+}
+
 pub fn sim_config() -> SimConfig {
     SimConfig {
         window: WINDOW,
