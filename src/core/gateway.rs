@@ -25,6 +25,9 @@ pub enum FailureKind {
     Forbidden,
     /// Any other 4xx: final.
     Rejected,
+    /// The call was never sent (no room in the shared budget before the
+    /// deadline): not an attempt.
+    NotSent,
 }
 
 impl FailureKind {

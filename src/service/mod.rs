@@ -7,6 +7,7 @@
 //! publication. The service keeps one Graph client and the tenant's pacing
 //! budget across warm invocations. It knows the ports, not AWS or Azure.
 
+mod budgeted;
 pub mod signature;
 pub mod sweep;
 pub mod webhook;
@@ -31,6 +32,7 @@ use crate::queue::{WorkMessage, WorkQueue};
 use crate::results::{Rejection, ResultSink};
 use crate::state::{Claim, MemoryStore, StateStore};
 
+pub use budgeted::{BudgetKey, BudgetedGateway};
 pub use sweep::SweepSettings;
 pub use webhook::{HttpAnswer, WebhookAuth, WebhookRequest};
 
@@ -242,8 +244,11 @@ pub struct SweepDispatch {
     pub chunks: usize,
 }
 
+/// Graph, behind the shared budget when there is one.
+type Gateway = BudgetedGateway<GraphClient>;
+
 struct CachedClient {
-    client: Arc<GraphClient>,
+    client: Arc<Gateway>,
     version: Option<String>,
     checked_at: Instant,
 }
@@ -260,6 +265,7 @@ pub struct AttestService {
     client: Mutex<Option<CachedClient>>,
     credential_ttl: Duration,
     store: Arc<dyn StateStore>,
+    budget: Option<Arc<dyn crate::state::budget::SharedBudget>>,
     /// Names this instance in the claims it holds.
     instance: String,
 }
@@ -293,8 +299,17 @@ impl AttestService {
             client: Mutex::new(None),
             credential_ttl,
             store: Arc::new(MemoryStore::default()),
+            budget: None,
             instance: uuid::Uuid::new_v4().to_string(),
         }
+    }
+
+    /// Paces every call by `budget`, shared by every instance of the
+    /// deployment (one per app registration and tenant), on top of this
+    /// instance's own pacer.
+    pub fn with_shared_budget(mut self, budget: Arc<dyn crate::state::budget::SharedBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Keeps claims, kept results and webhook replays in `store` (shared by
@@ -577,7 +592,7 @@ impl AttestService {
         }
     }
 
-    async fn graph_client(&self, fresh: bool) -> Result<Arc<GraphClient>, ServiceError> {
+    async fn graph_client(&self, fresh: bool) -> Result<Arc<Gateway>, ServiceError> {
         let mut cached = self.client.lock().await;
         if let Some(c) = cached
             .as_ref()
@@ -606,10 +621,26 @@ impl AttestService {
             let source = source.clone();
             Box::pin(async move { source.load().await.map(|l| l.creds).map_err(|e| e.0) })
         });
+        // One budget per app registration and tenant.
+        let app = format!("{}#{}", loaded.creds.tenant_id, loaded.creds.client_id);
         let client = GraphClient::new(endpoints, loaded.creds, self.settings.client.clone())
             .map_err(|e| ServiceError::Configuration(format!("cannot build the HTTP client: {e}")))?
             .with_reloader(reloader);
-        let client = Arc::new(client);
+        let client = Arc::new(match &self.budget {
+            Some(budget) => {
+                let key = |kind: &str, cfg: &crate::core::pacer::PacerConfig| BudgetKey {
+                    key: format!("budget#{app}#{kind}"),
+                    rules: crate::state::budget::BudgetRules::new(cfg.budget, cfg.window),
+                };
+                BudgetedGateway::shared(
+                    Arc::new(client),
+                    budget.clone(),
+                    key("writes", &self.settings.engine.writes),
+                    key("reads", &self.settings.engine.reads),
+                )
+            }
+            None => BudgetedGateway::alone(Arc::new(client)),
+        });
         *cached = Some(CachedClient {
             client: client.clone(),
             version: loaded.version,
@@ -618,7 +649,7 @@ impl AttestService {
         Ok(client)
     }
 
-    fn engine(&self, client: Arc<GraphClient>) -> Engine<GraphClient> {
+    fn engine(&self, client: Arc<Gateway>) -> Engine<Gateway> {
         Engine::with_pacers(client, self.settings.engine.clone(), self.pacers.clone())
     }
 

@@ -6,6 +6,7 @@
 //! CLI, local runs, a single Azure instance), and [`dynamodb`], one DynamoDB
 //! table shared by every instance (`STATE_TABLE`).
 
+pub mod budget;
 pub mod dynamodb;
 
 use std::collections::HashMap;

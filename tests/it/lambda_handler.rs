@@ -73,6 +73,8 @@ pub(crate) struct AppOptions {
     pub(crate) no_iam: bool,
     /// The DynamoDB state table shared with other instances.
     pub(crate) state_table: Option<String>,
+    /// The shared budget to draw on (else one on `state_table`).
+    pub(crate) budget: Option<Arc<dyn intune_attest::state::budget::SharedBudget>>,
 }
 
 impl Default for AppOptions {
@@ -86,6 +88,7 @@ impl Default for AppOptions {
             extra_env: vec![],
             no_iam: false,
             state_table: None,
+            budget: None,
         }
     }
 }
@@ -130,10 +133,17 @@ impl World {
             .with_webhook_auth(auth)
             .with_sweep(sweep);
         if let Some(table) = o.state_table {
-            service = service.with_state_store(Arc::new(intune_attest::state::dynamodb::DynamoStore::new(
-                self.aws.dynamodb.clone(),
-                table,
-            )));
+            service = service
+                .with_state_store(Arc::new(intune_attest::state::dynamodb::DynamoStore::new(
+                    self.aws.dynamodb.clone(),
+                    table.clone(),
+                )))
+                .with_shared_budget(o.budget.unwrap_or_else(|| {
+                    Arc::new(intune_attest::state::budget::DynamoBudget::new(
+                        self.aws.dynamodb.clone(),
+                        table,
+                    ))
+                }));
         }
         LambdaApp::new(service, "intune-attest-test".into(), false)
     }

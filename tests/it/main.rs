@@ -15,4 +15,5 @@ mod platform_limits;
 mod properties;
 mod redirects;
 mod secret_hygiene;
+mod shared_budget;
 mod shared_state;

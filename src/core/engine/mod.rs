@@ -638,6 +638,13 @@ impl<G: DeviceGateway> Engine<G> {
                 }
                 Reply::Read(ItemAnswer::Failed(f)) | Reply::Write(ItemAnswer::Failed(f)) => f,
             };
+            if failure.kind == FailureKind::NotSent {
+                // Never sent: not an attempt, and its time has run out.
+                w.attempts = w.attempts.saturating_sub(1);
+                w.stage_attempts = w.stage_attempts.saturating_sub(1);
+                run.give_up(&w);
+                continue;
+            }
             if failure.kind == FailureKind::AnswerLost && stage == Stage::Write {
                 w.lost += 1;
             }
@@ -647,7 +654,7 @@ impl<G: DeviceGateway> Engine<G> {
             match kind {
                 FailureKind::NotFound => run.finish(&w, Outcome::NotFound, None, None),
                 FailureKind::Forbidden => run.finish(&w, Outcome::Forbidden, Some(FORBIDDEN_HINT.into()), None),
-                FailureKind::Rejected => run.finish(&w, Outcome::Failed, None, None),
+                FailureKind::Rejected | FailureKind::NotSent => run.finish(&w, Outcome::Failed, None, None),
                 FailureKind::Throttled | FailureKind::Transient | FailureKind::AnswerLost => {
                     let delay = match (kind, retry_after) {
                         (_, Some(ra)) => ra.min(self.cfg.max_retry_after),

@@ -71,10 +71,13 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
         .with_sweep(SweepSettings::from_env(env)?);
     // Without a shared table, claims and replays live in this process.
     if let Some(table) = env("STATE_TABLE") {
-        service = service.with_state_store(Arc::new(crate::state::dynamodb::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            table,
-        )));
+        let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
+        service = service
+            .with_state_store(Arc::new(crate::state::dynamodb::DynamoStore::new(
+                dynamodb.clone(),
+                table.clone(),
+            )))
+            .with_shared_budget(Arc::new(crate::state::budget::DynamoBudget::new(dynamodb, table)));
     }
     let function_name = env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "intune-attest".into());
     let metrics = env("ATTEST_METRICS").is_none_or(|v| v != "off");

@@ -1,0 +1,198 @@
+//! Graph behind the shared budget: every `$batch` call first leases its
+//! permits from the budget all instances share (one lease per call), holds
+//! them until one window after its answer, and reports a 429 to every
+//! instance. Without a shared budget the calls go straight through, paced
+//! by the engine's own pacer alone.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::core::device::{DeviceId, DeviceRef};
+use crate::core::filter::DeviceFilter;
+use crate::core::gateway::{
+    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
+};
+use crate::state::budget::{Acquired, BudgetRules, Lease, SharedBudget};
+
+/// Round trips remembered to size a lease.
+const RTT_SAMPLES: usize = 20;
+
+/// One budget: its key in the shared state and its rules.
+#[derive(Debug, Clone)]
+pub struct BudgetKey {
+    /// `budget#<tenant>#<client>#writes` or `#reads`.
+    pub key: String,
+    /// The rules.
+    pub rules: BudgetRules,
+}
+
+struct Shared {
+    budget: Arc<dyn SharedBudget>,
+    writes: BudgetKey,
+    reads: BudgetKey,
+    rtts: Mutex<VecDeque<Duration>>,
+}
+
+/// A gateway whose calls draw on the shared budget.
+pub struct BudgetedGateway<G> {
+    inner: Arc<G>,
+    shared: Option<Shared>,
+}
+
+impl<G: DeviceGateway> BudgetedGateway<G> {
+    /// `inner` with no shared budget.
+    pub fn alone(inner: Arc<G>) -> Self {
+        Self { inner, shared: None }
+    }
+
+    /// `inner` drawing on `budget` for writes and reads.
+    pub fn shared(inner: Arc<G>, budget: Arc<dyn SharedBudget>, writes: BudgetKey, reads: BudgetKey) -> Self {
+        Self {
+            inner,
+            shared: Some(Shared {
+                budget,
+                writes,
+                reads,
+                rtts: Mutex::new(VecDeque::new()),
+            }),
+        }
+    }
+
+    /// The gateway behind the budget.
+    pub fn inner(&self) -> &Arc<G> {
+        &self.inner
+    }
+}
+
+impl Shared {
+    /// The longest recent round trip: a lease assumes its answer comes
+    /// within it (and is extended in the rare case it does not).
+    fn rtt_allowance(&self, rules: &BudgetRules) -> Duration {
+        let rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
+        rtts.iter().copied().max().unwrap_or(rules.window / 20)
+    }
+
+    fn record_rtt(&self, rtt: Duration) {
+        let mut rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
+        if rtts.len() == RTT_SAMPLES {
+            rtts.pop_front();
+        }
+        rtts.push_back(rtt);
+    }
+
+    /// Leases `n` permits, waiting for them no later than `deadline`.
+    async fn lease(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
+        loop {
+            let until = SystemTime::now() + which.rules.window + self.rtt_allowance(&which.rules);
+            let wait = match self.budget.acquire(&which.key, n, which.rules, until).await {
+                Ok(Acquired::Granted(lease)) => return Some(lease),
+                Ok(Acquired::WaitUntil(at)) => at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(1)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared budget is unavailable; waiting");
+                    which.rules.window / 20
+                }
+            };
+            if Instant::now() + wait >= deadline {
+                return None;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After the call: a lease that ends too early for a late answer is
+    /// extended; a 429 pauses every instance.
+    async fn settle<T>(&self, which: &BudgetKey, lease: &Lease, sent: Instant, answers: &[ItemAnswer<T>]) {
+        let answered = answers.iter().any(|a| match a {
+            ItemAnswer::Ok { .. } => true,
+            ItemAnswer::Failed(f) => f.status.is_some(),
+        });
+        if answered {
+            self.record_rtt(sent.elapsed());
+        }
+        let needed = SystemTime::now() + which.rules.window;
+        if crate::state::epoch_ms(needed) > lease.until_ms
+            && let Err(e) = self.budget.extend(&which.key, lease, needed).await
+        {
+            tracing::warn!(error = %e, "a lease could not be extended");
+        }
+        let pause = answers
+            .iter()
+            .filter_map(|a| match a {
+                ItemAnswer::Failed(f) if f.kind == FailureKind::Throttled => {
+                    Some(f.retry_after.unwrap_or(Duration::from_secs(1)))
+                }
+                _ => None,
+            })
+            .max();
+        if let Some(pause) = pause
+            && let Err(e) = self
+                .budget
+                .throttled(&which.key, which.rules, SystemTime::now() + pause)
+                .await
+        {
+            tracing::warn!(error = %e, "a 429 could not be shared");
+        }
+    }
+}
+
+fn not_sent<T>(n: usize) -> Vec<ItemAnswer<T>> {
+    (0..n)
+        .map(|_| {
+            ItemAnswer::Failed(CallFailure::without_answer(
+                FailureKind::NotSent,
+                "the shared budget had no room before the deadline",
+            ))
+        })
+        .collect()
+}
+
+impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
+    async fn prepare(&self, deadline: Instant) -> Result<(), GatewayError> {
+        self.inner.prepare(deadline).await
+    }
+
+    async fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Vec<DeviceId>, GatewayError> {
+        self.inner.list_devices(filter, limit, deadline).await
+    }
+
+    async fn read_devices(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {
+        let Some(shared) = &self.shared else {
+            return self.inner.read_devices(devices, deadline).await;
+        };
+        let Some(lease) = shared.lease(&shared.reads, devices.len() as u32, deadline).await else {
+            return not_sent(devices.len());
+        };
+        let sent = Instant::now();
+        let answers = self.inner.read_devices(devices, deadline).await;
+        shared.settle(&shared.reads, &lease, sent, &answers).await;
+        answers
+    }
+
+    async fn initiate(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<()>> {
+        let Some(shared) = &self.shared else {
+            return self.inner.initiate(devices, deadline).await;
+        };
+        let Some(lease) = shared.lease(&shared.writes, devices.len() as u32, deadline).await else {
+            return not_sent(devices.len());
+        };
+        let sent = Instant::now();
+        let answers = self.inner.initiate(devices, deadline).await;
+        shared.settle(&shared.writes, &lease, sent, &answers).await;
+        answers
+    }
+
+    fn stats(&self) -> GatewayStats {
+        self.inner.stats()
+    }
+}

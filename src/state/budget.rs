@@ -1,0 +1,413 @@
+//! The write (and read) budget of one app registration in one tenant,
+//! shared by every instance: the local pacer's rule, made common. A grant
+//! is a lease on permits, held from before the call is sent until one
+//! window after its answer; no more permits than the budget are ever
+//! leased at once, so no sliding window, summed over all instances, sees
+//! more requests than the budget. A lease carries its own end time, so the
+//! permits of an instance that died come back when its leases run out. A
+//! 429 seen by any instance pauses all of them and lowers the shared
+//! ceiling, which each clean window restores in part.
+//!
+//! On DynamoDB the budget is one item per key, written with a version
+//! condition: one request per grant when no other instance wrote since, two
+//! when one did (the failed condition returns the current item).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+
+use super::{StoreError, epoch_ms};
+use crate::core::BoxFuture;
+use crate::core::text::bounded;
+
+/// The rules a budget is kept by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetRules {
+    /// Permits per window.
+    pub budget: u32,
+    /// The window.
+    pub window: Duration,
+    /// How far instances' clocks may differ: a lease counts until this long
+    /// after its end (a fraction of the window, never a fixed time).
+    pub skew: Duration,
+}
+
+impl BudgetRules {
+    /// Rules for `budget` per `window`, allowing 2% of the window for clock
+    /// skew between instances.
+    pub fn new(budget: u32, window: Duration) -> Self {
+        Self {
+            budget: budget.max(1),
+            window,
+            skew: window / 50,
+        }
+    }
+}
+
+/// Permits leased until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Names the lease in the shared state.
+    pub id: String,
+    /// Permits.
+    pub n: u32,
+    /// When the permits come back, ms since the epoch.
+    pub until_ms: u64,
+}
+
+/// What asking for permits gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The permits, until the lease ends.
+    Granted(Lease),
+    /// None now; ask again at this time.
+    WaitUntil(SystemTime),
+}
+
+/// The budget shared by the instances.
+pub trait SharedBudget: Send + Sync {
+    /// Leases `n` permits of `key`'s budget until `until`, or says when to
+    /// ask again.
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        n: u32,
+        rules: BudgetRules,
+        until: SystemTime,
+    ) -> BoxFuture<'a, Result<Acquired, StoreError>>;
+
+    /// Moves a lease's end later (an answer came later than its lease
+    /// assumed).
+    fn extend<'a>(&'a self, key: &'a str, lease: &'a Lease, until: SystemTime)
+    -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Records a 429: everyone pauses until `pause_until`, and the ceiling
+    /// drops to 95% of what is leased now (at most once a window).
+    fn throttled<'a>(
+        &'a self,
+        key: &'a str,
+        rules: BudgetRules,
+        pause_until: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Table requests made so far.
+    fn requests(&self) -> u64;
+}
+
+/// The shared state of one budget.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct State {
+    /// `[id, n, until_ms]` of every lease.
+    leases: Vec<(String, u32, u64)>,
+    paused_until: u64,
+    /// The lowered ceiling after a 429, if any, and when it was set.
+    ceiling: Option<u32>,
+    cut_at: u64,
+}
+
+impl State {
+    fn prune(&mut self, now: u64, rules: &BudgetRules) {
+        let skew = rules.skew.as_millis() as u64;
+        self.leases.retain(|(_, _, until)| until + skew > now);
+    }
+
+    /// The budget in force: the ceiling after a cut, restored by 5% of the
+    /// budget for every whole window since.
+    fn effective(&self, now: u64, rules: &BudgetRules) -> u32 {
+        match self.ceiling {
+            None => rules.budget,
+            Some(c) => {
+                let windows = now.saturating_sub(self.cut_at) / (rules.window.as_millis() as u64).max(1);
+                let restored = c as u64 + windows * (rules.budget as u64 / 20).max(1);
+                restored.min(rules.budget as u64) as u32
+            }
+        }
+    }
+
+    fn held(&self) -> u32 {
+        self.leases.iter().map(|(_, n, _)| n).sum()
+    }
+
+    /// Grants `n` if the rules allow, or says when they will.
+    fn grant(&mut self, n: u32, now: u64, until: u64, rules: &BudgetRules) -> Result<Lease, u64> {
+        self.prune(now, rules);
+        if self.paused_until > now {
+            return Err(self.paused_until);
+        }
+        let effective = self.effective(now, rules);
+        if self.held() + n > effective && self.held() > 0 {
+            let skew = rules.skew.as_millis() as u64;
+            let next = self.leases.iter().map(|(_, _, u)| u + skew).min().unwrap_or(now + 1);
+            return Err(next.max(now + 1));
+        }
+        let lease = Lease {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            n,
+            until_ms: until,
+        };
+        self.leases.push((lease.id.clone(), n, until));
+        Ok(lease)
+    }
+
+    fn on_throttled(&mut self, now: u64, pause_until: u64, rules: &BudgetRules) {
+        self.prune(now, rules);
+        self.paused_until = self.paused_until.max(pause_until);
+        if now.saturating_sub(self.cut_at) >= rules.window.as_millis() as u64 || self.ceiling.is_none() {
+            let seen = self.held().max(1);
+            let floor = (rules.budget / 5).max(1);
+            let cut = ((seen as f64) * 0.95) as u32;
+            self.ceiling = Some(cut.clamp(floor, rules.budget.saturating_sub(1).max(1)));
+            self.cut_at = now;
+        }
+    }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    epoch_ms(t)
+}
+
+fn from_ms(t: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(t)
+}
+
+/// The budget on the DynamoDB state table.
+pub struct DynamoBudget {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    /// The last state seen per key, with its version.
+    cache: Mutex<HashMap<String, (u64, State)>>,
+    requests: AtomicU64,
+}
+
+impl DynamoBudget {
+    /// The budget on `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self {
+            client,
+            table,
+            cache: Mutex::new(HashMap::new()),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<(u64, State)> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn remember(&self, key: &str, version: u64, state: State) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), (version, state));
+    }
+
+    fn decode(item: Option<&HashMap<String, AttributeValue>>) -> (u64, State) {
+        let Some(item) = item else {
+            return (0, State::default());
+        };
+        let version = item
+            .get("version")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let state = item
+            .get("state")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        (version, state)
+    }
+
+    async fn read(&self, key: &str) -> Result<(u64, State), StoreError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(key.to_owned()))
+            .key("sk", AttributeValue::S("budget".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError(bounded(&format!("{e:?}"), 200)))?;
+        Ok(Self::decode(out.item()))
+    }
+
+    /// Writes `state` as version `version + 1` if the item is still at
+    /// `version`; on a lost race returns the current state instead.
+    async fn write(&self, key: &str, version: u64, state: &State) -> Result<Result<(), (u64, State)>, StoreError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let expires = ms(SystemTime::now()) / 1000 + 7 * 24 * 3600;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(key.to_owned()))
+            .item("sk", AttributeValue::S("budget".into()))
+            .item("version", AttributeValue::N((version + 1).to_string()))
+            .item(
+                "state",
+                AttributeValue::S(serde_json::to_string(state).unwrap_or_default()),
+            )
+            .item("expires_at", AttributeValue::N(expires.to_string()))
+            .condition_expression("attribute_not_exists(pk) OR version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                    match c.item() {
+                        Some(item) => Ok(Err(Self::decode(Some(item)))),
+                        // The store did not return the item: read it.
+                        None => Ok(Err(self.read(key).await?)),
+                    }
+                }
+                other => Err(StoreError(bounded(&other.to_string(), 200))),
+            },
+        }
+    }
+
+    /// Applies `change` to the freshest state it can, retrying a lost race.
+    async fn update<T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let (mut version, mut state) = match self.cached(key) {
+            Some(c) => c,
+            None => self.read(key).await?,
+        };
+        for _ in 0..16 {
+            let mut next = state.clone();
+            let Some(out) = change(&mut next) else {
+                self.remember(key, version, state);
+                return Ok(None);
+            };
+            match self.write(key, version, &next).await? {
+                Ok(()) => {
+                    self.remember(key, version + 1, next);
+                    return Ok(Some(out));
+                }
+                Err((v, s)) => (version, state) = (v, s),
+            }
+        }
+        Err(StoreError(format!(
+            "{key}: too many instances wrote at once; try again"
+        )))
+    }
+}
+
+impl SharedBudget for DynamoBudget {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        n: u32,
+        rules: BudgetRules,
+        until: SystemTime,
+    ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
+        Box::pin(async move {
+            let mut wait = None;
+            let granted = self
+                .update(key, |state| {
+                    match state.grant(n, ms(SystemTime::now()), ms(until), &rules) {
+                        Ok(lease) => Some(lease),
+                        Err(at) => {
+                            wait = Some(at);
+                            None
+                        }
+                    }
+                })
+                .await?;
+            Ok(match granted {
+                Some(lease) => Acquired::Granted(lease),
+                None => Acquired::WaitUntil(from_ms(wait.unwrap_or_else(|| ms(SystemTime::now()) + 10))),
+            })
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a str,
+        lease: &'a Lease,
+        until: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let until = ms(until);
+            self.update(key, |state| {
+                let l = state.leases.iter_mut().find(|(id, _, _)| *id == lease.id)?;
+                l.2 = l.2.max(until);
+                Some(())
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn throttled<'a>(
+        &'a self,
+        key: &'a str,
+        rules: BudgetRules,
+        pause_until: SystemTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.update(key, |state| {
+                state.on_throttled(ms(SystemTime::now()), ms(pause_until), &rules);
+                Some(())
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> BudgetRules {
+        BudgetRules::new(190, Duration::from_secs(20))
+    }
+
+    #[test]
+    fn no_more_than_the_budget_is_leased_at_once_and_leases_run_out() {
+        let r = rules();
+        let mut s = State::default();
+        let t = 1_000_000;
+        let until = t + 20_000;
+        for _ in 0..10 {
+            assert!(s.grant(19, t, until, &r).is_ok());
+        }
+        let next = s.grant(19, t, until, &r).unwrap_err();
+        assert_eq!(
+            next,
+            until + r.skew.as_millis() as u64,
+            "free again one skew after the leases end"
+        );
+        assert!(s.grant(19, next, next + 20_000, &r).is_ok());
+    }
+
+    #[test]
+    fn a_throttle_pauses_everyone_and_cuts_the_ceiling_which_windows_restore() {
+        let r = rules();
+        let mut s = State::default();
+        let t = 1_000_000;
+        for _ in 0..5 {
+            s.grant(19, t, t + 20_000, &r).unwrap();
+        }
+        s.on_throttled(t, t + 2_000, &r);
+        assert_eq!(s.grant(1, t + 1, t + 20_000, &r), Err(t + 2_000));
+        assert_eq!(s.effective(t, &r), 90, "95% of the 95 leased");
+        assert_eq!(s.effective(t + 40_000, &r), 90 + 2 * 9);
+        assert_eq!(s.effective(t + 2_000_000, &r), 190);
+    }
+}

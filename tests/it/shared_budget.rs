@@ -1,0 +1,194 @@
+//! Several instances, one app registration: the write budget on the shared
+//! state table (moto's DynamoDB) holds across them, a dead instance's
+//! leases come back, and a 429 seen by one pauses the others. The
+//! simulator counts what reached Graph by arrival time.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::join_all;
+use graph_sim::{CLIENT_ID, TENANT_ID};
+use intune_attest::state::budget::{Acquired, BudgetRules, DynamoBudget, SharedBudget};
+use serde_json::{Value, json};
+
+use crate::common::{WINDOW, attestable_fleet};
+use crate::lambda_handler::{AppOptions, World, ctx, world};
+
+const BUDGET: usize = 190;
+
+fn write_key() -> String {
+    format!("budget#{TENANT_ID}#{CLIENT_ID}#writes")
+}
+
+/// Runs `instances` instances at once, each attesting its own share of the
+/// fleet; returns their answers.
+async fn run_together(w: &World, instances: usize, table: Option<&str>) -> Vec<Value> {
+    let ids = w.all_ids();
+    let share = ids.len() / instances;
+    let apps: Vec<_> = (0..instances)
+        .map(|_| {
+            w.app(AppOptions {
+                state_table: table.map(str::to_owned),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let runs = apps.iter().enumerate().map(|(i, app)| {
+        let mine = &ids[i * share..(i + 1) * share];
+        app.handle(
+            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "2m"}}),
+            ctx(&format!("instance-{i}"), 120),
+        )
+    });
+    join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| json!({"error": e.error_type, "message": e.error_message})))
+        .collect()
+}
+
+#[tokio::test]
+async fn instances_that_share_the_table_never_exceed_the_budget_in_any_window() {
+    for instances in [2, 4] {
+        let w = world(attestable_fleet(instances * 300)).await;
+        let table = w.aws.state_table(&format!("budget-{instances}")).await;
+        let answers = run_together(&w, instances, Some(&table)).await;
+        for a in &answers {
+            assert_eq!(a["summary"]["initiated"], 300, "{a}");
+        }
+        let most = w.sim.max_writes_in_any_window(WINDOW);
+        assert!(most <= BUDGET, "{instances} instances: {most} writes in one window");
+        assert_eq!(
+            w.sim.stats().throttled_writes,
+            0,
+            "{instances} instances were throttled"
+        );
+        let ledger = w.sim.ledger_counts();
+        assert_eq!(ledger.len(), instances * 300);
+        assert!(ledger.values().all(|&n| n == 1));
+    }
+}
+
+#[tokio::test]
+async fn instances_pacing_alone_overrun_the_budget() {
+    // The same two instances without the shared table: each paces itself
+    // to the whole budget, so together they exceed it. This is what the
+    // shared budget prevents.
+    let w = world(attestable_fleet(800)).await;
+    run_together(&w, 2, None).await;
+    let most = w.sim.max_writes_in_any_window(WINDOW);
+    let throttled = w.sim.stats().throttled_writes;
+    assert!(
+        most > BUDGET || throttled > 0,
+        "{most} writes in a window, {throttled} throttled"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_instances_leases_come_back_within_a_window() {
+    let w = world(attestable_fleet(100)).await;
+    let table = w.aws.state_table("budget-dead").await;
+    // An instance leased the whole budget for a window and died.
+    let budget = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
+    let rules = BudgetRules::new(BUDGET as u32, WINDOW);
+    let until = SystemTime::now() + WINDOW;
+    let got = budget.acquire(&write_key(), BUDGET as u32, rules, until).await.unwrap();
+    assert!(matches!(got, Acquired::Granted(_)), "{got:?}");
+    let started = tokio::time::Instant::now();
+    let answers = run_together(&w, 1, Some(&table)).await;
+    assert_eq!(answers[0]["summary"]["initiated"], 100, "{}", answers[0]);
+    let first = w.sim.ledger().iter().map(|e| e.at).min().unwrap();
+    let waited = first.duration_since(started);
+    assert!(
+        waited >= WINDOW / 2,
+        "a write went out while the dead lease held the budget ({waited:?})"
+    );
+    assert!(waited < WINDOW * 3, "the dead lease did not come back ({waited:?})");
+}
+
+#[tokio::test]
+async fn a_429_seen_by_one_instance_pauses_the_others() {
+    let w = world(attestable_fleet(1)).await;
+    let table = w.aws.state_table("budget-429").await;
+    let rules = BudgetRules::new(BUDGET as u32, WINDOW);
+    let (a, b) = (
+        DynamoBudget::new(w.aws.dynamodb.clone(), table.clone()),
+        DynamoBudget::new(w.aws.dynamodb.clone(), table),
+    );
+    let until = SystemTime::now() + WINDOW;
+    assert!(matches!(
+        a.acquire(&write_key(), 19, rules, until).await.unwrap(),
+        Acquired::Granted(_)
+    ));
+    let pause = SystemTime::now() + Duration::from_secs(5);
+    a.throttled(&write_key(), rules, pause).await.unwrap();
+    match b.acquire(&write_key(), 19, rules, until).await.unwrap() {
+        Acquired::WaitUntil(at) => assert!(at >= pause - Duration::from_millis(5), "{at:?}"),
+        other => panic!("instance B was not paused: {other:?}"),
+    }
+}
+
+/// The figures of `instances` instances sharing one budget: summed writes
+/// per window (mean of full windows), the most in any sliding window, 429s,
+/// and table requests per device.
+async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, f64) {
+    let w = world(attestable_fleet(instances * per_instance)).await;
+    let table = w.aws.state_table(&format!("bench-{instances}")).await;
+    let budgets: Vec<std::sync::Arc<DynamoBudget>> = (0..instances)
+        .map(|_| std::sync::Arc::new(DynamoBudget::new(w.aws.dynamodb.clone(), table.clone())))
+        .collect();
+    let ids = w.all_ids();
+    let apps: Vec<_> = budgets
+        .iter()
+        .map(|b| {
+            w.app(AppOptions {
+                state_table: Some(table.clone()),
+                budget: Some(b.clone()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let runs = apps.iter().enumerate().map(|(i, app)| {
+        let mine = &ids[i * per_instance..(i + 1) * per_instance];
+        app.handle(
+            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "10m"}}),
+            ctx(&format!("bench-{i}"), 600),
+        )
+    });
+    for answer in join_all(runs).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer["summary"]["initiated"], per_instance, "{answer}");
+    }
+    let windows: Vec<usize> = w.sim.writes_per_window(WINDOW).into_iter().filter(|&n| n > 0).collect();
+    let inner = if windows.len() > 2 {
+        &windows[1..windows.len() - 1]
+    } else {
+        &windows[..]
+    };
+    let mean = inner.iter().sum::<usize>() as f64 / inner.len().max(1) as f64;
+    let requests: u64 = budgets.iter().map(|b| b.requests()).sum();
+    (
+        mean,
+        w.sim.max_writes_in_any_window(WINDOW),
+        w.sim.stats().throttled_writes,
+        requests as f64 / (instances * per_instance) as f64,
+    )
+}
+
+/// The shared-budget scenario of BENCHMARKS.md:
+/// `cargo test --test it -- --ignored --nocapture shared_budget_scenario`.
+#[tokio::test]
+#[ignore = "a benchmark run of a few minutes; see BENCHMARKS.md"]
+async fn shared_budget_scenario() {
+    println!(
+        "| instances | writes per window (mean of full windows) | % of the budget | most in any sliding window | 429s | table requests per device |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for instances in [1, 2, 4, 8] {
+        let (mean, most, throttled, per_device) = shared_run(instances, 4000 / instances).await;
+        println!(
+            "| {instances} | {mean:.1} | {:.1}% | {most} | {throttled} | {per_device:.3} |",
+            mean * 100.0 / BUDGET as f64
+        );
+        assert!(most <= BUDGET);
+    }
+}
