@@ -159,8 +159,7 @@ fn queue_consumers_share_the_intune_budget() {
     assert!(budget <= 200, "{budget} exceeds Intune's 200 writes per 20 s");
     assert_eq!(t["Parameters"]["WriteBudget"]["MaxValue"], 200);
     assert_eq!(
-        t["Resources"]["AttestFunction"]["Properties"]["Environment"]["Variables"]["STATE_TABLE"]["Ref"],
-        "StateTable",
+        t["Resources"]["AttestFunction"]["Properties"]["Environment"]["Variables"]["STATE_TABLE"]["Ref"], "StateTable",
         "the shared budget lives in the state table"
     );
     assert_eq!(

@@ -53,6 +53,10 @@ enum Command {
         /// `json` (the document, for scripts) or `table` (for people).
         #[arg(long, value_enum, default_value_t = Output::Json)]
         output: Output,
+        /// Also write the result document to this file (with `--output
+        /// table`, the full list stays at hand).
+        #[arg(long, value_name = "FILE")]
+        result_file: Option<PathBuf>,
     },
     /// Validate a payload without calling Graph; print the normalised request.
     Check {
@@ -178,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             event,
             no_progress,
             output,
+            result_file,
         } => {
             let settings = Settings::from_env(env)?;
             let bytes = read_event(&event)?;
@@ -204,9 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(code));
                 }
             };
+            let doc = serde_json::to_string_pretty(&result)?;
+            if let Some(path) = &result_file {
+                std::fs::write(path, &doc).with_context(|| format!("writing {}", path.display()))?;
+            }
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
-                Output::Table => print!("{}", table::result(&result)),
+                Output::Json => println!("{doc}"),
+                Output::Table => print!("{}", table::result(&result, result_file.as_deref())),
             }
             Ok(if result.failed {
                 ExitCode::from(1)

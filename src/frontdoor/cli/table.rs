@@ -57,8 +57,9 @@ fn status_cell(status: RunStatus, failed: bool) -> Cell {
     })
 }
 
-/// A run's result as tables.
-pub fn result(r: &RunResult) -> String {
+/// A run's result as tables; `saved` is where the full document was
+/// written, if it was.
+pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
     let mut head = table();
     head.set_header(vec!["status", "correlation id", "requested", "duration"]);
     head.add_row(vec![
@@ -104,8 +105,12 @@ pub fn result(r: &RunResult) -> String {
         }
         out.push_str(&format!("{rows}\n"));
         if others.len() > MAX_ROWS {
+            let full = match saved {
+                Some(path) => format!("{} lists every device", path.display()),
+                None => "`--output json` lists every device".to_owned(),
+            };
             out.push_str(&format!(
-                "and {} more; `--output json` lists every device with its reason and request id\n",
+                "and {} more; {full} with its reason and request id\n",
                 others.len() - MAX_ROWS
             ));
         }
