@@ -152,6 +152,33 @@ fn not_sent<T>(n: usize) -> Vec<ItemAnswer<T>> {
         .collect()
 }
 
+impl<G: DeviceGateway> BudgetedGateway<G> {
+    /// Makes a call of `n` items under a lease of `which` budget (or
+    /// straight through without a shared budget).
+    async fn through<T, F, Fut>(
+        &self,
+        which: fn(&Shared) -> &BudgetKey,
+        n: usize,
+        deadline: Instant,
+        call: F,
+    ) -> Vec<ItemAnswer<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Vec<ItemAnswer<T>>>,
+    {
+        let Some(shared) = &self.shared else {
+            return call().await;
+        };
+        let Some(lease) = shared.lease(which(shared), n as u32, deadline).await else {
+            return not_sent(n);
+        };
+        let sent = Instant::now();
+        let answers = call().await;
+        shared.settle(which(shared), &lease, sent, &answers).await;
+        answers
+    }
+}
+
 impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
     async fn prepare(&self, deadline: Instant) -> Result<(), GatewayError> {
         self.inner.prepare(deadline).await
@@ -167,29 +194,23 @@ impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
     }
 
     async fn read_devices(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {
-        let Some(shared) = &self.shared else {
-            return self.inner.read_devices(devices, deadline).await;
-        };
-        let Some(lease) = shared.lease(&shared.reads, devices.len() as u32, deadline).await else {
-            return not_sent(devices.len());
-        };
-        let sent = Instant::now();
-        let answers = self.inner.read_devices(devices, deadline).await;
-        shared.settle(&shared.reads, &lease, sent, &answers).await;
-        answers
+        self.through(
+            |s| &s.reads,
+            devices.len(),
+            deadline,
+            || self.inner.read_devices(devices, deadline),
+        )
+        .await
     }
 
     async fn initiate(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<()>> {
-        let Some(shared) = &self.shared else {
-            return self.inner.initiate(devices, deadline).await;
-        };
-        let Some(lease) = shared.lease(&shared.writes, devices.len() as u32, deadline).await else {
-            return not_sent(devices.len());
-        };
-        let sent = Instant::now();
-        let answers = self.inner.initiate(devices, deadline).await;
-        shared.settle(&shared.writes, &lease, sent, &answers).await;
-        answers
+        self.through(
+            |s| &s.writes,
+            devices.len(),
+            deadline,
+            || self.inner.initiate(devices, deadline),
+        )
+        .await
     }
 
     fn stats(&self) -> GatewayStats {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::common::{WINDOW, attestable_fleet};
 use crate::lambda_handler::{AppOptions, World, ctx, world};
+use intune_attest::frontdoor::lambda::LambdaApp;
 
 const BUDGET: usize = 190;
 
@@ -19,11 +20,26 @@ fn write_key() -> String {
     format!("budget#{TENANT_ID}#{CLIENT_ID}#writes")
 }
 
-/// Runs `instances` instances at once, each attesting its own share of the
-/// fleet; returns their answers.
-async fn run_together(w: &World, instances: usize, table: Option<&str>) -> Vec<Value> {
+/// Runs the instances at once, each attesting its own `per_instance`
+/// devices of the fleet; returns their answers.
+async fn run_apps(w: &World, apps: &[LambdaApp], per_instance: usize) -> Vec<Value> {
     let ids = w.all_ids();
-    let share = ids.len() / instances;
+    let runs = apps.iter().enumerate().map(|(i, app)| {
+        let mine = &ids[i * per_instance..(i + 1) * per_instance];
+        app.handle(
+            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "10m"}}),
+            ctx(&format!("instance-{i}"), 600),
+        )
+    });
+    join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| json!({"error": e.error_type, "message": e.error_message})))
+        .collect()
+}
+
+/// `instances` instances on the table (or alone), sharing the fleet.
+async fn run_together(w: &World, instances: usize, table: Option<&str>) -> Vec<Value> {
     let apps: Vec<_> = (0..instances)
         .map(|_| {
             w.app(AppOptions {
@@ -32,18 +48,7 @@ async fn run_together(w: &World, instances: usize, table: Option<&str>) -> Vec<V
             })
         })
         .collect();
-    let runs = apps.iter().enumerate().map(|(i, app)| {
-        let mine = &ids[i * share..(i + 1) * share];
-        app.handle(
-            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "2m"}}),
-            ctx(&format!("instance-{i}"), 120),
-        )
-    });
-    join_all(runs)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| json!({"error": e.error_type, "message": e.error_message})))
-        .collect()
+    run_apps(w, &apps, w.all_ids().len() / instances).await
 }
 
 #[tokio::test]
@@ -136,7 +141,6 @@ async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, 
     let budgets: Vec<std::sync::Arc<DynamoBudget>> = (0..instances)
         .map(|_| std::sync::Arc::new(DynamoBudget::new(w.aws.dynamodb.clone(), table.clone())))
         .collect();
-    let ids = w.all_ids();
     let apps: Vec<_> = budgets
         .iter()
         .map(|b| {
@@ -147,15 +151,7 @@ async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, 
             })
         })
         .collect();
-    let runs = apps.iter().enumerate().map(|(i, app)| {
-        let mine = &ids[i * per_instance..(i + 1) * per_instance];
-        app.handle(
-            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "10m"}}),
-            ctx(&format!("bench-{i}"), 600),
-        )
-    });
-    for answer in join_all(runs).await {
-        let answer = answer.unwrap();
+    for answer in run_apps(&w, &apps, per_instance).await {
         assert_eq!(answer["summary"]["initiated"], per_instance, "{answer}");
     }
     let windows: Vec<usize> = w.sim.writes_per_window(WINDOW).into_iter().filter(|&n| n > 0).collect();
