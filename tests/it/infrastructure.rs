@@ -222,6 +222,30 @@ fn platform_limits_are_set_where_the_code_relies_on_them() {
     }
 }
 
+#[test]
+fn the_playbook_retries_every_error_that_can_pass_later() {
+    let asl: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/aws/incident-response.asl.json")).unwrap())
+            .unwrap();
+    let retried = asl["States"]["AttestDevices"]["Retry"].to_string();
+    use intune_attest::service::ServiceError as E;
+    let retryable = [
+        E::CredentialsUnavailable(String::new()),
+        E::GraphUnavailable(String::new()),
+        E::ResultDeliveryFailed(String::new()),
+        E::InProgress(String::new()),
+        E::StateUnavailable(intune_attest::state::StoreError(String::new())),
+    ];
+    for e in retryable {
+        assert!(e.is_retryable());
+        assert!(
+            retried.contains(e.error_type()),
+            "the playbook does not retry {}",
+            e.error_type()
+        );
+    }
+}
+
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
