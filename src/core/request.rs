@@ -32,6 +32,7 @@ const FIELDS: &[&str] = &[
     "dry_run",
     "correlation_id",
     "part",
+    "tenant",
 ];
 
 /// The highest `part` number accepted.
@@ -55,6 +56,9 @@ pub struct AttestationRequest {
     pub dry_run: bool,
     /// The caller's correlation id, if given.
     pub correlation_id: Option<String>,
+    /// Which of the deployment's configured tenants to attest in (its
+    /// name, never a secret id); `None` for the deployment's own.
+    pub tenant: Option<String>,
     /// Which part of a run split across invocations this is (1 = the first;
     /// continuation messages carry higher numbers).
     pub part: u32,
@@ -265,6 +269,19 @@ impl AttestationRequest {
             }
         };
 
+        let tenant = match present(obj, "tenant") {
+            None => None,
+            Some(Value::String(s)) if valid_tenant_name(s) => Some(s.clone()),
+            Some(other) => {
+                problems.add(
+                    "tenant",
+                    excerpt(other),
+                    "expected the name of a configured tenant: 1 to 64 letters, digits and . _ -",
+                );
+                None
+            }
+        };
+
         // Lists whose entries were all refused already have their problems.
         let part = match present(obj, "part") {
             None => 1,
@@ -324,6 +341,7 @@ impl AttestationRequest {
             timeout,
             dry_run,
             correlation_id,
+            tenant,
             part,
             warnings,
         })
@@ -359,6 +377,9 @@ pub struct Payload {
     /// `part`, written only past the first part.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub part: Option<u32>,
+    /// `tenant`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// The `timeouts` object of a [`Payload`].
@@ -398,6 +419,7 @@ impl AttestationRequest {
             dry_run: self.dry_run,
             correlation_id: self.correlation_id.clone(),
             part: (self.part > 1).then_some(self.part),
+            tenant: self.tenant.clone(),
         }
     }
 
@@ -419,6 +441,14 @@ impl AttestationRequest {
 /// for unset optional attributes).
 fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
+}
+
+/// Whether `s` can name a tenant (a configuration key, never a secret id).
+pub fn valid_tenant_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn valid_correlation_id(s: &str) -> bool {

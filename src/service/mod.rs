@@ -256,18 +256,37 @@ struct CachedClient {
 /// The service. One per process.
 pub struct AttestService {
     settings: Settings,
-    credentials: Arc<dyn CredentialSource>,
+    /// The deployment's own tenant (requests that name none).
+    own: Tenant,
+    /// Further tenants, by the names payloads use.
+    tenants: std::collections::HashMap<String, Tenant>,
     sink: Option<Arc<dyn ResultSink>>,
     queue: Option<Arc<dyn WorkQueue>>,
     gate: webhook::Gate,
     sweep: SweepSettings,
-    pacers: Pacers,
-    client: Mutex<Option<CachedClient>>,
     credential_ttl: Duration,
     store: Arc<dyn StateStore>,
     budget: Option<Arc<dyn crate::state::budget::SharedBudget>>,
     /// Names this instance in the claims it holds.
     instance: String,
+}
+
+/// One tenant's state: where its credentials come from, its warm Graph
+/// client, and its own pacing (one tenant's 429s never slow another).
+struct Tenant {
+    credentials: Arc<dyn CredentialSource>,
+    client: Mutex<Option<CachedClient>>,
+    pacers: Pacers,
+}
+
+impl Tenant {
+    fn new(credentials: Arc<dyn CredentialSource>, settings: &Settings) -> Self {
+        Self {
+            credentials,
+            client: Mutex::new(None),
+            pacers: Pacers::new(&settings.engine),
+        }
+    }
 }
 
 /// How long a claim outlives the host's deadline: a claim whose instance died
@@ -289,18 +308,48 @@ impl AttestService {
         credential_ttl: Duration,
     ) -> Self {
         Self {
-            pacers: Pacers::new(&settings.engine),
+            own: Tenant::new(credentials, &settings),
+            tenants: std::collections::HashMap::new(),
             settings,
-            credentials,
             sink,
             queue,
             gate: webhook::Gate::new(WebhookAuth::default()),
             sweep: SweepSettings::from_env(|_| None).unwrap_or_else(|e| unreachable!("{e}")),
-            client: Mutex::new(None),
             credential_ttl,
             store: Arc::new(MemoryStore::default()),
             budget: None,
             instance: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Adds tenants a payload may name (`tenant`), each with its own
+    /// credentials (a secret named in configuration, never in a payload),
+    /// Graph client and budget.
+    pub fn with_tenants(mut self, tenants: Vec<(String, Arc<dyn CredentialSource>)>) -> Self {
+        for (name, credentials) in tenants {
+            let tenant = Tenant::new(credentials, &self.settings);
+            self.tenants.insert(name, tenant);
+        }
+        self
+    }
+
+    /// The tenant a request names, or the deployment's own.
+    fn tenant(&self, name: Option<&str>) -> Result<&Tenant, ServiceError> {
+        match name {
+            None => Ok(&self.own),
+            Some(n) => self.tenants.get(n).ok_or_else(|| {
+                let mut known: Vec<&str> = self.tenants.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                ServiceError::InvalidRequest(InvalidRequest::single(
+                    "tenant",
+                    &format!("{n:?}"),
+                    &if known.is_empty() {
+                        "no tenant field: this deployment attests in its own tenant only".to_owned()
+                    } else {
+                        format!("one of the configured tenants: {}", known.join(", "))
+                    },
+                ))
+            }),
         }
     }
 
@@ -382,6 +431,8 @@ impl AttestService {
             }
         }
         let req = self.parse(&delivery.payload)?;
+        // A tenant the deployment does not know is refused before any call.
+        self.tenant(req.tenant.as_deref())?;
         if req.part != 1 && !delivery.trigger.is_queue() {
             return Err(ServiceError::InvalidRequest(InvalidRequest::single(
                 "part",
@@ -592,15 +643,15 @@ impl AttestService {
         }
     }
 
-    async fn graph_client(&self, fresh: bool) -> Result<Arc<Gateway>, ServiceError> {
-        let mut cached = self.client.lock().await;
+    async fn graph_client(&self, tenant: &Tenant, fresh: bool) -> Result<Arc<Gateway>, ServiceError> {
+        let mut cached = tenant.client.lock().await;
         if let Some(c) = cached
             .as_ref()
             .filter(|c| !fresh && c.checked_at.elapsed() < self.credential_ttl)
         {
             return Ok(c.client.clone());
         }
-        let loaded = self
+        let loaded = tenant
             .credentials
             .load()
             .await
@@ -616,7 +667,7 @@ impl AttestService {
             .settings
             .endpoints_for(loaded.cloud)
             .map_err(|e| ServiceError::Configuration(e.0))?;
-        let source = self.credentials.clone();
+        let source = tenant.credentials.clone();
         let reloader: Reloader = Arc::new(move || {
             let source = source.clone();
             Box::pin(async move { source.load().await.map(|l| l.creds).map_err(|e| e.0) })
@@ -649,14 +700,14 @@ impl AttestService {
         Ok(client)
     }
 
-    fn engine(&self, client: Arc<Gateway>) -> Engine<Gateway> {
-        Engine::with_pacers(client, self.settings.engine.clone(), self.pacers.clone())
+    fn engine(&self, tenant: &Tenant, client: Arc<Gateway>) -> Engine<Gateway> {
+        Engine::with_pacers(client, self.settings.engine.clone(), tenant.pacers.clone())
     }
 
-    fn map_run_error(&self, e: RunError) -> ServiceError {
+    fn map_run_error(&self, tenant: &Tenant, e: RunError) -> ServiceError {
         match e {
             RunError::Credentials(m) => {
-                ServiceError::CredentialsUnavailable(format!("{} (credentials from {})", m, self.credentials.name()))
+                ServiceError::CredentialsUnavailable(format!("{} (credentials from {})", m, tenant.credentials.name()))
             }
             other => other.into(),
         }
@@ -831,10 +882,11 @@ impl AttestService {
     /// untried devices to the next part.
     async fn run_to_result(&self, req: AttestationRequest, delivery: &Delivery) -> Result<RunResult, ServiceError> {
         let ignore = req.ignore_partial_failures;
-        let mut client = self.graph_client(false).await?;
+        let tenant = self.tenant(req.tenant.as_deref())?;
+        let mut client = self.graph_client(tenant, false).await?;
         let mut refreshed = false;
         let mut result = loop {
-            let engine = self.engine(client.clone());
+            let engine = self.engine(tenant, client.clone());
             match engine
                 .run(req.clone(), delivery.deadline, Arc::new(Progress::new()))
                 .await
@@ -844,9 +896,9 @@ impl AttestService {
                     // A rotated secret: read it again once before giving up.
                     tracing::warn!(reason = %m, "credentials refused; reading them again");
                     refreshed = true;
-                    client = self.graph_client(true).await?;
+                    client = self.graph_client(tenant, true).await?;
                 }
-                Err(e) => return Err(self.map_run_error(e)),
+                Err(e) => return Err(self.map_run_error(tenant, e)),
             }
         };
         result.invocation = Some(Invocation {
@@ -915,7 +967,7 @@ impl AttestService {
         correlation_id: &str,
         deadline: Instant,
     ) -> Result<Disposition, ServiceError> {
-        let client = self.graph_client(false).await?;
+        let client = self.graph_client(&self.own, false).await?;
         let limit = self.settings.limits.max_devices.saturating_mul(100);
         let ids = client
             .list_devices(&self.sweep.filter, limit, deadline)

@@ -57,6 +57,7 @@ impl SweepSettings {
             timeout: self.timeout,
             dry_run: false,
             correlation_id,
+            tenant: None,
             part: 1,
             warnings: Vec::new(),
         }

@@ -60,9 +60,15 @@ fn the_policies_name_exactly_the_resources_they_need() {
         .as_array()
         .unwrap();
     assert_eq!(policies.len(), 1, "only the inline statement; no managed policies");
-    let statements = policies[0]["Statement"].as_array().unwrap();
+    // A conditional statement counts as its "if" branch.
+    let statements: Vec<Value> = policies[0]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.get("Fn::If").map_or_else(|| s.clone(), |f| f[1].clone()))
+        .collect();
     let mut actions = Vec::new();
-    for s in statements {
+    for s in &statements {
         assert_eq!(s["Effect"], "Allow");
         let named: Vec<String> = match &s["Action"] {
             Value::String(a) => vec![a.clone()],
@@ -94,10 +100,16 @@ fn the_policies_name_exactly_the_resources_they_need() {
             "dynamodb:UpdateItem",
             "events:PutEvents",
             "secretsmanager:GetSecretValue",
+            "secretsmanager:GetSecretValue",
             "sqs:GetQueueAttributes",
             "sqs:SendMessage"
         ]
     );
+    let tenants = statements
+        .iter()
+        .find(|s| s["Sid"] == "ReadTheTenantSecrets")
+        .expect("a statement for the tenants' secrets");
+    assert_eq!(tenants["Resource"], serde_json::json!({"Ref": "TenantSecretArns"}));
     let table = statements
         .iter()
         .find(|s| s["Sid"] == "SharedState")

@@ -75,6 +75,8 @@ pub(crate) struct AppOptions {
     pub(crate) state_table: Option<String>,
     /// The shared budget to draw on (else one on `state_table`).
     pub(crate) budget: Option<Arc<dyn intune_attest::state::budget::SharedBudget>>,
+    /// Further tenants: names and their credentials secrets.
+    pub(crate) tenants: Vec<(&'static str, String)>,
 }
 
 impl Default for AppOptions {
@@ -89,6 +91,7 @@ impl Default for AppOptions {
             no_iam: false,
             state_table: None,
             budget: None,
+            tenants: vec![],
         }
     }
 }
@@ -129,9 +132,19 @@ impl World {
             host: false,
         };
         let sweep = SweepSettings::from_env(|k| (k == "SWEEP_CHUNK_SIZE").then(|| "50".to_string())).unwrap();
+        let tenants = o
+            .tenants
+            .iter()
+            .map(|(name, secret)| {
+                let source: Arc<dyn intune_attest::credentials::CredentialSource> =
+                    Arc::new(SecretsManagerCredentials::new(self.aws.secrets.clone(), secret.clone()));
+                ((*name).to_owned(), source)
+            })
+            .collect();
         let mut service = AttestService::new(settings, creds, Some(sink), queue, Duration::from_secs(300))
             .with_webhook_auth(auth)
-            .with_sweep(sweep);
+            .with_sweep(sweep)
+            .with_tenants(tenants);
         if let Some(table) = o.state_table {
             service = service
                 .with_state_store(Arc::new(intune_attest::state::dynamodb::DynamoStore::new(

@@ -17,3 +17,4 @@ mod redirects;
 mod secret_hygiene;
 mod shared_budget;
 mod shared_state;
+mod tenants;

@@ -140,13 +140,13 @@ fn valid_payload() -> impl Strategy<Value = Value> {
         (any::<bool>(), any::<bool>(), any::<bool>()),
         prop::option::of(1u64..100_000_000_000),
         prop::option::of("[A-Za-z0-9._:/-]{1,40}"),
-        prop::option::of(1u32..1000),
+        (prop::option::of(1u32..1000), prop::option::of("[A-Za-z0-9._-]{1,20}")),
     )
         .prop_filter("selects something", |(m, c, f, ..)| {
             !m.is_empty() || !c.is_empty() || f.is_some()
         })
         .prop_map(
-            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, part)| {
+            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, (part, tenant))| {
                 let mut v = serde_json::json!({
                     "managed_device_ids": managed,
                     "comanaged_device_ids": comanaged,
@@ -165,6 +165,9 @@ fn valid_payload() -> impl Strategy<Value = Value> {
                 }
                 if let Some(p) = part {
                     v["part"] = p.into();
+                }
+                if let Some(t) = tenant {
+                    v["tenant"] = t.into();
                 }
                 v
             },
@@ -189,6 +192,7 @@ proptest! {
             (first.ignore_partial_failures, first.validate_device_exists, first.dry_run, first.part)
         );
         prop_assert_eq!(&again.correlation_id, &first.correlation_id);
+        prop_assert_eq!(&again.tenant, &first.tenant);
         prop_assert_eq!(again.to_payload(), first.to_payload());
     }
 }

@@ -66,7 +66,17 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
         iam: env("FUNCTION_URL_AUTH_TYPE").is_some_and(|t| t == "AWS_IAM"),
         host: false,
     };
+    let tenants = tenants(env("TENANT_NAMES"), env("TENANT_SECRET_IDS"))?
+        .into_iter()
+        .map(|(name, id)| {
+            let source: Arc<dyn CredentialSource> = Arc::new(
+                crate::credentials::secrets_manager::SecretsManagerCredentials::new(secrets_client.clone(), id),
+            );
+            (name, source)
+        })
+        .collect();
     let mut service = AttestService::new(settings, credentials, sink, queue, ttl)
+        .with_tenants(tenants)
         .with_webhook_auth(auth)
         .with_sweep(SweepSettings::from_env(env)?);
     // Without a shared table, claims and replays live in this process.
@@ -115,4 +125,54 @@ pub fn main() -> std::process::ExitCode {
             .await
             .map_err(|e| HostError::Stopped(e.to_string()))
     })
+}
+
+/// The further tenants: `TENANT_NAMES` and `TENANT_SECRET_IDS`, two
+/// comma-separated lists in the same order (the template fills both from
+/// its parameters). Names are what payloads say in `tenant`.
+pub(super) fn tenants(names: Option<String>, ids: Option<String>) -> Result<Vec<(String, String)>, String> {
+    let list = |v: Option<String>| -> Vec<String> {
+        v.map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (names, ids) = (list(names), list(ids));
+    if names.len() != ids.len() {
+        return Err(format!(
+            "TENANT_NAMES has {} name(s) and TENANT_SECRET_IDS {} secret(s); they go in pairs",
+            names.len(),
+            ids.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in &names {
+        if !crate::core::request::valid_tenant_name(name) || !seen.insert(name.clone()) {
+            return Err(format!(
+                "TENANT_NAMES: {name:?} is not a tenant name (1 to 64 letters, digits and . _ -, each once)"
+            ));
+        }
+    }
+    Ok(names.into_iter().zip(ids).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_come_in_pairs_with_valid_unique_names() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            tenants(some("contoso, fabrikam"), some("arn:a,arn:b")).unwrap(),
+            vec![("contoso".into(), "arn:a".into()), ("fabrikam".into(), "arn:b".into())]
+        );
+        assert!(tenants(None, None).unwrap().is_empty());
+        assert!(tenants(some("a"), None).unwrap_err().contains("pairs"));
+        assert!(tenants(some("a,a"), some("x,y")).is_err());
+        assert!(tenants(some("a b"), some("x")).is_err());
+    }
 }
