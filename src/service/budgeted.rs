@@ -68,11 +68,11 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
 }
 
 impl Shared {
-    /// The longest recent round trip: a lease assumes its answer comes
-    /// within it (and is extended in the rare case it does not).
+    /// Twice the longest recent round trip: a lease assumes its answer
+    /// comes within it (and is extended in the rare case it does not).
     fn rtt_allowance(&self, rules: &BudgetRules) -> Duration {
         let rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
-        rtts.iter().copied().max().unwrap_or(rules.window / 20)
+        rtts.iter().copied().max().map_or(rules.window / 20, |m| m * 2)
     }
 
     fn record_rtt(&self, rtt: Duration) {

@@ -100,8 +100,8 @@ pub trait SharedBudget: Send + Sync {
 /// The shared state of one budget.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct State {
-    /// `[id, n, until_ms]` of every lease.
-    leases: Vec<(String, u32, u64)>,
+    /// `[id, n, until_ms, holder]` of every lease.
+    leases: Vec<(String, u32, u64, String)>,
     paused_until: u64,
     /// The lowered ceiling after a 429, if any, and when it was set.
     ceiling: Option<u32>,
@@ -111,7 +111,7 @@ struct State {
 impl State {
     fn prune(&mut self, now: u64, rules: &BudgetRules) {
         let skew = rules.skew.as_millis() as u64;
-        self.leases.retain(|(_, _, until)| until + skew > now);
+        self.leases.retain(|(_, _, until, _)| until + skew > now);
     }
 
     /// The budget in force: the ceiling after a cut, restored by 5% of the
@@ -128,11 +128,14 @@ impl State {
     }
 
     fn held(&self) -> u32 {
-        self.leases.iter().map(|(_, n, _)| n).sum()
+        self.leases.iter().map(|(_, n, _, _)| n).sum()
     }
 
-    /// Grants `n` if the rules allow, or says when they will.
-    fn grant(&mut self, n: u32, now: u64, until: u64, rules: &BudgetRules) -> Result<Lease, u64> {
+    /// Grants `n` to `holder` if the rules allow, or says when to ask
+    /// again. Instances that wait are spread over the next lease ends (one
+    /// of the first k, k the number of instances holding leases), so that
+    /// not every waiter wakes, and writes, when one lease ends.
+    fn grant(&mut self, n: u32, now: u64, until: u64, holder: &str, rules: &BudgetRules) -> Result<Lease, u64> {
         self.prune(now, rules);
         if self.paused_until > now {
             return Err(self.paused_until);
@@ -140,7 +143,11 @@ impl State {
         let effective = self.effective(now, rules);
         if self.held() + n > effective && self.held() > 0 {
             let skew = rules.skew.as_millis() as u64;
-            let next = self.leases.iter().map(|(_, _, u)| u + skew).min().unwrap_or(now + 1);
+            let mut ends: Vec<u64> = self.leases.iter().map(|(_, _, u, _)| u + skew).collect();
+            ends.sort_unstable();
+            let holders: std::collections::HashSet<&str> = self.leases.iter().map(|(_, _, _, h)| h.as_str()).collect();
+            let pick = fastrand::usize(..holders.len().clamp(1, ends.len().max(1)));
+            let next = ends.get(pick).copied().unwrap_or(now + 1);
             return Err(next.max(now + 1));
         }
         let lease = Lease {
@@ -148,7 +155,7 @@ impl State {
             n,
             until_ms: until,
         };
-        self.leases.push((lease.id.clone(), n, until));
+        self.leases.push((lease.id.clone(), n, until, holder.to_owned()));
         Ok(lease)
     }
 
@@ -180,6 +187,8 @@ pub struct DynamoBudget {
     /// The last state seen per key, with its version.
     cache: Mutex<HashMap<String, (u64, State)>>,
     requests: AtomicU64,
+    /// Names this instance in its leases.
+    holder: String,
 }
 
 impl DynamoBudget {
@@ -190,6 +199,7 @@ impl DynamoBudget {
             table,
             cache: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            holder: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
@@ -315,7 +325,7 @@ impl SharedBudget for DynamoBudget {
             let mut wait = None;
             let granted = self
                 .update(key, |state| {
-                    match state.grant(n, ms(SystemTime::now()), ms(until), &rules) {
+                    match state.grant(n, ms(SystemTime::now()), ms(until), &self.holder, &rules) {
                         Ok(lease) => Some(lease),
                         Err(at) => {
                             wait = Some(at);
@@ -340,7 +350,7 @@ impl SharedBudget for DynamoBudget {
         Box::pin(async move {
             let until = ms(until);
             self.update(key, |state| {
-                let l = state.leases.iter_mut().find(|(id, _, _)| *id == lease.id)?;
+                let l = state.leases.iter_mut().find(|(id, _, _, _)| *id == lease.id)?;
                 l.2 = l.2.max(until);
                 Some(())
             })
@@ -385,15 +395,15 @@ mod tests {
         let t = 1_000_000;
         let until = t + 20_000;
         for _ in 0..10 {
-            assert!(s.grant(19, t, until, &r).is_ok());
+            assert!(s.grant(19, t, until, "a", &r).is_ok());
         }
-        let next = s.grant(19, t, until, &r).unwrap_err();
+        let next = s.grant(19, t, until, "a", &r).unwrap_err();
         assert_eq!(
             next,
             until + r.skew.as_millis() as u64,
             "free again one skew after the leases end"
         );
-        assert!(s.grant(19, next, next + 20_000, &r).is_ok());
+        assert!(s.grant(19, next, next + 20_000, "a", &r).is_ok());
     }
 
     #[test]
@@ -402,10 +412,10 @@ mod tests {
         let mut s = State::default();
         let t = 1_000_000;
         for _ in 0..5 {
-            s.grant(19, t, t + 20_000, &r).unwrap();
+            s.grant(19, t, t + 20_000, "a", &r).unwrap();
         }
         s.on_throttled(t, t + 2_000, &r);
-        assert_eq!(s.grant(1, t + 1, t + 20_000, &r), Err(t + 2_000));
+        assert_eq!(s.grant(1, t + 1, t + 20_000, "b", &r), Err(t + 2_000));
         assert_eq!(s.effective(t, &r), 90, "95% of the 95 leased");
         assert_eq!(s.effective(t + 40_000, &r), 90 + 2 * 9);
         assert_eq!(s.effective(t + 2_000_000, &r), 190);
