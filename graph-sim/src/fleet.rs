@@ -61,6 +61,22 @@ impl SimDevice {
         })
     }
 
+    /// How an initiated attestation ends on this device: `done`,
+    /// `failed` (no usable TPM, an old build) or `notSupported` (a virtual
+    /// machine or Cloud PC), with the attestation status Intune then shows.
+    pub fn attestation_end(&self) -> (&'static str, &'static str) {
+        if self.device_type == "cloudPC" || self.model == "Virtual Machine" {
+            ("notSupported", "notSupported")
+        } else if self.tpm == Some("")
+            || self.tpm.is_some_and(|t| t.starts_with("1."))
+            || self.os_version.starts_with("10.0.19044")
+        {
+            ("failed", "unTrusted")
+        } else {
+            ("done", "trusted")
+        }
+    }
+
     /// Whether attestation can be initiated on it.
     pub fn is_windows(&self) -> bool {
         self.os == "Windows"

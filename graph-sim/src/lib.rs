@@ -112,6 +112,13 @@ pub struct SimConfig {
     pub token_lifetime: Duration,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
+    /// How long an accepted attestation takes to finish (`pending` for the
+    /// first third, then `active`, then `done`, or `failed` / `notSupported`
+    /// for devices that cannot attest).
+    pub action_delay: Duration,
+    /// Answer 400 when `deviceIdentityAttestationDetail` is selected, as
+    /// recent Graph does.
+    pub refuse_attestation_detail: bool,
     /// Injected faults.
     pub faults: Faults,
     /// Seed for fault and latency randomness.
@@ -142,6 +149,8 @@ impl Default for SimConfig {
             retry_after: RetryAfterForm::Decimal,
             token_lifetime: Duration::from_secs(3599),
             max_page: 1000,
+            action_delay: Duration::from_secs(3),
+            refuse_attestation_detail: false,
             faults: Faults::default(),
             seed: 1,
         }

@@ -325,10 +325,23 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                 ),
                 Some(&i) => {
                     let select = query_param(query, "$select");
-                    let with_hw = select
-                        .as_deref()
-                        .is_none_or(|s| s.split(',').any(|f| f == "hardwareInformation"));
+                    let selects = |f: &str| select.as_deref().is_some_and(|s| s.split(',').any(|x| x == f));
+                    let (delay, refuse) = {
+                        let cfg = lock(&state.cfg);
+                        (cfg.action_delay, cfg.refuse_attestation_detail)
+                    };
+                    if refuse && selects("deviceIdentityAttestationDetail") {
+                        return Answer::error(
+                            400,
+                            "BadRequest",
+                            "Could not find a property named 'deviceIdentityAttestationDetail' on type 'microsoft.graph.managedDevice'.",
+                        );
+                    }
+                    let with_hw = select.is_none() || selects("hardwareInformation");
                     let mut body = state.fleet[i].to_json(with_hw);
+                    let (results, detail) = action_life(state, &state.fleet[i], delay);
+                    body["deviceActionResults"] = results;
+                    body["deviceIdentityAttestationDetail"] = detail;
                     if let (Some(sel), Some(obj)) = (select, body.as_object_mut()) {
                         let keep: Vec<&str> = sel.split(',').collect();
                         obj.retain(|k, _| k == "id" || keep.contains(&k.as_str()));
@@ -394,6 +407,70 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
             ),
         ),
     }
+}
+
+/// The device's `deviceActionResults` and attestation detail, from its
+/// latest accepted initiation: `pending`, then `active`, then how it ends.
+fn action_life(state: &State, d: &crate::SimDevice, delay: std::time::Duration) -> (Value, Value) {
+    let last = lock(&state.ledger)
+        .iter()
+        .filter(|e| e.device_id == d.id)
+        .map(|e| e.at)
+        .max();
+    let Some(at) = last else {
+        return (json!([]), json!({"deviceIdentityAttestationStatus": "unknown"}));
+    };
+    let elapsed = at.elapsed();
+    let (end, status) = d.attestation_end();
+    let (action, status) = if elapsed < delay / 3 {
+        ("pending", "unknown")
+    } else if elapsed < delay {
+        ("active", "unknown")
+    } else {
+        (end, status)
+    };
+    let stamp = |ago: std::time::Duration| {
+        let t = std::time::SystemTime::now() - ago;
+        rfc3339(t)
+    };
+    let updated = if elapsed < delay / 3 {
+        elapsed
+    } else if elapsed < delay {
+        elapsed - delay / 3
+    } else {
+        elapsed - delay
+    };
+    (
+        json!([{"actionName": "initiateDeviceAttestation", "actionState": action,
+                "startDateTime": stamp(elapsed), "lastUpdatedDateTime": stamp(updated)}]),
+        json!({"deviceIdentityAttestationStatus": status}),
+    )
+}
+
+/// RFC 3339 in UTC, seconds precision.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {

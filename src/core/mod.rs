@@ -13,6 +13,7 @@ pub mod pacer;
 pub mod pack;
 pub mod progress;
 pub mod request;
+pub mod status;
 pub mod text;
 
 /// A boxed future, so the ports (traits the adapters implement) can be used

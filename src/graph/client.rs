@@ -17,6 +17,8 @@ use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{
     CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer, TpmReport,
 };
+use crate::core::status::{ActionState, AttestationStatus, StatusGateway, StatusReport};
+use crate::core::text::bounded;
 use crate::credentials::AppCredentials;
 
 use super::auth::{AuthError, TokenProvider, describe_transport};
@@ -374,6 +376,72 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
         manufacturer: text("manufacturer"),
         device_type: text("deviceType"),
         tpm,
+    }
+}
+
+fn status_report(body: Option<&Value>) -> StatusReport {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(|s| bounded(s, 64));
+    let action = body
+        .and_then(|b| b.get("deviceActionResults"))
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .filter(|r| {
+                    r.get("actionName")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case("initiateDeviceAttestation"))
+                })
+                .max_by_key(|r| text(r, "startDateTime"))
+        })
+        .map(|r| {
+            (
+                ActionState::from_graph(r.get("actionState").and_then(Value::as_str).unwrap_or_default()),
+                text(r, "startDateTime"),
+                text(r, "lastUpdatedDateTime"),
+            )
+        });
+    let attestation = body
+        .and_then(|b| b.get("deviceIdentityAttestationDetail"))
+        .and_then(|d| d.get("deviceIdentityAttestationStatus"))
+        .and_then(Value::as_str)
+        .map(AttestationStatus::from_graph);
+    StatusReport { action, attestation }
+}
+
+impl StatusGateway for GraphClient {
+    async fn read_status(
+        &self,
+        devices: &[DeviceRef],
+        detail: bool,
+        deadline: Instant,
+    ) -> Vec<ItemAnswer<StatusReport>> {
+        let select = if detail {
+            "id,deviceActionResults,deviceIdentityAttestationDetail"
+        } else {
+            "id,deviceActionResults"
+        };
+        let items = devices
+            .iter()
+            .map(|d| {
+                (
+                    "GET",
+                    format!("/deviceManagement/managedDevices/{}?$select={select}", d.id),
+                )
+            })
+            .collect();
+        self.batch(items, deadline)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
+                    value: status_report(raw.body.as_ref()),
+                    status: raw.status,
+                    request_id: raw.request_id,
+                },
+                Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
+                Err(f) => ItemAnswer::Failed(f),
+            })
+            .collect()
     }
 }
 

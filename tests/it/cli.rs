@@ -279,3 +279,143 @@ async fn the_table_view_shows_status_counts_and_the_devices_that_were_not_initia
         "{text}"
     );
 }
+
+fn status_schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/status.schema.json")).unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
+}
+
+fn status_doc(stdout: &[u8]) -> Value {
+    let doc: Value = serde_json::from_slice(stdout).expect("a JSON status document");
+    let errors: Vec<String> = status_schema().iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{doc}");
+    doc
+}
+
+#[tokio::test]
+async fn status_follows_the_action_to_its_verdict() {
+    let mut cfg = sim_config();
+    cfg.action_delay = std::time::Duration::from_millis(1500);
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 200,
+        non_windows: 0.0,
+        virtual_machines: 0.2,
+        tpm_1_2: 0.2,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let pick = |f: &dyn Fn(&graph_sim::SimDevice) -> bool| sim.fleet().iter().find(|d| f(d)).unwrap().id.clone();
+    let good = pick(&|d| d.model != "Virtual Machine" && d.tpm.is_some_and(|t| t.starts_with('2')));
+    let vm = pick(&|d| d.model == "Virtual Machine");
+    let old_tpm = pick(&|d| d.tpm.is_some_and(|t| t.starts_with("1.")));
+    let untouched = pick(&|d| d.id != good && d.id != vm && d.id != old_tpm);
+    // Initiated without validation, so the kinds that cannot attest are
+    // tried and Intune reports on them.
+    let result = std::env::temp_dir().join(format!("status-{}.json", std::process::id()));
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": [&good, &vm, &old_tpm], "validate_device_exists": false, "correlation_id": "verdict"
+    }))
+    .unwrap();
+    let run = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-", "--result-file", result.to_str().unwrap()],
+        Some(payload),
+    )
+    .await;
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
+
+    let early = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    assert_eq!(
+        early.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    let doc = status_doc(&early.stdout);
+    assert_eq!(doc["correlation_id"], "verdict");
+    assert_eq!(doc["summary"]["devices"], 3);
+    for d in doc["devices"].as_array().unwrap() {
+        assert!(
+            ["pending", "active"].contains(&d["action_state"].as_str().unwrap()),
+            "{d}"
+        );
+        assert_eq!(d["attestation_status"], "unknown");
+    }
+
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let late = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let doc = status_doc(&late.stdout);
+    let of = |id: &str| {
+        doc["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            of(&good)["action_state"].clone(),
+            of(&good)["attestation_status"].clone()
+        ),
+        (json_str("done"), json_str("trusted"))
+    );
+    assert_eq!(of(&vm)["action_state"], "not_supported");
+    assert_eq!(of(&old_tpm)["action_state"], "failed");
+    assert_eq!(of(&old_tpm)["attestation_status"], "untrusted");
+
+    // By event: a device never initiated has no action; an unknown one
+    // cannot be read, which is exit 1.
+    let by_event = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": [&good, &untouched, "00000000-dead-4bad-8bad-000000000009"]
+    }))
+    .unwrap();
+    let out = invoke(&sim, &[], &["status", "--event", "-"], Some(by_event)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let doc = status_doc(&out.stdout);
+    let devices = doc["devices"].as_array().unwrap();
+    assert_eq!(devices[0]["action_state"], "done");
+    assert_eq!(devices[1]["action_state"], "none");
+    assert!(devices[2]["read_error"].as_str().unwrap().contains("no such device"));
+    assert_eq!(doc["summary"]["unread"], 1);
+
+    // Recent Graph refuses the attestation detail: the read goes on without
+    // it, with one warning.
+    sim.configure(|c| c.refuse_attestation_detail = true);
+    let out = invoke(
+        &sim,
+        &[],
+        &["status", "--result", result.to_str().unwrap(), "--output", "json"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let doc = status_doc(&out.stdout);
+    assert_eq!(doc["warnings"].as_array().unwrap().len(), 1, "{doc}");
+    assert!(
+        doc["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["attestation_status"].is_null())
+    );
+    assert_eq!(of(&good)["action_state"], "done");
+    let table = invoke(
+        &sim,
+        &[],
+        &["status", "--result", result.to_str().unwrap(), "--output", "table"],
+        None,
+    )
+    .await;
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("not_supported") && text.contains(&vm), "{text}");
+    let _ = std::fs::remove_file(&result);
+}
+
+fn json_str(s: &str) -> Value {
+    Value::String(s.to_owned())
+}

@@ -122,7 +122,10 @@ fn json_examples_parse_and_say_what_they_claim() {
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("schema/result.schema.json")).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let (mut payloads, mut results) = (0, 0);
+    let status_schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schema/status.schema.json")).unwrap()).unwrap();
+    let status_validator = jsonschema::validator_for(&status_schema).unwrap();
+    let (mut payloads, mut results, mut statuses) = (0, 0, 0);
     for file in markdown_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         for (lang, body) in split(&text).1 {
@@ -131,7 +134,11 @@ fn json_examples_parse_and_say_what_they_claim() {
             }
             let value: Value = serde_json::from_str(&body)
                 .unwrap_or_else(|e| panic!("{}: a JSON example does not parse ({e}):\n{body}", file.display()));
-            if value.get("schema_version").is_some() && value.get("devices").is_some() {
+            if value.get("checked_at").is_some() && value.get("devices").is_some() {
+                statuses += 1;
+                let errors: Vec<String> = status_validator.iter_errors(&value).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            } else if value.get("schema_version").is_some() && value.get("devices").is_some() {
                 results += 1;
                 let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
                 assert!(errors.is_empty(), "{}: {errors:?}", file.display());
@@ -142,5 +149,8 @@ fn json_examples_parse_and_say_what_they_claim() {
             }
         }
     }
-    assert!(payloads >= 2 && results >= 1, "{payloads} payloads, {results} results");
+    assert!(
+        payloads >= 2 && results >= 1 && statuses >= 1,
+        "{payloads} payloads, {results} results, {statuses} status documents"
+    );
 }

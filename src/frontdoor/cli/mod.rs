@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod progress;
+mod status;
 mod table;
 
 pub use table::Output;
@@ -57,6 +58,20 @@ enum Command {
         /// table`, the full list stays at hand).
         #[arg(long, value_name = "FILE")]
         result_file: Option<PathBuf>,
+    },
+    /// Read whether attestation happened: each device's attestation action
+    /// and Intune's verdict, for the devices a payload selects or a result
+    /// document initiated.
+    Status {
+        /// A request payload whose devices to read (`-` for standard input).
+        #[arg(long, value_name = "FILE|-", conflicts_with = "result")]
+        event: Option<String>,
+        /// A result document whose initiated devices to read.
+        #[arg(long, value_name = "FILE")]
+        result: Option<PathBuf>,
+        /// `json` (the status document, for scripts) or `table` (for people).
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
     /// Validate a payload without calling Graph; print the normalised request.
     Check {
@@ -140,6 +155,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
     match cli.command {
+        Command::Status { event, result, output } => status::run(event, result.as_deref(), output, env).await,
         Command::Check { event, output } => {
             let settings = Settings::from_env(env)?;
             let bytes = read_event(&event)?;

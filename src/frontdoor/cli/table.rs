@@ -10,6 +10,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, Color, ContentArrangement, Table};
 
 use crate::core::outcome::{Outcome, RunResult, RunStatus};
+use crate::core::status::{ActionState, StatusDocument};
 
 /// The most device rows shown; the JSON lists every device.
 pub const MAX_ROWS: usize = 50;
@@ -130,6 +131,63 @@ pub fn checked(rows: &[(&str, String)], warnings: &[String]) -> String {
     }
     let mut out = format!("{t}\n");
     for w in warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+/// A status document as tables: counts, and a row per device whose action
+/// is not `done`.
+pub fn status(doc: &StatusDocument) -> String {
+    let mut head = table();
+    head.set_header(vec!["correlation id", "devices", "checked at"]);
+    head.add_row(vec![
+        doc.correlation_id.clone().unwrap_or_else(|| "-".into()),
+        doc.summary.devices.to_string(),
+        doc.checked_at.clone(),
+    ]);
+    let mut states = table();
+    states.set_header(doc.summary.action_states.keys().copied().collect::<Vec<_>>());
+    states.add_row(doc.summary.action_states.values().collect::<Vec<_>>());
+    let mut verdicts = table();
+    verdicts.set_header(doc.summary.attestation_statuses.keys().copied().collect::<Vec<_>>());
+    verdicts.add_row(doc.summary.attestation_statuses.values().collect::<Vec<_>>());
+    let mut out = format!("{head}\naction states\n{states}\nattestation statuses\n{verdicts}\n");
+    let others: Vec<_> = doc
+        .devices
+        .iter()
+        .filter(|d| d.action_state != ActionState::Done)
+        .collect();
+    if !others.is_empty() {
+        let mut rows = table();
+        rows.set_header(vec![
+            "device id",
+            "kind",
+            "action state",
+            "attestation",
+            "updated",
+            "read error",
+        ]);
+        for d in others.iter().take(MAX_ROWS) {
+            let word = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+            rows.add_row(vec![
+                d.device_id.to_string(),
+                word(serde_json::to_value(d.kind).unwrap_or_default()),
+                word(serde_json::to_value(d.action_state).unwrap_or_default()),
+                word(serde_json::to_value(d.attestation_status).unwrap_or_default()),
+                d.action_updated_at.clone().unwrap_or_default(),
+                d.read_error.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&format!("{rows}\n"));
+        if others.len() > MAX_ROWS {
+            out.push_str(&format!(
+                "and {} more; `--output json` lists every device\n",
+                others.len() - MAX_ROWS
+            ));
+        }
+    }
+    for w in &doc.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
     out

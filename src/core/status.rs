@@ -1,0 +1,348 @@
+//! The verdict: did attestation happen? Intune answers later than the
+//! initiation (up to 15 minutes), in each device's `deviceActionResults`
+//! entry for `initiateDeviceAttestation` and, where Graph still serves it,
+//! `deviceIdentityAttestationDetail.deviceIdentityAttestationStatus`. This
+//! module reads them for a set of devices, paced and batched, and builds
+//! the status document (`schema/status.schema.json`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::device::{DeviceId, DeviceKind, DeviceRef};
+use super::engine::MAX_BATCH;
+use super::gateway::{FailureKind, ItemAnswer};
+use super::pacer::{Pacer, PacerConfig};
+
+/// The status document's schema version.
+pub const STATUS_SCHEMA_VERSION: &str = "1";
+
+/// Where the attestation action stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// No attestation action recorded for the device.
+    None,
+    /// Queued for the device.
+    Pending,
+    /// The device is working on it.
+    Active,
+    /// Finished.
+    Done,
+    /// The device reported a failure.
+    Failed,
+    /// The device cannot do it.
+    NotSupported,
+    /// Cancelled.
+    Canceled,
+}
+
+impl ActionState {
+    /// Every state, in the order the summary lists them.
+    pub const ALL: [ActionState; 7] = [
+        ActionState::None,
+        ActionState::Pending,
+        ActionState::Active,
+        ActionState::Done,
+        ActionState::Failed,
+        ActionState::NotSupported,
+        ActionState::Canceled,
+    ];
+
+    /// Graph's `actionState` value.
+    pub fn from_graph(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "pending" => ActionState::Pending,
+            "active" => ActionState::Active,
+            "done" => ActionState::Done,
+            "failed" => ActionState::Failed,
+            "notsupported" => ActionState::NotSupported,
+            "canceled" | "cancelled" => ActionState::Canceled,
+            _ => ActionState::None,
+        }
+    }
+
+    /// Whether the device will report nothing more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ActionState::Pending | ActionState::Active)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionState::None => "none",
+            ActionState::Pending => "pending",
+            ActionState::Active => "active",
+            ActionState::Done => "done",
+            ActionState::Failed => "failed",
+            ActionState::NotSupported => "not_supported",
+            ActionState::Canceled => "canceled",
+        }
+    }
+}
+
+/// Intune's verdict on the device's identity attestation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttestationStatus {
+    /// Attested.
+    Trusted,
+    /// Attestation failed.
+    Untrusted,
+    /// The device cannot attest.
+    NotSupported,
+    /// Not enough data.
+    IncompleteData,
+    /// Not known (yet).
+    Unknown,
+}
+
+impl AttestationStatus {
+    /// Graph's `deviceIdentityAttestationStatus` value.
+    pub fn from_graph(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "trusted" => AttestationStatus::Trusted,
+            "untrusted" => AttestationStatus::Untrusted,
+            "notsupported" => AttestationStatus::NotSupported,
+            "incompletedata" => AttestationStatus::IncompleteData,
+            _ => AttestationStatus::Unknown,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AttestationStatus::Trusted => "trusted",
+            AttestationStatus::Untrusted => "untrusted",
+            AttestationStatus::NotSupported => "not_supported",
+            AttestationStatus::IncompleteData => "incomplete_data",
+            AttestationStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// What Graph reported of one device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusReport {
+    /// The `initiateDeviceAttestation` entry: state, start, last update.
+    pub action: Option<(ActionState, Option<String>, Option<String>)>,
+    /// The attestation status, when Graph served it.
+    pub attestation: Option<AttestationStatus>,
+}
+
+/// Reading the status, as a port (Graph implements it over `$batch`).
+pub trait StatusGateway: Send + Sync + 'static {
+    /// Reads up to 20 devices; with `detail`, selects the attestation
+    /// detail too. One answer per device, in order.
+    fn read_status(
+        &self,
+        devices: &[DeviceRef],
+        detail: bool,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Vec<ItemAnswer<StatusReport>>> + Send;
+}
+
+/// One device's line in the status document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceStatus {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Which endpoint it was attested through.
+    pub kind: DeviceKind,
+    /// Where the action stands (`none` when Graph has no entry for it).
+    pub action_state: ActionState,
+    /// When the action started (RFC 3339, as Graph gave it).
+    pub action_started_at: Option<String>,
+    /// When the action last changed.
+    pub action_updated_at: Option<String>,
+    /// Intune's verdict, or null when Graph does not serve it.
+    pub attestation_status: Option<AttestationStatus>,
+    /// Why the device could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<String>,
+}
+
+/// Counts per state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatusSummary {
+    /// Devices asked about.
+    pub devices: usize,
+    /// Per action state (states with devices only).
+    pub action_states: std::collections::BTreeMap<&'static str, usize>,
+    /// Per attestation status (null when Graph does not serve it).
+    pub attestation_statuses: std::collections::BTreeMap<&'static str, usize>,
+    /// Devices that could not be read.
+    pub unread: usize,
+}
+
+/// The status document.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusDocument {
+    /// [`STATUS_SCHEMA_VERSION`].
+    pub schema_version: &'static str,
+    /// The run the devices belong to, when known.
+    pub correlation_id: Option<String>,
+    /// When the status was read (RFC 3339).
+    pub checked_at: String,
+    /// Counts.
+    pub summary: StatusSummary,
+    /// Things worth saying (Graph not serving the attestation status...).
+    pub warnings: Vec<String>,
+    /// One entry per device, in the order asked.
+    pub devices: Vec<DeviceStatus>,
+}
+
+impl StatusDocument {
+    /// Whether every device's action is over.
+    pub fn all_terminal(&self) -> bool {
+        self.devices.iter().all(|d| d.action_state.is_terminal())
+    }
+}
+
+/// Reads the status of `devices`, at most `pacing.budget` reads a window,
+/// retrying what can be retried until `deadline`.
+pub async fn read<G: StatusGateway>(
+    gateway: Arc<G>,
+    devices: &[DeviceRef],
+    correlation_id: Option<String>,
+    pacing: PacerConfig,
+    deadline: Instant,
+) -> StatusDocument {
+    let mut pacer = Pacer::new(pacing, Instant::now());
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10), 6);
+    let mut detail = true;
+    let mut warnings = Vec::new();
+    let mut out: Vec<Option<DeviceStatus>> = vec![None; devices.len()];
+    let mut todo: Vec<(usize, u32)> = (0..devices.len()).map(|i| (i, 0)).collect();
+    while !todo.is_empty() {
+        let n = todo.len().min(MAX_BATCH);
+        let grant = loop {
+            match pacer.try_acquire(n as u32, Instant::now()) {
+                Ok(g) => break Some(g),
+                Err(at) if at < deadline => tokio::time::sleep_until(at).await,
+                Err(_) => break None,
+            }
+        };
+        let Some(grant) = grant else { break };
+        let batch: Vec<(usize, u32)> = todo.drain(..n).collect();
+        let refs: Vec<DeviceRef> = batch.iter().map(|(i, _)| devices[*i]).collect();
+        let asked_detail = detail;
+        let answers = gateway.read_status(&refs, asked_detail, deadline).await;
+        pacer.complete(grant, Instant::now(), true);
+        let mut retry = Vec::new();
+        for ((i, tries), answer) in batch.into_iter().zip(answers) {
+            let d = devices[i];
+            match answer {
+                ItemAnswer::Ok { value, .. } => {
+                    let (state, started, updated) = value.action.unwrap_or((ActionState::None, None, None));
+                    out[i] = Some(DeviceStatus {
+                        device_id: d.id,
+                        kind: d.kind,
+                        action_state: state,
+                        action_started_at: started,
+                        action_updated_at: updated,
+                        attestation_status: if asked_detail { value.attestation } else { None },
+                        read_error: None,
+                    });
+                }
+                ItemAnswer::Failed(f)
+                    if asked_detail
+                        && f.status == Some(400)
+                        && f.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("deviceIdentityAttestationDetail")) =>
+                {
+                    // Recent Graph no longer serves the property: go on
+                    // without it, saying so once for the whole read.
+                    if detail {
+                        detail = false;
+                        warnings.push(
+                            "Graph does not serve deviceIdentityAttestationDetail here; attestation_status is null"
+                                .into(),
+                        );
+                    }
+                    retry.push((i, tries));
+                }
+                ItemAnswer::Failed(f) if f.kind.is_retryable() && backoff.allows(tries + 1) => {
+                    retry.push((i, tries + 1));
+                }
+                ItemAnswer::Failed(f) => {
+                    let why = match f.kind {
+                        FailureKind::NotFound => "Graph has no such device".to_owned(),
+                        _ => format!(
+                            "HTTP {}{}",
+                            f.status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                            f.code.map(|c| format!(" {c}")).unwrap_or_default()
+                        ),
+                    };
+                    out[i] = Some(unread(d, why));
+                }
+            }
+        }
+        if let Some(tries) = retry.iter().map(|(_, t)| *t).max().filter(|t| *t > 0)
+            && !Backoff::sleep_within(backoff.delay(tries), Some(deadline)).await
+        {
+            for (i, _) in retry.drain(..) {
+                out[i] = Some(unread(devices[i], "Graph kept failing until the deadline".into()));
+            }
+        }
+        todo.extend(retry);
+    }
+    let devices_out: Vec<DeviceStatus> = out
+        .into_iter()
+        .zip(devices)
+        .map(|(s, d)| s.unwrap_or_else(|| unread(*d, "the deadline came before this device was read".into())))
+        .collect();
+    let mut summary = StatusSummary {
+        devices: devices_out.len(),
+        ..StatusSummary::default()
+    };
+    for d in &devices_out {
+        if d.read_error.is_some() {
+            summary.unread += 1;
+            continue;
+        }
+        *summary.action_states.entry(d.action_state.as_str()).or_default() += 1;
+        let status = d.attestation_status.map_or("null", AttestationStatus::as_str);
+        *summary.attestation_statuses.entry(status).or_default() += 1;
+    }
+    StatusDocument {
+        schema_version: STATUS_SCHEMA_VERSION,
+        correlation_id,
+        checked_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        summary,
+        warnings,
+        devices: devices_out,
+    }
+}
+
+fn unread(d: DeviceRef, why: String) -> DeviceStatus {
+    DeviceStatus {
+        device_id: d.id,
+        kind: d.kind,
+        action_state: ActionState::None,
+        action_started_at: None,
+        action_updated_at: None,
+        attestation_status: None,
+        read_error: Some(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_values_map_to_the_documents_words() {
+        assert_eq!(ActionState::from_graph("notSupported"), ActionState::NotSupported);
+        assert_eq!(ActionState::from_graph("done"), ActionState::Done);
+        assert_eq!(ActionState::from_graph("something new"), ActionState::None);
+        assert_eq!(AttestationStatus::from_graph("unTrusted"), AttestationStatus::Untrusted);
+        assert_eq!(
+            AttestationStatus::from_graph("incompleteData"),
+            AttestationStatus::IncompleteData
+        );
+        assert!(ActionState::Done.is_terminal() && !ActionState::Active.is_terminal());
+    }
+}

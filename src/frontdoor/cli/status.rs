@@ -1,0 +1,105 @@
+//! `intune-attest status`: did attestation happen? Reads each device's
+//! attestation action (and Intune's verdict, where Graph serves it) for the
+//! devices a payload selects or a result document initiated.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{Output, read_event, table};
+use crate::config::Settings;
+use crate::core::device::{DeviceId, DeviceKind, DeviceRef};
+use crate::core::gateway::DeviceGateway;
+use crate::core::request::AttestationRequest;
+use crate::core::status;
+use crate::credentials::AppCredentials;
+use crate::graph::GraphClient;
+
+/// How long a status read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The devices a result document initiated, and its correlation id.
+fn from_result(path: &Path) -> anyhow::Result<(Vec<DeviceRef>, Option<String>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let devices = doc["devices"]
+        .as_array()
+        .with_context(|| format!("{} is not a result document (no devices)", path.display()))?;
+    let mut out = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        if d["outcome"] != "initiated" {
+            continue;
+        }
+        let id = d["device_id"]
+            .as_str()
+            .and_then(DeviceId::parse)
+            .with_context(|| format!("devices[{i}].device_id is not a device ID"))?;
+        let kind = match d["kind"].as_str() {
+            Some("comanaged") => DeviceKind::Comanaged,
+            _ => DeviceKind::Managed,
+        };
+        out.push(DeviceRef { id, kind });
+    }
+    Ok((out, doc["correlation_id"].as_str().map(str::to_owned)))
+}
+
+/// Runs `status` and returns its exit code: 0 when every device was read,
+/// 1 when Graph could not be read for some, 2 for bad input.
+pub(super) async fn run(
+    event: Option<String>,
+    result: Option<&Path>,
+    output: Output,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_env(&env)?;
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let (mut devices, correlation_id, filter) = match (event, result) {
+        (Some(event), None) => {
+            let req = AttestationRequest::from_slice(&read_event(&event)?, settings.limits)?;
+            (
+                req.devices.clone(),
+                req.correlation_id.clone(),
+                req.device_filter.clone(),
+            )
+        }
+        (None, Some(path)) => {
+            let (devices, correlation_id) = from_result(path)?;
+            (devices, correlation_id, None)
+        }
+        _ => anyhow::bail!("give one of --event or --result"),
+    };
+    let creds = AppCredentials::from_env(&env)?;
+    let client = Arc::new(GraphClient::new(
+        settings.endpoints.clone(),
+        creds,
+        settings.client.clone(),
+    )?);
+    if let Some(filter) = &filter {
+        let selected = match client.list_devices(filter, settings.limits.max_devices, deadline).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!("error: {}", crate::core::text::bounded(&e.to_string(), 4000));
+                return Ok(ExitCode::from(1));
+            }
+        };
+        devices.extend(selected.into_iter().map(|id| DeviceRef {
+            id,
+            kind: DeviceKind::Managed,
+        }));
+    }
+    let doc = status::read(client, &devices, correlation_id, settings.engine.reads, deadline).await;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Output::Table => print!("{}", table::status(&doc)),
+    }
+    Ok(if doc.summary.unread > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
