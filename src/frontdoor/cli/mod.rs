@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod check;
 mod progress;
 mod status;
 mod table;
@@ -19,7 +20,6 @@ mod table;
 pub use table::Output;
 
 use crate::config::Settings;
-use crate::core::device::{DeviceId, DeviceKind};
 use crate::core::engine::{Engine, RunError};
 use crate::core::progress::Progress;
 use crate::core::request::AttestationRequest;
@@ -84,24 +84,6 @@ enum Command {
     },
 }
 
-/// What `check` prints: the request as the service understood it.
-#[derive(serde::Serialize)]
-struct Checked<'a> {
-    devices: Vec<CheckedDevice>,
-    device_filter: Option<String>,
-    timeout_ms: u64,
-    validate_device_exists: bool,
-    ignore_partial_failures: bool,
-    dry_run: bool,
-    warnings: &'a [String],
-}
-
-#[derive(serde::Serialize)]
-struct CheckedDevice {
-    device_id: DeviceId,
-    kind: DeviceKind,
-}
-
 fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     if source == "-" {
@@ -156,44 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
     match cli.command {
         Command::Status { event, result, output } => status::run(event, result.as_deref(), output, env).await,
-        Command::Check { event, output } => {
-            let settings = Settings::from_env(env)?;
-            let bytes = read_event(&event)?;
-            let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
-            let doc = Checked {
-                devices: req
-                    .devices
-                    .iter()
-                    .map(|d| CheckedDevice {
-                        device_id: d.id,
-                        kind: d.kind,
-                    })
-                    .collect(),
-                device_filter: req.device_filter.as_ref().map(ToString::to_string),
-                timeout_ms: req.timeout.as_millis() as u64,
-                validate_device_exists: req.validate_device_exists,
-                ignore_partial_failures: req.ignore_partial_failures,
-                dry_run: req.dry_run,
-                warnings: &req.warnings,
-            };
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-                Output::Table => {
-                    let count = |k: DeviceKind| doc.devices.iter().filter(|d| d.kind == k).count().to_string();
-                    let rows = [
-                        ("managed devices", count(DeviceKind::Managed)),
-                        ("co-managed devices", count(DeviceKind::Comanaged)),
-                        ("device_filter", doc.device_filter.clone().unwrap_or_else(|| "-".into())),
-                        ("timeouts.invoke", format!("{} ms", doc.timeout_ms)),
-                        ("validate_device_exists", doc.validate_device_exists.to_string()),
-                        ("ignore_partial_failures", doc.ignore_partial_failures.to_string()),
-                        ("dry_run", doc.dry_run.to_string()),
-                    ];
-                    print!("{}", table::checked(&rows, doc.warnings));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check { event, output } => check::run(&event, output, env),
         Command::Invoke {
             event,
             no_progress,
