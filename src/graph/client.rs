@@ -257,6 +257,28 @@ impl GraphClient {
         ))
     }
 
+    /// A batch of GETs, each 2xx body read with `parse`.
+    async fn reads<T>(
+        &self,
+        items: Vec<(&'static str, String)>,
+        deadline: Instant,
+        parse: fn(Option<&Value>) -> T,
+    ) -> Vec<ItemAnswer<T>> {
+        self.batch(items, deadline)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
+                    value: parse(raw.body.as_ref()),
+                    status: raw.status,
+                    request_id: raw.request_id,
+                },
+                Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
+                Err(f) => ItemAnswer::Failed(f),
+            })
+            .collect()
+    }
+
     fn item_failure(&self, raw: RawItem) -> CallFailure {
         let retry_after = raw
             .retry_after
@@ -429,19 +451,7 @@ impl StatusGateway for GraphClient {
                 )
             })
             .collect();
-        self.batch(items, deadline)
-            .await
-            .into_iter()
-            .map(|r| match r {
-                Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
-                    value: status_report(raw.body.as_ref()),
-                    status: raw.status,
-                    request_id: raw.request_id,
-                },
-                Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
-                Err(f) => ItemAnswer::Failed(f),
-            })
-            .collect()
+        self.reads(items, deadline, status_report).await
     }
 }
 
@@ -495,19 +505,7 @@ impl DeviceGateway for GraphClient {
 
     async fn read_devices(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {
         let items = devices.iter().map(|d| ("GET", d.read_path())).collect();
-        self.batch(items, deadline)
-            .await
-            .into_iter()
-            .map(|r| match r {
-                Ok(raw) if (200..300).contains(&raw.status) => ItemAnswer::Ok {
-                    value: device_info(raw.body.as_ref()),
-                    status: raw.status,
-                    request_id: raw.request_id,
-                },
-                Ok(raw) => ItemAnswer::Failed(self.item_failure(raw)),
-                Err(f) => ItemAnswer::Failed(f),
-            })
-            .collect()
+        self.reads(items, deadline, device_info).await
     }
 
     async fn initiate(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<()>> {
