@@ -633,7 +633,12 @@ impl AttestService {
                 Err(e) => return self.refuse(e, &delivery).await,
             }
             let deadline = deadline.unwrap_or_else(|| Instant::now() + self.sweep.timeout);
-            self.dispatch_sweep(&req, &correlation_id, deadline).await
+            let dispatched = self.dispatch_sweep(&req, &correlation_id, deadline).await;
+            if dispatched.is_err() {
+                // Given back, so the schedule's retry dispatches it.
+                let _ = self.store.release(&key, &self.instance).await;
+            }
+            dispatched
         } else {
             self.run(req, &delivery).await
         };
