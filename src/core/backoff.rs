@@ -58,6 +58,43 @@ impl Backoff {
     pub async fn wait(&self, retry: u32, deadline: Option<Instant>) -> bool {
         self.allows(retry) && Self::sleep_within(self.delay(retry), deadline).await
     }
+
+    /// Sends `pending` in rounds for a batch API that reports failures entry
+    /// by entry: `round` sends what is left and returns the entries that
+    /// failed, which are sent again after this policy's wait. Returns what is
+    /// still unsent when the attempts or the time before `deadline` ran out
+    /// (no entries: all were sent). An error from `round` ends the sending.
+    pub async fn resend_failed<T, E, Fut>(
+        &self,
+        pending: Vec<T>,
+        deadline: Option<Instant>,
+        mut round: impl FnMut(Vec<T>) -> Fut,
+    ) -> Result<Unsent<T>, E>
+    where
+        Fut: Future<Output = Result<Unsent<T>, E>>,
+    {
+        let mut tried = 0;
+        let mut left = Unsent {
+            entries: pending,
+            reason: String::new(),
+        };
+        loop {
+            tried += 1;
+            left = round(left.entries).await?;
+            if left.entries.is_empty() || !self.wait(tried, deadline).await {
+                return Ok(left);
+            }
+        }
+    }
+}
+
+/// The entries a round of [`Backoff::resend_failed`] did not get through.
+#[derive(Debug)]
+pub struct Unsent<T> {
+    /// The entries that failed.
+    pub entries: Vec<T>,
+    /// What the service said of the last one that failed.
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -86,5 +123,55 @@ mod tests {
         let now = Instant::now();
         assert!(!b.wait(2, Some(now + Duration::from_millis(100))).await);
         assert_eq!(Instant::now(), now, "no wait was started");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_failed_entries_are_sent_again_until_the_attempts_run_out() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), 3);
+        let mut rounds: Vec<Vec<u32>> = Vec::new();
+        // Entries above 2 fail once; entry 9 always fails.
+        let left = b
+            .resend_failed(vec![1, 3, 9], None, |pending: Vec<u32>| {
+                let failed: Vec<u32> = pending
+                    .iter()
+                    .copied()
+                    .filter(|&e| e == 9 || (e > 2 && rounds.is_empty()))
+                    .collect();
+                rounds.push(pending);
+                async move {
+                    Ok::<_, ()>(Unsent {
+                        entries: failed,
+                        reason: "busy".into(),
+                    })
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(rounds, vec![vec![1, 3, 9], vec![3, 9], vec![9]]);
+        assert_eq!((left.entries, left.reason.as_str()), (vec![9], "busy"));
+
+        let all_sent = b
+            .resend_failed(vec![1], None, |_| async {
+                Ok::<_, ()>(Unsent {
+                    entries: Vec::new(),
+                    reason: String::new(),
+                })
+            })
+            .await
+            .unwrap();
+        assert!(all_sent.entries.is_empty());
+
+        let mut calls = 0;
+        let refused = b
+            .resend_failed(vec![1], None, |_| {
+                calls += 1;
+                async { Err::<Unsent<u32>, _>("refused whole") }
+            })
+            .await;
+        assert_eq!(
+            (refused.unwrap_err(), calls),
+            ("refused whole", 1),
+            "an error ends the sending"
+        );
     }
 }

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::{WorkMessage, WorkQueue};
 use crate::core::BoxFuture;
-use crate::core::backoff::Backoff;
+use crate::core::backoff::{Backoff, Unsent};
 use crate::results::DeliveryError;
 
 /// Sends work messages to one queue, 10 per call, retrying failed entries.
@@ -78,59 +78,62 @@ impl WorkQueue for SqsWorkQueue {
             // A batch is at most ten messages and, in all, no larger than one
             // message may be.
             let batch_bytes = self.max_message_bytes().await.unwrap_or(256 * 1024);
-            let mut pending: Vec<(usize, WorkMessage)> = messages.into_iter().enumerate().collect();
-            let mut last = String::new();
-            let mut tried = 0;
-            loop {
-                tried += 1;
-                let mut failed = Vec::new();
-                for chunk in crate::core::pack::by_count_and_size(&pending, 10, batch_bytes, |(_, m)| m.body.len()) {
-                    let mut entries = Vec::with_capacity(chunk.len());
-                    for (i, m) in chunk {
-                        let mut b = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                            .id(format!("m{i}"))
-                            .message_body(&m.body);
-                        if fifo {
-                            b = b
-                                .message_group_id(dedup_token(&m.group_id))
-                                .message_deduplication_id(dedup_token(&m.dedup_id));
+            let pending: Vec<(usize, WorkMessage)> = messages.into_iter().enumerate().collect();
+            let unsent = self
+                .backoff
+                .resend_failed(pending, deadline, |pending: Vec<(usize, WorkMessage)>| async move {
+                    let mut failed = Unsent {
+                        entries: Vec::new(),
+                        reason: String::new(),
+                    };
+                    for chunk in crate::core::pack::by_count_and_size(&pending, 10, batch_bytes, |(_, m)| m.body.len()) {
+                        let mut entries = Vec::with_capacity(chunk.len());
+                        for (i, m) in chunk {
+                            let mut b = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                                .id(format!("m{i}"))
+                                .message_body(&m.body);
+                            if fifo {
+                                b = b
+                                    .message_group_id(dedup_token(&m.group_id))
+                                    .message_deduplication_id(dedup_token(&m.dedup_id));
+                            }
+                            entries.push(b.build().map_err(|e| DeliveryError(format!("bad SQS entry: {e}")))?);
                         }
-                        entries.push(b.build().map_err(|e| DeliveryError(format!("bad SQS entry: {e}")))?);
-                    }
-                    // A call that fails whole was already retried by the SDK.
-                    let out = self
-                        .client
-                        .send_message_batch()
-                        .queue_url(&self.url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            let detail = e
-                                .as_service_error()
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "SQS did not answer".into());
-                            DeliveryError(format!("message(s) not sent to the work queue ({detail})"))
-                        })?;
-                    for f in out.failed() {
-                        last = format!("{} {}", f.code(), f.message().unwrap_or_default());
-                        if let Some(entry) = chunk.iter().find(|(i, _)| format!("m{i}") == f.id()) {
-                            failed.push(entry.clone());
+                        // A call that fails whole was already retried by the SDK.
+                        let out = self
+                            .client
+                            .send_message_batch()
+                            .queue_url(&self.url)
+                            .set_entries(Some(entries))
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                let detail = e
+                                    .as_service_error()
+                                    .map(|s| s.to_string())
+                                    .unwrap_or_else(|| "SQS did not answer".into());
+                                DeliveryError(format!("message(s) not sent to the work queue ({detail})"))
+                            })?;
+                        for f in out.failed() {
+                            failed.reason = format!("{} {}", f.code(), f.message().unwrap_or_default());
+                            if let Some(entry) = chunk.iter().find(|(i, _)| format!("m{i}") == f.id()) {
+                                failed.entries.push(entry.clone());
+                            }
                         }
                     }
-                }
-                if failed.is_empty() {
-                    return Ok(());
-                }
-                tracing::warn!(failed = failed.len(), error = %last, "SQS refused work messages");
-                pending = failed;
-                if !self.backoff.wait(tried, deadline).await {
-                    break;
-                }
+                    if !failed.entries.is_empty() {
+                        tracing::warn!(failed = failed.entries.len(), error = %failed.reason, "SQS refused work messages");
+                    }
+                    Ok(failed)
+                })
+                .await?;
+            if unsent.entries.is_empty() {
+                return Ok(());
             }
             Err(DeliveryError(format!(
-                "{} message(s) not sent to the work queue ({last})",
-                pending.len()
+                "{} message(s) not sent to the work queue ({})",
+                unsent.entries.len(),
+                unsent.reason
             )))
         })
     }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{DeliveryError, Rejection, ResultSink};
 use crate::core::BoxFuture;
-use crate::core::backoff::Backoff;
+use crate::core::backoff::{Backoff, Unsent};
 
 /// `Source` of every entry.
 pub const SOURCE: &str = "intune-attest";
@@ -179,37 +179,45 @@ impl<P: PutEvents> EventBridgeSink<P> {
     /// SDK and fails the publication; entries EventBridge reports failed in
     /// an accepted call are put again (the SDK cannot see those), with the
     /// shared backoff and never past `deadline`.
-    async fn put_all(&self, mut pending: Vec<Entry>, deadline: Option<Instant>) -> Result<(), DeliveryError> {
-        let mut last = String::new();
-        let mut tried = 0;
-        loop {
-            tried += 1;
-            let mut failed = Vec::new();
-            for chunk in calls(&pending) {
-                let codes = self
-                    .put
-                    .put(&self.bus, chunk)
-                    .await
-                    .map_err(|e| DeliveryError(format!("PutEvents failed ({e})")))?;
-                for (entry, code) in chunk.iter().zip(codes) {
-                    if let Some(code) = code {
-                        last = code;
-                        failed.push(entry.clone());
+    async fn put_all(&self, pending: Vec<Entry>, deadline: Option<Instant>) -> Result<(), DeliveryError> {
+        let mut attempt = 0;
+        let unsent = self
+            .backoff
+            .resend_failed(pending, deadline, |pending: Vec<Entry>| {
+                attempt += 1;
+                let attempt = attempt;
+                async move {
+                    let mut failed = Unsent {
+                        entries: Vec::new(),
+                        reason: String::new(),
+                    };
+                    for chunk in calls(&pending) {
+                        let codes = self
+                            .put
+                            .put(&self.bus, chunk)
+                            .await
+                            .map_err(|e| DeliveryError(format!("PutEvents failed ({e})")))?;
+                        for (entry, code) in chunk.iter().zip(codes) {
+                            if let Some(code) = code {
+                                failed.reason = code;
+                                failed.entries.push(entry.clone());
+                            }
+                        }
                     }
+                    if !failed.entries.is_empty() {
+                        tracing::warn!(failed = failed.entries.len(), error = %failed.reason, attempt, "EventBridge refused result entries");
+                    }
+                    Ok(failed)
                 }
-            }
-            if failed.is_empty() {
-                return Ok(());
-            }
-            tracing::warn!(failed = failed.len(), error = %last, attempt = tried, "EventBridge refused result entries");
-            pending = failed;
-            if !self.backoff.wait(tried, deadline).await {
-                break;
-            }
+            })
+            .await?;
+        if unsent.entries.is_empty() {
+            return Ok(());
         }
         Err(DeliveryError(format!(
-            "{} EventBridge entries failed ({last})",
-            pending.len()
+            "{} EventBridge entries failed ({})",
+            unsent.entries.len(),
+            unsent.reason
         )))
     }
 }
