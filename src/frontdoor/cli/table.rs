@@ -81,45 +81,52 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
     let good = |o: Outcome| matches!(o, Outcome::Initiated | Outcome::WouldInitiate);
     let others: Vec<_> = r.devices.iter().filter(|d| !good(d.outcome)).collect();
     let mut out = format!("{head}\n{counts}\n");
-    if !others.is_empty() {
-        let mut rows = table();
-        rows.set_header(vec![
-            "device id",
-            "kind",
-            "outcome",
-            "reason code",
-            "HTTP",
-            "Graph error",
-        ]);
-        for d in others.iter().take(MAX_ROWS) {
-            rows.add_row(vec![
-                d.device_id.to_string(),
-                serde_json::to_value(d.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                d.outcome.as_str().to_owned(),
-                d.reason_code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
-                d.http_status.map(|s| s.to_string()).unwrap_or_default(),
-                d.error_code.clone().unwrap_or_default(),
-            ]);
-        }
-        out.push_str(&format!("{rows}\n"));
-        if others.len() > MAX_ROWS {
-            let full = match saved {
-                Some(path) => format!("{} lists every device", path.display()),
-                None => "`--output json` lists every device".to_owned(),
-            };
-            out.push_str(&format!(
-                "and {} more; {full} with its reason and request id\n",
-                others.len() - MAX_ROWS
-            ));
-        }
+    let full = match saved {
+        Some(path) => format!("{} lists every device with its reason and request id", path.display()),
+        None => "`--output json` lists every device with its reason and request id".to_owned(),
+    };
+    let header = ["device id", "kind", "outcome", "reason code", "HTTP", "Graph error"];
+    push_devices(&mut out, &header, &others, &full, |d| {
+        vec![
+            d.device_id.to_string(),
+            word(d.kind).unwrap_or_default(),
+            d.outcome.as_str().to_owned(),
+            d.reason_code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+            d.http_status.map(|s| s.to_string()).unwrap_or_default(),
+            d.error_code.clone().unwrap_or_default(),
+        ]
+    });
+    push_warnings(&mut out, &r.warnings);
+    out
+}
+
+/// Appends a table of the first [`MAX_ROWS`] of `devices` (none if there
+/// are none) and a line saying how many more `full` lists.
+fn push_devices<T>(out: &mut String, header: &[&str], devices: &[T], full: &str, row: impl Fn(&T) -> Vec<String>) {
+    if devices.is_empty() {
+        return;
     }
-    for w in &r.warnings {
+    let mut rows = table();
+    rows.set_header(header.to_vec());
+    for d in devices.iter().take(MAX_ROWS) {
+        rows.add_row(row(d));
+    }
+    out.push_str(&format!("{rows}\n"));
+    if devices.len() > MAX_ROWS {
+        out.push_str(&format!("and {} more; {full}\n", devices.len() - MAX_ROWS));
+    }
+}
+
+/// Appends a line per warning.
+fn push_warnings(out: &mut String, warnings: &[String]) {
+    for w in warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
-    out
+}
+
+/// A value's serialised name (`"managed"`, `"pending"`), if it has one.
+fn word(v: impl serde::Serialize) -> Option<String> {
+    serde_json::to_value(v).ok()?.as_str().map(str::to_owned)
 }
 
 /// A checked request as a table.
@@ -130,9 +137,7 @@ pub fn checked(rows: &[(&str, String)], warnings: &[String]) -> String {
         t.add_row(vec![*k, v.as_str()]);
     }
     let mut out = format!("{t}\n");
-    for w in warnings {
-        out.push_str(&format!("warning: {w}\n"));
-    }
+    push_warnings(&mut out, warnings);
     out
 }
 
@@ -158,37 +163,45 @@ pub fn status(doc: &StatusDocument) -> String {
         .iter()
         .filter(|d| d.action_state != ActionState::Done)
         .collect();
-    if !others.is_empty() {
-        let mut rows = table();
-        rows.set_header(vec![
-            "device id",
-            "kind",
-            "action state",
-            "attestation",
-            "updated",
-            "read error",
-        ]);
-        for d in others.iter().take(MAX_ROWS) {
-            let word = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
-            rows.add_row(vec![
-                d.device_id.to_string(),
-                word(serde_json::to_value(d.kind).unwrap_or_default()),
-                word(serde_json::to_value(d.action_state).unwrap_or_default()),
-                word(serde_json::to_value(d.attestation_status).unwrap_or_default()),
-                d.action_updated_at.clone().unwrap_or_default(),
-                d.read_error.clone().unwrap_or_default(),
-            ]);
-        }
-        out.push_str(&format!("{rows}\n"));
-        if others.len() > MAX_ROWS {
-            out.push_str(&format!(
-                "and {} more; `--output json` lists every device\n",
-                others.len() - MAX_ROWS
-            ));
-        }
-    }
-    for w in &doc.warnings {
-        out.push_str(&format!("warning: {w}\n"));
-    }
+    let header = [
+        "device id",
+        "kind",
+        "action state",
+        "attestation",
+        "updated",
+        "read error",
+    ];
+    push_devices(&mut out, &header, &others, "`--output json` lists every device", |d| {
+        vec![
+            d.device_id.to_string(),
+            word(d.kind).unwrap_or_else(|| "-".into()),
+            word(d.action_state).unwrap_or_else(|| "-".into()),
+            word(d.attestation_status).unwrap_or_else(|| "-".into()),
+            d.action_updated_at.clone().unwrap_or_default(),
+            d.read_error.clone().unwrap_or_default(),
+        ]
+    });
+    push_warnings(&mut out, &doc.warnings);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_rows_stop_at_the_limit_and_count_the_rest() {
+        let mut none = String::new();
+        push_devices(&mut none, &["n"], &Vec::<usize>::new(), "json has all", |n| {
+            vec![n.to_string()]
+        });
+        assert!(none.is_empty(), "no table for no devices");
+
+        let devices: Vec<usize> = (0..MAX_ROWS + 7).collect();
+        let mut out = String::new();
+        push_devices(&mut out, &["n"], &devices, "json has all", |n| vec![format!("row-{n}")]);
+        assert!(out.contains(&format!("row-{}", MAX_ROWS - 1)));
+        assert!(!out.contains(&format!("row-{MAX_ROWS}")));
+        assert!(out.ends_with("and 7 more; json has all\n"), "{out}");
+    }
 }
