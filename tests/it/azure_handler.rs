@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{env_of, sim_config};
+use crate::common::{env_of, sim_config, windows_fleet};
 use graph_sim::Sim;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -178,13 +178,7 @@ async fn a_failure_that_can_pass_fails_the_invocation_so_the_host_retries() {
 
 #[tokio::test]
 async fn the_hosts_function_timeout_caps_the_run() {
-    let mut cfg = sim_config();
-    cfg.fleet = graph_sim::FleetSpec {
-        size: 300,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        ..graph_sim::FleetSpec::default()
-    };
+    let cfg = windows_fleet(300);
     let sim = Sim::start(cfg).await.unwrap();
     let h = start(
         &sim,

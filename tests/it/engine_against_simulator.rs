@@ -250,13 +250,7 @@ async fn revoked_tokens_are_refreshed_once_on_401() {
 
 #[tokio::test]
 async fn the_deadline_leaves_untried_devices_not_attempted() {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size: 1200,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        ..FleetSpec::default()
-    };
+    let cfg = windows_fleet(1200);
     let h = harness_with(cfg, &[("ATTEST_WRITE_BUDGET", "100")], |e| {
         e.finish_reserve = Duration::from_millis(200)
     })
@@ -431,13 +425,7 @@ async fn a_certificate_with_the_wrong_thumbprint_is_refused() {
 
 #[tokio::test]
 async fn writes_stay_under_the_budget_in_every_window() {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size: 700,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        ..FleetSpec::default()
-    };
+    let cfg = windows_fleet(700);
     let h = harness(cfg).await;
     let ids = h.ids(|_| true);
     let result = h.run(json!({"managed_device_ids": ids})).await.unwrap();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::aws::{Clients, Moto};
-use crate::common::{WINDOW, env_of, sim_config};
-use graph_sim::{CLIENT_ID, CLIENT_SECRET, FleetSpec, Sim, SimConfig, TENANT_ID};
+use crate::common::{WINDOW, env_of, sim_config, windows_fleet};
+use graph_sim::{CLIENT_ID, CLIENT_SECRET, Sim, SimConfig, TENANT_ID};
 use intune_attest::config::Settings;
 use intune_attest::core::BoxFuture;
 use intune_attest::core::backoff::Backoff;
@@ -365,13 +365,7 @@ async fn a_missing_secret_field_is_credentials_unavailable_naming_the_secret() {
 
 #[tokio::test]
 async fn the_deadline_hands_untried_devices_to_a_continuation_that_finishes_them() {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size: 600,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        ..FleetSpec::default()
-    };
+    let cfg = windows_fleet(600);
     let w = world(cfg).await;
     let app = w.app(AppOptions {
         queue: true,
@@ -590,13 +584,7 @@ async fn an_unreachable_secret_store_returns_every_message_for_retry() {
 
 #[tokio::test]
 async fn a_continuation_that_cannot_be_queued_is_reported_not_lost() {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size: 400,
-        non_windows: 0.0,
-        windows_no_tpm: 0.0,
-        ..FleetSpec::default()
-    };
+    let cfg = windows_fleet(400);
     let w = world(cfg).await;
     let missing_queue = format!("{}/123456789012/no-such-queue", w._moto.url);
     let app = w.app(AppOptions {

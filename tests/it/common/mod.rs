@@ -28,15 +28,23 @@ pub struct Harness {
 }
 
 /// A fleet of `size` Windows devices that can all attest.
-pub fn attestable_fleet(size: usize) -> SimConfig {
+/// A fleet of Windows devices that all report a TPM (a few of unknown
+/// version and some co-managed, as the simulator's defaults have it).
+pub fn windows_fleet(size: usize) -> SimConfig {
     let mut cfg = sim_config();
     cfg.fleet = graph_sim::FleetSpec {
         size,
         non_windows: 0.0,
         windows_no_tpm: 0.0,
-        windows_unknown_tpm: 0.0,
         ..graph_sim::FleetSpec::default()
     };
+    cfg
+}
+
+/// A fleet of Windows devices whose TPM is known to be eligible.
+pub fn attestable_fleet(size: usize) -> SimConfig {
+    let mut cfg = windows_fleet(size);
+    cfg.fleet.windows_unknown_tpm = 0.0;
     cfg
 }
 
