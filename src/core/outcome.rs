@@ -215,6 +215,13 @@ pub struct RunStats {
     pub throttled_responses: u64,
     /// Milliseconds the run took.
     pub duration_ms: u64,
+    /// The throttle window the write budget applies to, in milliseconds.
+    pub throttle_window_ms: u64,
+    /// The writes this instance may send per window (its configured budget).
+    pub write_budget: u32,
+    /// `initiateDeviceAttestation` writes sent in each throttle window since
+    /// the run started (the first entry is the first window).
+    pub writes_per_window: Vec<u32>,
 }
 
 /// How a run was invoked.

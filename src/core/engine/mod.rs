@@ -195,6 +195,39 @@ struct Run {
     progress: Arc<Progress>,
     cutoff: Instant,
     dry_run: bool,
+    /// Writes sent per throttle window since `start` (the report's chart).
+    writes: WriteWindows,
+}
+
+/// Writes sent, counted per throttle window from the start of the run.
+struct WriteWindows {
+    start: Instant,
+    window: Duration,
+    counts: Mutex<Vec<u32>>,
+}
+
+impl WriteWindows {
+    fn new(start: Instant, window: Duration) -> Self {
+        Self {
+            start,
+            window: window.max(Duration::from_millis(1)),
+            counts: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts `n` writes sent at `at`.
+    fn record(&self, at: Instant, n: u32) {
+        let idx = (at.saturating_duration_since(self.start).as_nanos() / self.window.as_nanos()) as usize;
+        let mut counts = lock(&self.counts);
+        if counts.len() <= idx {
+            counts.resize(idx + 1, 0);
+        }
+        counts[idx] += n;
+    }
+
+    fn take(&self) -> Vec<u32> {
+        std::mem::take(&mut *lock(&self.counts))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -340,6 +373,7 @@ impl<G: DeviceGateway> Engine<G> {
             progress: progress.clone(),
             cutoff,
             dry_run: req.dry_run,
+            writes: WriteWindows::new(start, self.cfg.writes.window),
         };
         let ticker = spawn_progress_log(progress, self.cfg.progress_interval, correlation_id.clone());
         self.drive(&req, &run, &devices).await;
@@ -357,6 +391,9 @@ impl<G: DeviceGateway> Engine<G> {
                 http_requests: stats_after.http_requests - stats_before.http_requests,
                 throttled_responses: stats_after.throttled - stats_before.throttled,
                 duration_ms: start.elapsed().as_millis() as u64,
+                throttle_window_ms: self.cfg.writes.window.as_millis() as u64,
+                write_budget: self.cfg.writes.budget,
+                writes_per_window: run.writes.take(),
             },
             devices: run.outcomes(&devices),
         });
@@ -539,6 +576,9 @@ impl<G: DeviceGateway> Engine<G> {
             w.stage_attempts += 1;
         }
         let refs: Vec<DeviceRef> = batch.iter().map(|w| w.dev).collect();
+        if st.stage == Stage::Write {
+            run.writes.record(now, n as u32);
+        }
         st.seq += 1;
         let id = st.seq;
         st.batches.insert(id, (batch, grant));

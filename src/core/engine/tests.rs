@@ -191,6 +191,21 @@ async fn every_device_is_initiated_once_in_batches_of_at_most_twenty_within_the_
             .sum();
         assert!(in_window <= 190, "{in_window} writes in the window from call {i}");
     }
+    // The result counts the same writes, window by window from the start.
+    let per_window = &result.stats.writes_per_window;
+    assert_eq!(
+        per_window.iter().sum::<u32>() as usize,
+        writes.iter().map(|(_, b)| b.len()).sum::<usize>()
+    );
+    assert!(
+        per_window.len() >= 3,
+        "450 writes at 190 a window span three windows: {per_window:?}"
+    );
+    assert!(per_window.iter().all(|&n| n <= 190), "{per_window:?}");
+    assert_eq!(
+        (result.stats.write_budget, result.stats.throttle_window_ms),
+        (190, 20_000)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -311,6 +326,7 @@ async fn a_dry_run_sends_no_write() {
     .await;
     assert_eq!(count(&result, Outcome::WouldInitiate), 30);
     assert!(fake.writes().is_empty());
+    assert!(result.stats.writes_per_window.is_empty());
     assert_eq!(*fake.reads.lock().unwrap(), 0);
 
     // With validation, devices are read (and non-Windows ones found) but
