@@ -119,11 +119,18 @@ pub struct SimConfig {
     /// Answer 400 when `deviceIdentityAttestationDetail` is selected, as
     /// recent Graph does.
     pub refuse_attestation_detail: bool,
+    /// The error message of the 400 Graph gives for an action on a device
+    /// whose platform cannot take it. Opaque text: tests put markup here to
+    /// check that every reader shows it as text.
+    pub platform_error_message: String,
     /// Injected faults.
     pub faults: Faults,
     /// Seed for fault and latency randomness.
     pub seed: u64,
 }
+
+/// The message Graph gives when an action does not apply to a platform.
+pub const PLATFORM_ERROR_MESSAGE: &str = "{\"Message\": \"The action is not supported on this platform.\"}";
 
 /// The default app's client ID.
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -151,6 +158,7 @@ impl Default for SimConfig {
             max_page: 1000,
             action_delay: Duration::from_secs(3),
             refuse_attestation_detail: false,
+            platform_error_message: PLATFORM_ERROR_MESSAGE.to_string(),
             faults: Faults::default(),
             seed: 1,
         }

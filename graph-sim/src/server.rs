@@ -379,11 +379,10 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                 Some(d) if comanaged_route && !d.comanaged => {
                     Answer::error(404, "ResourceNotFound", "Resource not found")
                 }
-                Some(d) if !d.is_windows() => Answer::error(
-                    400,
-                    "BadRequest",
-                    "{\"Message\": \"The action is not supported on this platform.\"}",
-                ),
+                Some(d) if !d.is_windows() => {
+                    let message = lock(&state.cfg).platform_error_message.clone();
+                    Answer::error(400, "BadRequest", &message)
+                }
                 Some(d) => {
                     lock(&state.ledger).push(LedgerEntry {
                         device_id: d.id.clone(),

@@ -239,6 +239,29 @@ pub struct Invocation {
     pub part: u32,
 }
 
+/// The request's options, as the payload named them, for readers of the
+/// result (the report's footer) and for audits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RunOptions {
+    /// `ignore_partial_failures`.
+    pub ignore_partial_failures: bool,
+    /// `validate_device_exists`.
+    pub validate_device_exists: bool,
+    /// `timeouts.invoke` (a Go duration).
+    pub timeouts: Timeouts,
+    /// `device_filter`, in its canonical form.
+    pub device_filter: Option<String>,
+    /// `tenant`, when the payload named one.
+    pub tenant: Option<String>,
+}
+
+/// The request's `timeouts`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// `timeouts.invoke` (a Go duration).
+    pub invoke: String,
+}
+
 const IGNORED_SUFFIX: &str = "ignored because ignore_partial_failures is true";
 
 /// The result document.
@@ -268,6 +291,9 @@ pub struct RunResult {
     /// How the run was invoked, when a front door says so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invocation: Option<Invocation>,
+    /// The request's options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<RunOptions>,
     /// One entry per device, in request order.
     pub devices: Vec<DeviceResult>,
 }
@@ -326,6 +352,8 @@ pub struct RunRecord {
     pub warnings: Vec<String>,
     /// Traffic figures.
     pub stats: RunStats,
+    /// The request's options, when known.
+    pub options: Option<RunOptions>,
     /// One entry per device, in request order.
     pub devices: Vec<DeviceResult>,
 }
@@ -341,6 +369,7 @@ impl RunResult {
             finished_at,
             mut warnings,
             stats,
+            options,
             devices,
         } = record;
         let summary = Summary::of(&devices);
@@ -381,6 +410,7 @@ impl RunResult {
             warnings,
             stats,
             invocation: None,
+            options,
             devices,
         }
     }
@@ -407,6 +437,7 @@ impl RunResult {
                 .cloned()
                 .collect(),
             stats: std::mem::take(&mut self.stats),
+            options: self.options.take(),
             devices: std::mem::take(&mut self.devices),
         });
         let invocation = self.invocation.take();

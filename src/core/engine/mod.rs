@@ -19,7 +19,7 @@ use super::backoff::Backoff;
 use super::device::{DeviceId, DeviceKind, DeviceRef};
 use super::eligibility::{self, Eligibility, ReasonCode};
 use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer};
-use super::outcome::{DeviceResult, Outcome, RunRecord, RunResult, RunStats};
+use super::outcome::{DeviceResult, Outcome, RunOptions, RunRecord, RunResult, RunStats, Timeouts};
 use super::pacer::{Pacer, PacerConfig};
 use super::progress::Progress;
 use super::request::AttestationRequest;
@@ -395,6 +395,15 @@ impl<G: DeviceGateway> Engine<G> {
                 write_budget: self.cfg.writes.budget,
                 writes_per_window: run.writes.take(),
             },
+            options: Some(RunOptions {
+                ignore_partial_failures: req.ignore_partial_failures,
+                validate_device_exists: req.validate_device_exists,
+                timeouts: Timeouts {
+                    invoke: super::duration::format_go_duration(req.timeout),
+                },
+                device_filter: req.device_filter.as_ref().map(ToString::to_string),
+                tenant: req.tenant.clone(),
+            }),
             devices: run.outcomes(&devices),
         });
         log_finished(&result);
