@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod frontdoor;
 pub mod graph;
 pub mod queue;
+pub mod report;
 pub mod results;
 pub mod service;
 pub mod state;

@@ -38,6 +38,10 @@ struct Args {
     /// Probability that a batch item answers 5xx.
     #[arg(long, default_value_t = 0.0)]
     item_5xx: f64,
+    /// How long an accepted attestation takes to finish, in milliseconds
+    /// (Intune says up to 15 minutes).
+    #[arg(long, default_value_t = 3000)]
+    action_delay_ms: u64,
     /// Write `KEY=VALUE` lines for intune-attest to this file.
     #[arg(long)]
     env_file: Option<std::path::PathBuf>,
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             ..FleetSpec::default()
         },
         window: Duration::from_millis(args.window_ms),
+        action_delay: Duration::from_millis(args.action_delay_ms),
         retry_after,
         faults: Faults {
             latency_ms,

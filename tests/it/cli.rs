@@ -10,7 +10,7 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_intune-attest");
 
-async fn invoke(sim: &Sim, extra: &[(&str, &str)], args: &[&str], stdin: Option<Vec<u8>>) -> Output {
+pub(crate) async fn invoke(sim: &Sim, extra: &[(&str, &str)], args: &[&str], stdin: Option<Vec<u8>>) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .env_clear()
@@ -38,7 +38,7 @@ fn schema() -> jsonschema::Validator {
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
 }
 
-fn assert_valid_result(stdout: &[u8]) -> Value {
+pub(crate) fn assert_valid_result(stdout: &[u8]) -> Value {
     let doc: Value = serde_json::from_slice(stdout).expect("stdout is one JSON document");
     let validator = schema();
     let errors: Vec<String> = validator
@@ -285,7 +285,7 @@ fn status_schema() -> jsonschema::Validator {
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
 }
 
-fn status_doc(stdout: &[u8]) -> Value {
+pub(crate) fn status_doc(stdout: &[u8]) -> Value {
     let doc: Value = serde_json::from_slice(stdout).expect("a JSON status document");
     let errors: Vec<String> = status_schema().iter_errors(&doc).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}\n{doc}");

@@ -14,6 +14,7 @@ mod lambda_runtime;
 mod platform_limits;
 mod properties;
 mod redirects;
+mod report;
 mod secret_hygiene;
 mod shared_budget;
 mod shared_state;

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod progress;
+mod report;
 mod status;
 mod table;
 
@@ -72,6 +73,23 @@ enum Command {
         /// `json` (the status document, for scripts) or `table` (for people).
         #[arg(long, value_enum, default_value_t = Output::Json)]
         output: Output,
+        /// Also write the status document to this file (for `report`).
+        #[arg(long, value_name = "FILE")]
+        status_file: Option<PathBuf>,
+    },
+    /// Write one self-contained HTML page about a run: outcomes, pace
+    /// against the budget, every device, and the verdict if a status
+    /// document is given. Opens offline; prints well.
+    Report {
+        /// The run's result document (`invoke --result-file`, or its JSON output).
+        #[arg(long, value_name = "FILE")]
+        result: PathBuf,
+        /// A status document read after the run (`status --result`).
+        #[arg(long, value_name = "FILE")]
+        status: Option<PathBuf>,
+        /// Where to write the page.
+        #[arg(long, value_name = "FILE", default_value = "report.html")]
+        out: PathBuf,
     },
     /// Validate a payload without calling Graph; print the normalised request.
     Check {
@@ -137,8 +155,14 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
     match cli.command {
-        Command::Status { event, result, output } => status::run(event, result.as_deref(), output, env).await,
+        Command::Status {
+            event,
+            result,
+            output,
+            status_file,
+        } => status::run(event, result.as_deref(), output, status_file.as_deref(), env).await,
         Command::Check { event, output } => check::run(&event, output, env),
+        Command::Report { result, status, out } => report::run(&result, status.as_deref(), &out),
         Command::Invoke {
             event,
             no_progress,

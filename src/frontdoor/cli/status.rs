@@ -54,6 +54,7 @@ pub(super) async fn run(
     event: Option<String>,
     result: Option<&Path>,
     output: Output,
+    status_file: Option<&Path>,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env(&env)?;
@@ -93,8 +94,12 @@ pub(super) async fn run(
         }));
     }
     let doc = status::read(client, &devices, correlation_id, settings.engine.reads, deadline).await;
+    let json = serde_json::to_string_pretty(&doc)?;
+    if let Some(path) = status_file {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Output::Json => println!("{json}"),
         Output::Table => print!("{}", table::status(&doc)),
     }
     Ok(if doc.summary.unread > 0 {

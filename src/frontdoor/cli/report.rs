@@ -1,0 +1,59 @@
+//! `intune-attest report`: one self-contained HTML page from a result
+//! document and, optionally, a status document read after it.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+
+use crate::report::{self, ReportInput, ResultDocument, StatusDocument};
+
+/// Largest document read, in bytes (a 50,000-device result is about 20 MB).
+const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+fn read<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= MAX_DOCUMENT_BYTES,
+        "{} is larger than {MAX_DOCUMENT_BYTES} bytes",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a {what} document", path.display()))
+}
+
+/// Writes the report; exit 0 when written, 2 when a document is unreadable.
+pub(super) fn run(result: &Path, status: Option<&Path>, out: &Path) -> anyhow::Result<ExitCode> {
+    let result: ResultDocument = read(result, "result")?;
+    let status: Option<StatusDocument> = status.map(|p| read(p, "status")).transpose()?;
+    if let Some(s) = &status
+        && let Some(id) = s.correlation_id.as_deref()
+        && id != result.correlation_id
+    {
+        tracing::warn!(
+            result = %result.correlation_id,
+            status = %id,
+            devices = s.devices.len(),
+            "the status document is about another run; devices are matched by id"
+        );
+    }
+    let generated_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let html = report::render(&ReportInput {
+        result: &result,
+        status: status.as_ref(),
+        version: env!("CARGO_PKG_VERSION"),
+        generated_at: &generated_at,
+    });
+    std::fs::write(out, &html).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "report: {} ({} devices, {} bytes)",
+        out.display(),
+        result.devices.len(),
+        html.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
