@@ -419,3 +419,62 @@ async fn status_follows_the_action_to_its_verdict() {
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }
+
+/// Replaces what differs from run to run (times, Graph's request ids, the
+/// traffic figures, which follow timing) with placeholders.
+fn stable(mut doc: Value) -> Value {
+    for key in ["started_at", "finished_at"] {
+        doc[key] = Value::from("<time>");
+    }
+    if let Some(stats) = doc["stats"].as_object_mut() {
+        for (_, v) in stats.iter_mut() {
+            *v = Value::from("<figure>");
+        }
+    }
+    for d in doc["devices"].as_array_mut().into_iter().flatten() {
+        if !d["request_id"].is_null() {
+            d["request_id"] = Value::from("<request-id>");
+        }
+    }
+    doc
+}
+
+/// Compares `doc` with the stored document `name` under tests/fixtures
+/// (`UPDATE_FIXTURES=1` writes it instead, for a deliberate change).
+fn assert_stored(name: &str, doc: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let text = serde_json::to_string_pretty(doc).unwrap() + "\n";
+    if std::env::var_os("UPDATE_FIXTURES").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        text, stored,
+        "{name} changed; if on purpose, rerun with UPDATE_FIXTURES=1"
+    );
+}
+
+#[tokio::test]
+async fn json_output_is_the_stored_document() {
+    // The default fleet (seed 7): every kind of device, and one unknown.
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let fleet = sim.fleet();
+    let first = |f: &dyn Fn(&graph_sim::SimDevice) -> bool| fleet.iter().find(|d| f(d)).unwrap().id.clone();
+    let ids = [
+        first(&|d| d.is_windows() && d.tpm.is_some_and(|t| t.starts_with('2')) && d.model != "Virtual Machine"),
+        first(&|d| !d.is_windows()),
+        first(&|d| d.is_windows() && d.tpm == Some("")),
+        "00000000-dead-4bad-8bad-000000000001".to_string(),
+    ];
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": ids, "correlation_id": "stored", "timeouts": {"invoke": "2m"}
+    }))
+    .unwrap();
+    let run = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(run.status.code(), Some(1));
+    assert_stored("invoke-result.json", &stable(assert_valid_result(&run.stdout)));
+    let check = invoke(&sim, &[], &["check", "--event", "-"], Some(payload)).await;
+    assert_eq!(check.status.code(), Some(0));
+    assert_stored("check-output.json", &serde_json::from_slice(&check.stdout).unwrap());
+    assert_eq!(sim.stats().writes, 1, "check made no call; invoke wrote once");
+}
