@@ -15,6 +15,7 @@ pub mod progress;
 pub mod request;
 pub mod status;
 pub mod text;
+pub mod verify;
 
 /// A boxed future, so the ports (traits the adapters implement) can be used
 /// as trait objects.

@@ -239,6 +239,22 @@ pub struct Invocation {
     pub part: u32,
 }
 
+/// What `verify` arranged after the run: follow-up checks of the
+/// initiated devices, or why there are none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Whether the follow-up checks are on their way.
+    pub scheduled: bool,
+    /// Devices the checks cover (this part's initiated devices).
+    pub devices: usize,
+    /// When the first check is due (RFC 3339).
+    pub first_check_at: Option<String>,
+    /// When the schedule ends (RFC 3339).
+    pub until: Option<String>,
+    /// Why no check was scheduled, when none was.
+    pub reason: Option<String>,
+}
+
 /// The request's options, as the payload named them, for readers of the
 /// result (the report's footer) and for audits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -253,6 +269,9 @@ pub struct RunOptions {
     pub device_filter: Option<String>,
     /// `tenant`, when the payload named one.
     pub tenant: Option<String>,
+    /// `verify`, when the payload asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<super::request::PayloadVerify>,
 }
 
 /// The request's `timeouts`.
@@ -294,6 +313,13 @@ pub struct RunResult {
     /// The request's options.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub options: Option<RunOptions>,
+    /// What `verify` arranged (hosted runs with `verify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// The last status read by `verify` (the CLI, which waits for it):
+    /// a status document (`schema/status.schema.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<super::status::StatusDocument>,
     /// One entry per device, in request order.
     pub devices: Vec<DeviceResult>,
 }
@@ -411,6 +437,8 @@ impl RunResult {
             stats,
             invocation: None,
             options,
+            verification: None,
+            verdict: None,
             devices,
         }
     }
@@ -441,8 +469,12 @@ impl RunResult {
             devices: std::mem::take(&mut self.devices),
         });
         let invocation = self.invocation.take();
+        let verification = self.verification.take();
+        let verdict = self.verdict.take();
         *self = rebuilt;
         self.invocation = invocation;
+        self.verification = verification;
+        self.verdict = verdict;
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::device::{DeviceId, DeviceKind, DeviceRef};
 use super::duration::{format_go_duration, parse_go_duration};
 use super::filter::DeviceFilter;
+use super::verify::{CheckTicket, MAX_CHECKS, MAX_UNTIL, MIN_INTERVAL, VerifyPlan, rfc3339};
 
 /// The timeout used when `timeouts.invoke` is absent (the Terraform action's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,6 +34,8 @@ const FIELDS: &[&str] = &[
     "correlation_id",
     "part",
     "tenant",
+    "verify",
+    "check",
 ];
 
 /// The highest `part` number accepted.
@@ -62,6 +65,11 @@ pub struct AttestationRequest {
     /// Which part of a run split across invocations this is (1 = the first;
     /// continuation messages carry higher numbers).
     pub part: u32,
+    /// Read the verdict back after initiating, on this schedule (`verify`).
+    pub verify: Option<VerifyPlan>,
+    /// A follow-up check, not a run (`check`: set only by the service, on
+    /// the messages it queues itself).
+    pub check: Option<CheckTicket>,
     /// Things worth saying that do not stop the run (duplicates removed...).
     pub warnings: Vec<String>,
 }
@@ -298,6 +306,16 @@ impl AttestationRequest {
             }
         };
 
+        let verify = verify_plan(obj, &mut problems);
+        let check = check_ticket(obj, &mut problems);
+        if check.is_some() && (verify.is_none() || present(obj, "device_filter").is_some()) {
+            problems.add(
+                "check",
+                "a check".into(),
+                "a check names its devices and comes with verify (the service writes it)",
+            );
+        }
+
         let selects_something = total_ids > 0 || present(obj, "device_filter").is_some();
         let named_lists =
             present(obj, "managed_device_ids").is_some() || present(obj, "comanaged_device_ids").is_some();
@@ -343,6 +361,8 @@ impl AttestationRequest {
             correlation_id,
             tenant,
             part,
+            verify,
+            check,
             warnings,
         })
     }
@@ -380,6 +400,41 @@ pub struct Payload {
     /// `tenant`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// `verify`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<PayloadVerify>,
+    /// `check`, on follow-up checks only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<PayloadCheck>,
+}
+
+/// The `verify` object of a [`Payload`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PayloadVerify {
+    /// `verify.after`, a Go duration.
+    pub after: String,
+    /// `verify.until`, a Go duration.
+    pub until: String,
+}
+
+impl From<VerifyPlan> for PayloadVerify {
+    fn from(v: VerifyPlan) -> Self {
+        Self {
+            after: format_go_duration(v.after),
+            until: format_go_duration(v.until),
+        }
+    }
+}
+
+/// The `check` object of a [`Payload`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PayloadCheck {
+    /// `check.number`.
+    pub number: u32,
+    /// `check.due_at`, RFC 3339.
+    pub due_at: String,
+    /// `check.until_at`, RFC 3339.
+    pub until_at: String,
 }
 
 /// The `timeouts` object of a [`Payload`].
@@ -420,11 +475,17 @@ impl AttestationRequest {
             correlation_id: self.correlation_id.clone(),
             part: (self.part > 1).then_some(self.part),
             tenant: self.tenant.clone(),
+            verify: self.verify.map(PayloadVerify::from),
+            check: self.check.map(|c| PayloadCheck {
+                number: c.number,
+                due_at: rfc3339(c.due_at),
+                until_at: rfc3339(c.until_at),
+            }),
         }
     }
 
     /// The same request for other devices (named, no filter): a
-    /// continuation or a sweep chunk.
+    /// continuation, a sweep chunk, or a part of a check.
     pub fn for_devices(&self, devices: Vec<DeviceRef>, correlation_id: String, part: u32) -> Self {
         Self {
             devices,
@@ -433,6 +494,14 @@ impl AttestationRequest {
             part,
             warnings: Vec::new(),
             ..self.clone()
+        }
+    }
+
+    /// A follow-up check of `devices` (named), carrying `ticket`.
+    pub fn for_check(&self, devices: Vec<DeviceRef>, correlation_id: String, part: u32, ticket: CheckTicket) -> Self {
+        Self {
+            check: Some(ticket),
+            ..self.for_devices(devices, correlation_id, part)
         }
     }
 }
@@ -498,6 +567,108 @@ fn flag(obj: &Map<String, Value>, key: &str, default: bool, problems: &mut Probl
         Some(other) => {
             problems.add(key, excerpt(other), "expected true or false");
             default
+        }
+    }
+}
+
+/// One Go duration of the `verify` object, or a problem.
+fn verify_duration(v: &Map<String, Value>, key: &str, problems: &mut Problems) -> Option<Duration> {
+    let field = format!("verify.{key}");
+    match v.get(key).filter(|x| !x.is_null()) {
+        Some(Value::String(s)) => match parse_go_duration(s) {
+            Ok(d) if (MIN_INTERVAL..=MAX_UNTIL).contains(&d) => Some(d),
+            Ok(_) => {
+                problems.add(field, excerpt_str(s), "expected a duration from 1s to 24h".to_string());
+                None
+            }
+            Err(e) => {
+                problems.add(
+                    field,
+                    excerpt_str(s),
+                    format!("expected a Go duration such as \"15m\" or \"2h\" ({e})"),
+                );
+                None
+            }
+        },
+        Some(other) => {
+            problems.add(field, excerpt(other), "expected a Go duration string such as \"15m\"");
+            None
+        }
+        None => {
+            problems.add(field, "nothing".into(), "expected a Go duration such as \"15m\"");
+            None
+        }
+    }
+}
+
+/// `verify`: `{"after": "15m", "until": "2h"}`.
+fn verify_plan(obj: &Map<String, Value>, problems: &mut Problems) -> Option<VerifyPlan> {
+    let value = present(obj, "verify")?;
+    let Some(v) = value.as_object() else {
+        problems.add(
+            "verify",
+            excerpt(value),
+            "expected an object like {\"after\": \"15m\", \"until\": \"2h\"}",
+        );
+        return None;
+    };
+    for key in v.keys().filter(|k| !["after", "until"].contains(&k.as_str())) {
+        problems.add(
+            format!("verify.{}", key.chars().take(40).collect::<String>()),
+            "an unknown field".into(),
+            "expected only verify.after and verify.until",
+        );
+    }
+    let after = verify_duration(v, "after", problems);
+    let until = verify_duration(v, "until", problems);
+    let (after, until) = (after?, until?);
+    if until < after {
+        problems.add(
+            "verify.until",
+            excerpt(&v["until"]),
+            format!(
+                "expected at least verify.after ({})",
+                v["after"].as_str().unwrap_or_default()
+            ),
+        );
+        return None;
+    }
+    Some(VerifyPlan { after, until })
+}
+
+/// `check`, which only the service writes: `{"number", "due_at", "until_at"}`.
+fn check_ticket(obj: &Map<String, Value>, problems: &mut Problems) -> Option<CheckTicket> {
+    let value = present(obj, "check")?;
+    let time = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|s| humantime::parse_rfc3339(s).ok())
+    };
+    let number = value
+        .get("number")
+        .and_then(Value::as_u64)
+        .filter(|n| (1..=u64::from(MAX_CHECKS)).contains(n));
+    match (
+        value.as_object().map(|o| o.len()),
+        number,
+        time("due_at"),
+        time("until_at"),
+    ) {
+        (Some(3), Some(number), Some(due_at), Some(until_at)) => Some(CheckTicket {
+            number: number as u32,
+            due_at,
+            until_at,
+        }),
+        _ => {
+            problems.add(
+                "check",
+                excerpt(value),
+                format!(
+                    "expected the service's own {{\"number\": 1 to {MAX_CHECKS}, \"due_at\", \"until_at\" (RFC 3339)}}"
+                ),
+            );
+            None
         }
     }
 }
@@ -646,6 +817,59 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("timeouts.invoke: got \"10 minutes\""), "{text}");
+    }
+
+    #[test]
+    fn verify_takes_two_go_durations_the_second_not_shorter() {
+        let r = parse(json!({"managed_device_ids": [A], "verify": {"after": "15m", "until": "2h"}})).unwrap();
+        assert_eq!(
+            r.verify,
+            Some(VerifyPlan {
+                after: Duration::from_secs(900),
+                until: Duration::from_secs(7200)
+            })
+        );
+        for (verify, field, expected) in [
+            (json!({"after": "15m"}), "verify.until", "expected a Go duration"),
+            (
+                json!({"after": "10m", "until": "5m"}),
+                "verify.until",
+                "at least verify.after (10m)",
+            ),
+            (
+                json!({"after": "500ms", "until": "5m"}),
+                "verify.after",
+                "from 1s to 24h",
+            ),
+            (json!({"after": "1m", "until": "48h"}), "verify.until", "from 1s to 24h"),
+            (
+                json!({"after": "1m", "until": "2m", "every": "1m"}),
+                "verify.every",
+                "only verify.after",
+            ),
+            (json!("15m"), "verify", "an object like"),
+        ] {
+            let err = parse(json!({"managed_device_ids": [A], "verify": verify})).unwrap_err();
+            let p = err
+                .problems
+                .iter()
+                .find(|p| p.field == field)
+                .unwrap_or_else(|| panic!("{err}"));
+            assert!(p.expected.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_check_comes_with_verify_and_named_devices_only() {
+        let check = json!({"number": 2, "due_at": "2026-11-29T12:00:00.000Z", "until_at": "2026-11-29T14:00:00.000Z"});
+        let verify = json!({"after": "15m", "until": "2h"});
+        let r = parse(json!({"managed_device_ids": [A], "verify": verify, "check": check})).unwrap();
+        assert_eq!(r.check.map(|c| c.number), Some(2));
+        assert!(parse(json!({"managed_device_ids": [A], "check": check})).is_err());
+        assert!(parse(json!({"device_filter": "deviceName eq 'x'", "verify": verify, "check": check})).is_err());
+        let bad = json!({"number": 0, "due_at": "soon", "until_at": "later"});
+        let err = parse(json!({"managed_device_ids": [A], "verify": verify, "check": bad})).unwrap_err();
+        assert_eq!(err.problems[0].field, "check");
     }
 
     #[test]

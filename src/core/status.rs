@@ -194,9 +194,12 @@ pub struct StatusDocument {
 }
 
 impl StatusDocument {
-    /// Whether every device's action is over.
+    /// Whether every device's action is over (a device that could not be
+    /// read is not known to be).
     pub fn all_terminal(&self) -> bool {
-        self.devices.iter().all(|d| d.action_state.is_terminal())
+        self.devices
+            .iter()
+            .all(|d| d.read_error.is_none() && d.action_state.is_terminal())
     }
 }
 

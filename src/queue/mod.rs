@@ -1,5 +1,5 @@
-//! The work queue that carries continuations, sweep chunks and webhook
-//! hand-offs: the [`WorkQueue`] port and its adapter for SQS.
+//! The work queue that carries continuations, sweep chunks, webhook
+//! hand-offs and follow-up checks: the [`WorkQueue`] port and its adapter for SQS.
 
 pub mod sqs;
 
@@ -19,6 +19,9 @@ pub struct WorkMessage {
     pub dedup_id: String,
     /// Groups the messages of one run.
     pub group_id: String,
+    /// How long the queue should hold the message before delivering it
+    /// (a follow-up check); zero for at once.
+    pub delay: std::time::Duration,
 }
 
 /// The queue that carries continuations and sweep chunks.
@@ -26,6 +29,10 @@ pub trait WorkQueue: Send + Sync {
     /// The largest message body the queue accepts, in bytes (learnt from
     /// the queue itself, once); `None` when it could not be learnt.
     fn max_message_bytes(&self) -> BoxFuture<'_, Option<usize>>;
+
+    /// The longest delay the queue can put on a message (SQS: 15 minutes),
+    /// or `None` when it cannot delay messages at all (a FIFO queue).
+    fn max_delay(&self) -> Option<std::time::Duration>;
 
     /// Sends the messages; fails if any could not be sent before
     /// `deadline`.
@@ -40,6 +47,13 @@ impl WorkMessage {
             dedup_id: hex::encode(Sha256::digest(body.as_bytes())),
             body,
             group_id: group_id.to_owned(),
+            delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same message, held back by `delay`.
+    pub fn delayed(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 }

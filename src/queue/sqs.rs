@@ -11,13 +11,18 @@ use crate::results::DeliveryError;
 
 /// Sends work messages to one queue, 10 per call, retrying failed entries.
 /// On a FIFO queue (`.fifo`) the group and deduplication ids are set, so
-/// SQS drops a repeated send within its 5-minute deduplication window.
+/// SQS drops a repeated send within its 5-minute deduplication window; a
+/// standard queue delays a message by up to [`MAX_DELAY`] (`DelaySeconds`),
+/// which a FIFO queue cannot do per message.
 pub struct SqsWorkQueue {
     client: aws_sdk_sqs::Client,
     url: String,
     backoff: Backoff,
     max_message: tokio::sync::OnceCell<usize>,
 }
+
+/// SQS's longest `DelaySeconds`: 15 minutes.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 impl SqsWorkQueue {
     /// A queue at `url`.
@@ -46,6 +51,10 @@ fn dedup_token(id: &str) -> String {
 }
 
 impl WorkQueue for SqsWorkQueue {
+    fn max_delay(&self) -> Option<Duration> {
+        (!self.url.ends_with(".fifo")).then_some(MAX_DELAY)
+    }
+
     fn max_message_bytes(&self) -> BoxFuture<'_, Option<usize>> {
         Box::pin(async move {
             let read = self.max_message.get_or_try_init(|| async {
@@ -96,6 +105,11 @@ impl WorkQueue for SqsWorkQueue {
                                 b = b
                                     .message_group_id(dedup_token(&m.group_id))
                                     .message_deduplication_id(dedup_token(&m.dedup_id));
+                            } else if !m.delay.is_zero() {
+                                // Whole seconds, rounded up so a check never
+                                // arrives before it is due.
+                                let secs = m.delay.min(MAX_DELAY).as_secs_f64().ceil() as i32;
+                                b = b.delay_seconds(secs);
                             }
                             entries.push(b.build().map_err(|e| DeliveryError(format!("bad SQS entry: {e}")))?);
                         }

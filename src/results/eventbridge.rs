@@ -4,7 +4,9 @@
 //! the result without its device list) and device entries ("Device
 //! Attestation Result Devices", each with the summary counts), all sharing
 //! the correlation id and saying `event_part` k of `event_parts` n; every
-//! device is in exactly one part. EventBridge limits the *total* size of
+//! device is in exactly one part. A follow-up check's verdict is split the
+//! same way ("Device Attestation Verdict" and "... Verdict Devices").
+//! EventBridge limits the *total* size of
 //! the entries in one `PutEvents` call (256 KB, counted as the UTF-8 bytes of
 //! `Source`, `DetailType`, `Detail` and each resource, plus 14 when `Time`
 //! is set) as well as their number (10), so calls are packed by both.
@@ -29,6 +31,10 @@ pub const SUMMARY_DETAIL_TYPE: &str = "Device Attestation Result";
 pub const REJECTED_DETAIL_TYPE: &str = "Device Attestation Request Rejected";
 /// `DetailType` of the device entries.
 pub const DEVICES_DETAIL_TYPE: &str = "Device Attestation Result Devices";
+/// `DetailType` of a verdict's summary entry.
+pub const VERDICT_DETAIL_TYPE: &str = "Device Attestation Verdict";
+/// `DetailType` of a verdict's device entries.
+pub const VERDICT_DEVICES_DETAIL_TYPE: &str = "Device Attestation Verdict Devices";
 /// The most entry bytes sent in one `PutEvents` call, and so the largest
 /// entry: EventBridge's limit is 256 KB (262,144 bytes) for the whole call;
 /// this keeps a margin under it.
@@ -61,22 +67,62 @@ pub fn calls(entries: &[Entry]) -> Vec<&[Entry]> {
     crate::core::pack::by_count_and_size(entries, MAX_ENTRIES_PER_CALL, MAX_CALL_BYTES, Entry::size)
 }
 
+/// How one kind of document becomes events: the summary entry's detail
+/// type, the device entries' detail type, and the members every device
+/// entry repeats from the document.
+#[derive(Debug, Clone, Copy)]
+pub struct EventKind {
+    /// `DetailType` of the entry with the document less its devices.
+    pub summary: &'static str,
+    /// `DetailType` of the entries that carry the devices.
+    pub devices: &'static str,
+    /// Members of the document repeated in every device entry.
+    pub carried: &'static [&'static str],
+}
+
+/// Result documents: "Device Attestation Result" and its device entries.
+pub const RESULT_EVENTS: EventKind = EventKind {
+    summary: SUMMARY_DETAIL_TYPE,
+    devices: DEVICES_DETAIL_TYPE,
+    carried: &["schema_version", "correlation_id", "status", "summary"],
+};
+
+/// Verdict documents: "Device Attestation Verdict" and its device entries.
+pub const VERDICT_EVENTS: EventKind = EventKind {
+    summary: VERDICT_DETAIL_TYPE,
+    devices: VERDICT_DEVICES_DETAIL_TYPE,
+    carried: &["schema_version", "correlation_id", "checked_at", "summary", "check"],
+};
+
 /// Splits a result document into entries of at most `max_bytes`.
 pub fn entries(result: &Value, max_bytes: usize) -> Vec<Entry> {
-    let mut summary = result.clone();
+    entries_of(result, max_bytes, RESULT_EVENTS)
+}
+
+/// Splits a document with a `devices` list into a summary entry (the
+/// document without its devices) and device entries of at most `max_bytes`
+/// each, all saying `event_part` k of `event_parts` n; every device is in
+/// exactly one entry.
+pub fn entries_of(doc: &Value, max_bytes: usize, kind: EventKind) -> Vec<Entry> {
+    let mut summary = doc.clone();
     if let Some(obj) = summary.as_object_mut() {
         obj.remove("devices");
     }
     let base = |part: usize| {
-        json!({"schema_version": result["schema_version"], "correlation_id": result["correlation_id"],
-               "status": result["status"], "summary": result["summary"], "event_part": part, "devices": []})
+        let mut b = serde_json::Map::new();
+        for key in kind.carried {
+            b.insert((*key).to_owned(), doc[*key].clone());
+        }
+        b.insert("event_part".into(), json!(part));
+        b.insert("devices".into(), json!([]));
+        Value::Object(b)
     };
     // Pack devices greedily; `{"event_parts": n}` is filled in at the end.
-    let overhead = SOURCE.len() + DEVICES_DETAIL_TYPE.len() + base(0).to_string().len() + 32;
+    let overhead = SOURCE.len() + kind.devices.len() + base(0).to_string().len() + 32;
     let mut chunks: Vec<Vec<Value>> = Vec::new();
     let mut current: Vec<Value> = Vec::new();
     let mut size = overhead;
-    for v in result["devices"].as_array().into_iter().flatten() {
+    for v in doc["devices"].as_array().into_iter().flatten() {
         let len = v.to_string().len() + 1;
         if !current.is_empty() && size + len > max_bytes {
             chunks.push(std::mem::take(&mut current));
@@ -94,7 +140,7 @@ pub fn entries(result: &Value, max_bytes: usize) -> Vec<Entry> {
         obj.insert("event_parts".into(), json!(parts));
     }
     let mut out = vec![Entry {
-        detail_type: SUMMARY_DETAIL_TYPE,
+        detail_type: kind.summary,
         detail: summary.to_string(),
     }];
     for (i, devices) in chunks.into_iter().enumerate() {
@@ -102,7 +148,7 @@ pub fn entries(result: &Value, max_bytes: usize) -> Vec<Entry> {
         detail["event_parts"] = json!(parts);
         detail["devices"] = Value::Array(devices);
         out.push(Entry {
-            detail_type: DEVICES_DETAIL_TYPE,
+            detail_type: kind.devices,
             detail: detail.to_string(),
         });
     }
@@ -225,6 +271,17 @@ impl<P: PutEvents> EventBridgeSink<P> {
 impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
     fn publish<'a>(&'a self, result: &'a Value, deadline: Option<Instant>) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move { self.put_all(entries(result, MAX_ENTRY_BYTES), deadline).await })
+    }
+
+    fn publish_verdict<'a>(
+        &'a self,
+        verdict: &'a Value,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            self.put_all(entries_of(verdict, MAX_ENTRY_BYTES, VERDICT_EVENTS), deadline)
+                .await
+        })
     }
 
     fn reject<'a>(

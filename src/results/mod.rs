@@ -37,6 +37,13 @@ pub trait ResultSink: Send + Sync {
         result: &'a serde_json::Value,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    /// Publishes one verdict document (a follow-up check's statuses),
+    /// split like a result.
+    fn publish_verdict<'a>(
+        &'a self,
+        verdict: &'a serde_json::Value,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
     /// Reports a refused request.
     fn reject<'a>(
         &'a self,

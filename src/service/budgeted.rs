@@ -15,6 +15,7 @@ use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{
     CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
 };
+use crate::core::status::{StatusGateway, StatusReport};
 use crate::state::budget::{Acquired, BudgetRules, Lease, SharedBudget};
 
 /// Round trips remembered to size a lease.
@@ -215,5 +216,22 @@ impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
 
     fn stats(&self) -> GatewayStats {
         self.inner.stats()
+    }
+}
+
+impl<G: DeviceGateway + StatusGateway> StatusGateway for BudgetedGateway<G> {
+    async fn read_status(
+        &self,
+        devices: &[DeviceRef],
+        detail: bool,
+        deadline: Instant,
+    ) -> Vec<ItemAnswer<StatusReport>> {
+        self.through(
+            |s| &s.reads,
+            devices.len(),
+            deadline,
+            || self.inner.read_status(devices, detail, deadline),
+        )
+        .await
     }
 }

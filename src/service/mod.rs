@@ -10,6 +10,7 @@
 mod budgeted;
 pub mod signature;
 pub mod sweep;
+mod verify;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::state::{Claim, MemoryStore, StateStore};
 
 pub use budgeted::{BudgetKey, BudgetedGateway};
 pub use sweep::SweepSettings;
+pub use verify::Deferral;
 pub use webhook::{HttpAnswer, WebhookAuth, WebhookRequest};
 
 /// The largest message any SQS queue accepts (1 MiB): the bound on a queued
@@ -227,6 +229,10 @@ pub enum Disposition {
     Republished(Box<serde_json::Value>),
     /// A sweep queued in chunks.
     Dispatched(SweepDispatch),
+    /// A follow-up check ran: its verdict (published when a sink is set).
+    Checked(Box<crate::core::verify::Verdict>),
+    /// A follow-up check was not due yet and was sent on.
+    Deferred(Deferral),
     /// Refused for good and reported: acknowledge it.
     Rejected(Rejection),
     /// May pass later: return it for retry.
@@ -396,6 +402,7 @@ impl AttestService {
     pub async fn deliver(&self, delivery: Delivery) -> Disposition {
         let trigger = delivery.trigger;
         let outcome = match self.admit_payload(&delivery).await {
+            Ok(req) if req.check.is_some() => self.check(req, &delivery).await,
             Ok(req) if trigger.is_webhook() && self.queue.is_some() => self.hand_off(req, delivery.deadline).await,
             Ok(req) => self.run(req, &delivery).await,
             Err(e) => Err(e),
@@ -601,6 +608,10 @@ impl AttestService {
                 None,
             ),
             Disposition::Dispatched(d) => (HttpAnswer::new(202, json!(d)), None),
+            // A webhook never carries a check (refused above); said for
+            // completeness.
+            Disposition::Checked(v) => (HttpAnswer::new(200, v.brief()), None),
+            Disposition::Deferred(d) => (HttpAnswer::new(202, json!(d)), None),
             Disposition::Rejected(r) if r.error_type == "InvalidRequest" => {
                 (HttpAnswer::error_with(400, "invalid_request", r.message), None)
             }
@@ -886,6 +897,7 @@ impl AttestService {
     /// Runs the engine (reading rotated credentials again once), then hands
     /// untried devices to the next part.
     async fn run_to_result(&self, req: AttestationRequest, delivery: &Delivery) -> Result<RunResult, ServiceError> {
+        let started = std::time::SystemTime::now();
         let ignore = req.ignore_partial_failures;
         let tenant = self.tenant(req.tenant.as_deref())?;
         let mut client = self.graph_client(tenant, false).await?;
@@ -914,6 +926,8 @@ impl AttestService {
         });
         if !req.dry_run {
             self.continue_untried(&req, &mut result, delivery.deadline).await;
+            self.schedule_verification(&req, &mut result, started, delivery.deadline)
+                .await;
         }
         result.refresh(ignore);
         Ok(result)

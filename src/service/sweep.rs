@@ -59,6 +59,8 @@ impl SweepSettings {
             correlation_id,
             tenant: None,
             part: 1,
+            verify: None,
+            check: None,
             warnings: Vec::new(),
         }
     }

@@ -77,6 +77,8 @@ pub(crate) struct AppOptions {
     pub(crate) budget: Option<Arc<dyn intune_attest::state::budget::SharedBudget>>,
     /// Further tenants: names and their credentials secrets.
     pub(crate) tenants: Vec<(&'static str, String)>,
+    /// A work queue in front of SQS (a stand-in that enforces a limit).
+    pub(crate) work_queue: Option<Arc<dyn WorkQueue>>,
 }
 
 impl Default for AppOptions {
@@ -92,6 +94,7 @@ impl Default for AppOptions {
             state_table: None,
             budget: None,
             tenants: vec![],
+            work_queue: None,
         }
     }
 }
@@ -123,9 +126,10 @@ impl World {
             )),
         );
         let url = o.queue_url.clone().unwrap_or_else(|| self.work_queue.clone());
-        let queue = o
-            .queue
-            .then(|| Arc::new(SqsWorkQueue::new(self.aws.sqs.clone(), url)) as Arc<dyn WorkQueue>);
+        let queue = o.work_queue.clone().or_else(|| {
+            o.queue
+                .then(|| Arc::new(SqsWorkQueue::new(self.aws.sqs.clone(), url)) as Arc<dyn WorkQueue>)
+        });
         let auth = WebhookAuth {
             signature: o.webhook.map(|s| Arc::new(FixedSecrets(s)) as Arc<dyn WebhookSecrets>),
             iam: !o.no_iam,

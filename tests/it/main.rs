@@ -19,3 +19,4 @@ mod secret_hygiene;
 mod shared_budget;
 mod shared_state;
 mod tenants;
+mod verify;

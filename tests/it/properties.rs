@@ -141,12 +141,15 @@ fn valid_payload() -> impl Strategy<Value = Value> {
         prop::option::of(1u64..100_000_000_000),
         prop::option::of("[A-Za-z0-9._:/-]{1,40}"),
         (prop::option::of(1u32..1000), prop::option::of("[A-Za-z0-9._-]{1,20}")),
+        // verify (after, until beyond it, in seconds), and a check's number
+        // and due time (ms since the epoch) when the devices are named.
+        prop::option::of((1u64..3600, 0u64..80_000, 1u32..100, 1_600_000_000_000u64..1_900_000_000_000)),
     )
         .prop_filter("selects something", |(m, c, f, ..)| {
             !m.is_empty() || !c.is_empty() || f.is_some()
         })
         .prop_map(
-            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, (part, tenant))| {
+            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, (part, tenant), verify)| {
                 let mut v = serde_json::json!({
                     "managed_device_ids": managed,
                     "comanaged_device_ids": comanaged,
@@ -168,6 +171,16 @@ fn valid_payload() -> impl Strategy<Value = Value> {
                 }
                 if let Some(t) = tenant {
                     v["tenant"] = t.into();
+                }
+                if let Some((after, extra, number, due_ms)) = verify {
+                    v["verify"] = serde_json::json!({"after": format!("{after}s"), "until": format!("{}s", after + extra)});
+                    if v.get("device_filter").is_none() {
+                        let at = |ms: u64| {
+                            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                                .to_string()
+                        };
+                        v["check"] = serde_json::json!({"number": number, "due_at": at(due_ms), "until_at": at(due_ms + extra * 1000)});
+                    }
                 }
                 v
             },
@@ -193,6 +206,7 @@ proptest! {
         );
         prop_assert_eq!(&again.correlation_id, &first.correlation_id);
         prop_assert_eq!(&again.tenant, &first.tenant);
+        prop_assert_eq!((again.verify, again.check), (first.verify, first.check));
         prop_assert_eq!(again.to_payload(), first.to_payload());
     }
 }

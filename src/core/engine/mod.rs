@@ -403,6 +403,7 @@ impl<G: DeviceGateway> Engine<G> {
                 },
                 device_filter: req.device_filter.as_ref().map(ToString::to_string),
                 tenant: req.tenant.clone(),
+                verify: req.verify.map(Into::into),
             }),
             devices: run.outcomes(&devices),
         });

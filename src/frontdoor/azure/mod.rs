@@ -108,6 +108,8 @@ fn encode(d: Disposition) -> Response {
             vec![format!("accepted {correlation_id} in {parts} message(s)")],
         ),
         Disposition::Dispatched(d) => reply(json!({}), vec![json!(d).to_string()]),
+        Disposition::Checked(v) => reply(json!({}), vec![v.brief().to_string()]),
+        Disposition::Deferred(d) => reply(json!({}), vec![json!(d).to_string()]),
         Disposition::Retry(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),

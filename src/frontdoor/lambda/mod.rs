@@ -133,6 +133,8 @@ impl LambdaApp {
                 return Ok(json!({"accepted": true, "correlation_id": correlation_id, "parts": parts}));
             }
             Disposition::Dispatched(d) => return Ok(json!(d)),
+            Disposition::Checked(v) => return Ok(v.brief()),
+            Disposition::Deferred(d) => return Ok(json!(d)),
             Disposition::Rejected(r) => return Err(diagnostic(&r.error_type, r.message)),
             Disposition::Retry(e) => return Err((&e).into()),
         };

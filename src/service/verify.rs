@@ -1,0 +1,248 @@
+//! `verify` on a hosted deployment: after a run, its initiated devices are
+//! checked again on the schedule the payload gave, each check carried by a
+//! delayed message on the work queue (SQS delays a message by at most 15
+//! minutes, so a later check hops: it is sent on until it is due). Each
+//! check reads the devices' status, publishes a `Device Attestation
+//! Verdict`, and queues the next one while any device is still pending or
+//! active and the schedule has not ended.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::{AttestService, Delivery, Disposition, ServiceError};
+use crate::core::device::DeviceRef;
+use crate::core::outcome::{DeviceResult, Outcome, RunResult, Verification};
+use crate::core::request::{AttestationRequest, InvalidRequest};
+use crate::core::status;
+use crate::core::verify::{Arrival, CheckReport, CheckTicket, Verdict, rfc3339};
+use crate::queue::WorkMessage;
+
+/// How long a check may spend reading when the host gives no deadline.
+const READ_WITHOUT_DEADLINE: Duration = Duration::from_secs(10 * 60);
+/// Time kept free after the reads to publish and queue the next check.
+const CHECK_RESERVE: Duration = Duration::from_secs(5);
+
+/// A check that was not due yet and was sent on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Deferral {
+    /// The run's correlation id.
+    pub correlation_id: String,
+    /// The check's number.
+    pub check: u32,
+    /// When it is due (RFC 3339).
+    pub due_at: String,
+    /// Devices it covers.
+    pub devices: usize,
+}
+
+impl AttestService {
+    /// After a run with `verify`: queues the first check of the devices it
+    /// initiated, and says in the result what was arranged.
+    pub(super) async fn schedule_verification(
+        &self,
+        req: &AttestationRequest,
+        result: &mut RunResult,
+        started: SystemTime,
+        deadline: Option<Instant>,
+    ) {
+        let Some(plan) = req.verify else {
+            return;
+        };
+        let devices: Vec<DeviceRef> = result
+            .devices
+            .iter()
+            .filter(|d| d.outcome == Outcome::Initiated)
+            .map(DeviceResult::device_ref)
+            .collect();
+        let ticket = CheckTicket::first(plan, started, SystemTime::now());
+        let mut arranged = Verification {
+            scheduled: false,
+            devices: devices.len(),
+            first_check_at: None,
+            until: Some(rfc3339(ticket.until_at)),
+            reason: None,
+        };
+        if devices.is_empty() {
+            arranged.reason = Some("no device was initiated, so there is nothing to check".into());
+        } else {
+            let template = req.for_check(Vec::new(), result.correlation_id.clone(), req.part, ticket);
+            match self.queue_check(&template, devices, deadline).await {
+                Ok(()) => {
+                    arranged.scheduled = true;
+                    arranged.first_check_at = Some(rfc3339(ticket.due_at));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the follow-up checks could not be queued");
+                    arranged.reason = Some(format!("the follow-up checks could not be queued: {e}"));
+                    result.warnings.push(
+                        "verify: no follow-up check was queued; read the verdict with `intune-attest status`".into(),
+                    );
+                }
+            }
+        }
+        result.verification = Some(arranged);
+    }
+
+    /// The longest delay the work queue can give a message, or why it
+    /// cannot carry checks.
+    fn check_delay_limit(&self) -> Result<Duration, ServiceError> {
+        let Some(queue) = &self.queue else {
+            return Err(ServiceError::Configuration(
+                "no work queue is configured to carry follow-up checks".into(),
+            ));
+        };
+        queue.max_delay().ok_or_else(|| {
+            ServiceError::Configuration(
+                "the work queue cannot delay messages (a FIFO queue); verify needs a standard queue".into(),
+            )
+        })
+    }
+
+    /// Queues `template`'s check for `devices`, in as many messages as the
+    /// queue's size limit needs, each held back until the check is due (or
+    /// as long as the queue can).
+    async fn queue_check(
+        &self,
+        template: &AttestationRequest,
+        devices: Vec<DeviceRef>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServiceError> {
+        let max_delay = self.check_delay_limit()?;
+        let Some(ticket) = template.check else {
+            return Ok(());
+        };
+        let correlation_id = template.correlation_id.clone().unwrap_or_default();
+        let delay = ticket.delay(SystemTime::now(), max_delay);
+        let messages = self
+            .messages_for(template, devices, &correlation_id, template.part)
+            .await?
+            .into_iter()
+            .map(|m| m.delayed(delay))
+            .collect();
+        self.send(messages, deadline).await
+    }
+
+    /// A follow-up check from the work queue: sent on if it is not due
+    /// yet; otherwise read, published as a verdict, and followed by the
+    /// next check while devices are still pending or active. A check runs
+    /// once per delivery, under the delivery's claim.
+    pub(super) async fn check(
+        &self,
+        req: AttestationRequest,
+        delivery: &Delivery,
+    ) -> Result<Disposition, ServiceError> {
+        let Some(ticket) = req.check else {
+            return Err(InvalidRequest::single("check", "nothing", "a follow-up check").into());
+        };
+        if !delivery.trigger.is_queue() {
+            return Err(InvalidRequest::single(
+                "check",
+                "a check",
+                "no check: the service sets it on the messages it queues itself",
+            )
+            .into());
+        }
+        let correlation_id = req.correlation_id.clone().unwrap_or_default();
+        let max_delay = self.check_delay_limit()?;
+        if let Arrival::Hop(delay) = ticket.arrival(SystemTime::now(), max_delay) {
+            let message = WorkMessage::new(req.to_payload().to_json(), &correlation_id).delayed(delay);
+            self.send(vec![message], delivery.deadline).await?;
+            tracing::info!(
+                check = ticket.number,
+                delay_s = delay.as_secs(),
+                "check not due yet; sent on"
+            );
+            return Ok(Disposition::Deferred(Deferral {
+                correlation_id,
+                check: ticket.number,
+                due_at: rfc3339(ticket.due_at),
+                devices: req.devices.len(),
+            }));
+        }
+        let key = delivery.delivery_id.as_ref().map(|d| format!("delivery#{d}"));
+        if let Some(key) = &key
+            && let Some(done) = self.claim(key, delivery.deadline).await?
+        {
+            return Ok(done);
+        }
+        match self.check_now(&req, ticket, delivery.deadline).await {
+            Ok(verdict) => {
+                if let Some(key) = &key {
+                    self.finished(key, None).await;
+                }
+                Ok(Disposition::Checked(Box::new(verdict)))
+            }
+            Err(e) => {
+                if let Some(key) = &key
+                    && let Err(release) = self.store.release(key, &self.instance).await
+                {
+                    tracing::warn!(error = %release, "a claim could not be given back; it runs out with its lease");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the devices, publishes the verdict, queues the next check.
+    async fn check_now(
+        &self,
+        req: &AttestationRequest,
+        ticket: CheckTicket,
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, ServiceError> {
+        let tenant = self.tenant(req.tenant.as_deref())?;
+        let client = self.graph_client(tenant, false).await?;
+        let read_until = deadline
+            .and_then(|d| d.checked_sub(CHECK_RESERVE))
+            .unwrap_or_else(|| Instant::now() + READ_WITHOUT_DEADLINE);
+        let doc = status::read(
+            Arc::clone(&client),
+            &req.devices,
+            req.correlation_id.clone(),
+            self.settings.engine.reads,
+            read_until,
+        )
+        .await;
+        if !req.devices.is_empty() && doc.summary.unread == req.devices.len() {
+            return Err(ServiceError::GraphUnavailable(format!(
+                "no device of check {} could be read",
+                ticket.number
+            )));
+        }
+        let next = match req.verify {
+            Some(plan) if !doc.all_terminal() => ticket.next(plan, SystemTime::now()),
+            _ => None,
+        };
+        let verdict = Verdict {
+            check: CheckReport {
+                number: ticket.number,
+                last: next.is_none(),
+                next_check_at: next.map(|n| rfc3339(n.due_at)),
+                until: rfc3339(ticket.until_at),
+                part: req.part,
+            },
+            status: doc,
+        };
+        if let Some(sink) = &self.sink {
+            let json = serde_json::to_value(&verdict).unwrap_or_default();
+            sink.publish_verdict(&json, deadline)
+                .await
+                .map_err(|e| ServiceError::ResultDeliveryFailed(format!("verdict of check {}: {e}", ticket.number)))?;
+        }
+        if let Some(next) = next {
+            let correlation_id = req.correlation_id.clone().unwrap_or_default();
+            let template = req.for_check(Vec::new(), correlation_id, req.part, next);
+            self.queue_check(&template, req.devices.clone(), deadline).await?;
+        }
+        tracing::info!(
+            check = ticket.number,
+            devices = req.devices.len(),
+            done = verdict.status.summary.action_states.get("done").copied().unwrap_or(0),
+            last = verdict.check.last,
+            "verdict published"
+        );
+        Ok(verdict)
+    }
+}
