@@ -329,6 +329,26 @@ pub struct RunResult {
 /// the devices that did not succeed (as many as fit), and a `truncated`
 /// member saying how many were left out and where the full list is.
 pub fn bounded_document(whole: &serde_json::Value, max_bytes: usize, full_result: &str) -> serde_json::Value {
+    let success: Vec<&str> = Outcome::ALL
+        .iter()
+        .filter(|o| o.is_success())
+        .map(|o| o.as_str())
+        .collect();
+    bounded_listing(whole, max_bytes, full_result, |d| {
+        !d["outcome"].as_str().is_some_and(|o| success.contains(&o))
+    })
+}
+
+/// A document with a `devices` list for a channel that carries at most
+/// `max_bytes`: the whole document when it fits; otherwise the devices
+/// `worth_listing` says need attention (as many as fit) and a `truncated`
+/// member saying how many were left out and where the full list is.
+pub fn bounded_listing(
+    whole: &serde_json::Value,
+    max_bytes: usize,
+    full_result: &str,
+    worth_listing: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     if whole.to_string().len() <= max_bytes {
         return whole.clone();
     }
@@ -336,17 +356,9 @@ pub fn bounded_document(whole: &serde_json::Value, max_bytes: usize, full_result
     let mut doc = whole.clone();
     doc["devices"] = serde_json::Value::Array(Vec::new());
     doc["truncated"] = serde_json::json!({"devices_listed": 0, "devices_omitted": 0, "full_result": full_result});
-    let success: Vec<&str> = Outcome::ALL
-        .iter()
-        .filter(|o| o.is_success())
-        .map(|o| o.as_str())
-        .collect();
     let mut size = doc.to_string().len() + 64;
     let mut listed = Vec::new();
-    for d in devices
-        .iter()
-        .filter(|d| !d["outcome"].as_str().is_some_and(|o| success.contains(&o)))
-    {
+    for d in devices.iter().filter(|d| worth_listing(d)) {
         let len = d.to_string().len() + 1;
         if size + len > max_bytes {
             break;

@@ -36,6 +36,7 @@ const FIELDS: &[&str] = &[
     "tenant",
     "verify",
     "check",
+    "read_status",
 ];
 
 /// The highest `part` number accepted.
@@ -70,6 +71,9 @@ pub struct AttestationRequest {
     /// A follow-up check, not a run (`check`: set only by the service, on
     /// the messages it queues itself).
     pub check: Option<CheckTicket>,
+    /// Read the selected devices' attestation status instead of initiating
+    /// (`read_status`: a playbook's wait-and-branch).
+    pub read_status: bool,
     /// Things worth saying that do not stop the run (duplicates removed...).
     pub warnings: Vec<String>,
 }
@@ -308,6 +312,14 @@ impl AttestationRequest {
 
         let verify = verify_plan(obj, &mut problems);
         let check = check_ticket(obj, &mut problems);
+        let read_status = flag(obj, "read_status", false, &mut problems);
+        if read_status && (verify.is_some() || check.is_some() || dry_run) {
+            problems.add(
+                "read_status",
+                "true".into(),
+                "read_status reads and initiates nothing: it goes without verify, check and dry_run",
+            );
+        }
         if check.is_some() && (verify.is_none() || present(obj, "device_filter").is_some()) {
             problems.add(
                 "check",
@@ -363,6 +375,7 @@ impl AttestationRequest {
             part,
             verify,
             check,
+            read_status,
             warnings,
         })
     }
@@ -406,6 +419,9 @@ pub struct Payload {
     /// `check`, on follow-up checks only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<PayloadCheck>,
+    /// `read_status`, written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_status: bool,
 }
 
 /// The `verify` object of a [`Payload`].
@@ -481,6 +497,7 @@ impl AttestationRequest {
                 due_at: rfc3339(c.due_at),
                 until_at: rfc3339(c.until_at),
             }),
+            read_status: self.read_status,
         }
     }
 

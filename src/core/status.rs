@@ -70,7 +70,8 @@ impl ActionState {
         !matches!(self, ActionState::Pending | ActionState::Active)
     }
 
-    fn as_str(self) -> &'static str {
+    /// The name the status document uses.
+    pub fn as_str(self) -> &'static str {
         match self {
             ActionState::None => "none",
             ActionState::Pending => "pending",
@@ -100,6 +101,15 @@ pub enum AttestationStatus {
 }
 
 impl AttestationStatus {
+    /// Every status, in the order the summary lists them.
+    pub const ALL: [AttestationStatus; 5] = [
+        AttestationStatus::Trusted,
+        AttestationStatus::Untrusted,
+        AttestationStatus::NotSupported,
+        AttestationStatus::IncompleteData,
+        AttestationStatus::Unknown,
+    ];
+
     /// Graph's `deviceIdentityAttestationStatus` value.
     pub fn from_graph(s: &str) -> Self {
         match s.to_ascii_lowercase().as_str() {
@@ -111,7 +121,8 @@ impl AttestationStatus {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The name the status document uses.
+    pub fn as_str(self) -> &'static str {
         match self {
             AttestationStatus::Trusted => "trusted",
             AttestationStatus::Untrusted => "untrusted",

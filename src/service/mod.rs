@@ -35,7 +35,7 @@ use crate::state::{Claim, MemoryStore, StateStore};
 
 pub use budgeted::{BudgetKey, BudgetedGateway};
 pub use sweep::SweepSettings;
-pub use verify::Deferral;
+pub use verify::{Deferral, bounded_status};
 pub use webhook::{HttpAnswer, WebhookAuth, WebhookRequest};
 
 /// The largest message any SQS queue accepts (1 MiB): the bound on a queued
@@ -233,6 +233,8 @@ pub enum Disposition {
     Checked(Box<crate::core::verify::Verdict>),
     /// A follow-up check was not due yet and was sent on.
     Deferred(Deferral),
+    /// `read_status`: the devices' attestation status, read now.
+    Status(Box<crate::core::status::StatusDocument>),
     /// Refused for good and reported: acknowledge it.
     Rejected(Rejection),
     /// May pass later: return it for retry.
@@ -403,6 +405,7 @@ impl AttestService {
         let trigger = delivery.trigger;
         let outcome = match self.admit_payload(&delivery).await {
             Ok(req) if req.check.is_some() => self.check(req, &delivery).await,
+            Ok(req) if req.read_status => self.read_status(req, &delivery).await,
             Ok(req) if trigger.is_webhook() && self.queue.is_some() => self.hand_off(req, delivery.deadline).await,
             Ok(req) => self.run(req, &delivery).await,
             Err(e) => Err(e),
@@ -612,6 +615,10 @@ impl AttestService {
             // completeness.
             Disposition::Checked(v) => (HttpAnswer::new(200, v.brief()), None),
             Disposition::Deferred(d) => (HttpAnswer::new(202, json!(d)), None),
+            Disposition::Status(doc) => (
+                HttpAnswer::new(200, bounded_status(&doc, webhook::MAX_ANSWER_BYTES)),
+                None,
+            ),
             Disposition::Rejected(r) if r.error_type == "InvalidRequest" => {
                 (HttpAnswer::error_with(400, "invalid_request", r.message), None)
             }

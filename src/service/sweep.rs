@@ -61,6 +61,7 @@ impl SweepSettings {
             part: 1,
             verify: None,
             check: None,
+            read_status: false,
             warnings: Vec::new(),
         }
     }

@@ -15,7 +15,7 @@ use super::{AttestService, Delivery, Disposition, ServiceError};
 use crate::core::device::DeviceRef;
 use crate::core::outcome::{DeviceResult, Outcome, RunResult, Verification};
 use crate::core::request::{AttestationRequest, InvalidRequest};
-use crate::core::status;
+use crate::core::status::{self, StatusDocument};
 use crate::core::verify::{Arrival, CheckReport, CheckTicket, Verdict, rfc3339};
 use crate::queue::WorkMessage;
 
@@ -23,6 +23,20 @@ use crate::queue::WorkMessage;
 const READ_WITHOUT_DEADLINE: Duration = Duration::from_secs(10 * 60);
 /// Time kept free after the reads to publish and queue the next check.
 const CHECK_RESERVE: Duration = Duration::from_secs(5);
+
+/// Where the full status is when an answer lists only some devices.
+pub const FULL_STATUS_AT: &str = "read every device with `intune-attest status --event` and the same selection";
+
+/// A status document bounded for a channel of `max_bytes`: every device
+/// when it fits, else those whose attestation is not done, as many as fit.
+pub fn bounded_status(doc: &StatusDocument, max_bytes: usize) -> serde_json::Value {
+    crate::core::outcome::bounded_listing(
+        &serde_json::to_value(doc).unwrap_or_default(),
+        max_bytes,
+        FULL_STATUS_AT,
+        |d| d["action_state"] != "done",
+    )
+}
 
 /// A check that was not due yet and was sent on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +52,66 @@ pub struct Deferral {
 }
 
 impl AttestService {
+    /// `read_status`: the selected devices' attestation status, read now
+    /// and answered (a playbook's wait-and-branch). Only a caller that
+    /// waits for the answer may ask: a direct invoke or a webhook.
+    pub(super) async fn read_status(
+        &self,
+        req: AttestationRequest,
+        delivery: &Delivery,
+    ) -> Result<Disposition, ServiceError> {
+        if delivery.trigger.is_queue()
+            || matches!(delivery.trigger, super::Trigger::Schedule | super::Trigger::AzureTimer)
+        {
+            return Err(InvalidRequest::single(
+                "read_status",
+                "true",
+                "read_status only from a caller that waits for the answer (a direct invoke or a webhook)",
+            )
+            .into());
+        }
+        let tenant = self.tenant(req.tenant.as_deref())?;
+        let client = self.graph_client(tenant, false).await?;
+        let read_until = delivery
+            .deadline
+            .and_then(|d| d.checked_sub(CHECK_RESERVE))
+            .unwrap_or_else(|| Instant::now() + READ_WITHOUT_DEADLINE);
+        let mut devices = req.devices.clone();
+        if let Some(filter) = &req.device_filter {
+            let selected = crate::core::gateway::DeviceGateway::list_devices(
+                &*client,
+                filter,
+                self.settings.limits.max_devices,
+                read_until,
+            )
+            .await?;
+            let named: std::collections::HashSet<_> = devices.iter().map(|d| d.id).collect();
+            devices.extend(
+                selected
+                    .into_iter()
+                    .filter(|id| !named.contains(id))
+                    .map(|id| DeviceRef {
+                        id,
+                        kind: crate::core::device::DeviceKind::Managed,
+                    }),
+            );
+        }
+        let doc = status::read(
+            client,
+            &devices,
+            req.correlation_id.clone(),
+            self.settings.engine.reads,
+            read_until,
+        )
+        .await;
+        if !devices.is_empty() && doc.summary.unread == devices.len() {
+            return Err(ServiceError::GraphUnavailable(
+                "no device's status could be read".into(),
+            ));
+        }
+        Ok(Disposition::Status(Box::new(doc)))
+    }
+
     /// After a run with `verify`: queues the first check of the devices it
     /// initiated, and says in the result what was arranged.
     pub(super) async fn schedule_verification(

@@ -478,3 +478,64 @@ async fn json_output_is_the_stored_document() {
     assert_stored("check-output.json", &serde_json::from_slice(&check.stdout).unwrap());
     assert_eq!(sim.stats().writes, 1, "check made no call; invoke wrote once");
 }
+
+#[tokio::test]
+async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
+    let mut cfg = sim_config();
+    cfg.action_delay = std::time::Duration::from_millis(1500);
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 100,
+        non_windows: 0.0,
+        virtual_machines: 0.2,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let good: Vec<String> = sim
+        .fleet()
+        .iter()
+        .filter(|d| d.model != "Virtual Machine" && d.tpm.is_some_and(|t| t.starts_with('2')))
+        .take(3)
+        .map(|d| d.id.clone())
+        .collect();
+    let vm = sim
+        .fleet()
+        .iter()
+        .find(|d| d.model == "Virtual Machine")
+        .unwrap()
+        .id
+        .clone();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": [&good[0], &good[1], &good[2], &vm], "validate_device_exists": false,
+        "verify": {"after": "1s", "until": "20s"}, "correlation_id": "cli-verify"
+    }))
+    .unwrap();
+    let run = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let doc = assert_valid_result(&run.stdout);
+    let verdict = &doc["verdict"];
+    assert_eq!(verdict["correlation_id"], "cli-verify");
+    assert_eq!(verdict["summary"]["devices"], 4);
+    assert_eq!(
+        verdict["summary"]["action_states"],
+        serde_json::json!({"done": 3, "not_supported": 1})
+    );
+    let errors: Vec<String> = status_schema().iter_errors(verdict).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(log.contains("verify: check done"), "each check is logged: {log}");
+    // The table view shows the verdict after the result.
+    let table = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-", "--output", "table"],
+        Some(payload),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("action states") && text.contains("not_supported"),
+        "{text}"
+    );
+}

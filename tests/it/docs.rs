@@ -125,7 +125,10 @@ fn json_examples_parse_and_say_what_they_claim() {
     let status_schema: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("schema/status.schema.json")).unwrap()).unwrap();
     let status_validator = jsonschema::validator_for(&status_schema).unwrap();
-    let (mut payloads, mut results, mut statuses) = (0, 0, 0);
+    let verdict_schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schema/verdict.schema.json")).unwrap()).unwrap();
+    let verdict_validator = jsonschema::validator_for(&verdict_schema).unwrap();
+    let (mut payloads, mut results, mut statuses, mut verdicts) = (0, 0, 0, 0);
     for file in markdown_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         for (lang, body) in split(&text).1 {
@@ -134,7 +137,11 @@ fn json_examples_parse_and_say_what_they_claim() {
             }
             let value: Value = serde_json::from_str(&body)
                 .unwrap_or_else(|e| panic!("{}: a JSON example does not parse ({e}):\n{body}", file.display()));
-            if value.get("checked_at").is_some() && value.get("devices").is_some() {
+            if value.get("checked_at").is_some() && value.get("check").is_some() {
+                verdicts += 1;
+                let errors: Vec<String> = verdict_validator.iter_errors(&value).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+            } else if value.get("checked_at").is_some() && value.get("devices").is_some() {
                 statuses += 1;
                 let errors: Vec<String> = status_validator.iter_errors(&value).map(|e| e.to_string()).collect();
                 assert!(errors.is_empty(), "{}: {errors:?}", file.display());
@@ -150,7 +157,7 @@ fn json_examples_parse_and_say_what_they_claim() {
         }
     }
     assert!(
-        payloads >= 2 && results >= 1 && statuses >= 1,
-        "{payloads} payloads, {results} results, {statuses} status documents"
+        payloads >= 2 && results >= 1 && statuses >= 1 && verdicts >= 1,
+        "{payloads} payloads, {results} results, {statuses} status documents, {verdicts} verdicts"
     );
 }

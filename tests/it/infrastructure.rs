@@ -258,6 +258,37 @@ fn the_playbook_retries_every_error_that_can_pass_later() {
     }
 }
 
+#[test]
+fn the_playbook_branches_on_states_the_status_document_has() {
+    let text = std::fs::read_to_string(root().join("infra/aws/incident-response.asl.json")).unwrap();
+    let asl: Value = serde_json::from_str(&text).unwrap();
+    let read = &asl["States"]["ReadVerdict"];
+    assert_eq!(read["Parameters"]["Payload"]["read_status"], true);
+    let retried = read["Retry"].to_string();
+    assert!(retried.contains("GraphUnavailable") && retried.contains("CredentialsUnavailable"));
+    use intune_attest::core::status::{ActionState, AttestationStatus};
+    let states: Vec<&str> = ActionState::ALL.iter().map(|s| s.as_str()).collect();
+    let statuses: Vec<&str> = AttestationStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let mut seen = 0;
+    for (prefix, known) in [
+        ("$.verdict.summary.action_states.", &states),
+        ("$.verdict.summary.attestation_statuses.", &statuses),
+    ] {
+        for (i, _) in text.match_indices(prefix) {
+            let name: String = text[i + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                known.contains(&name.as_str()),
+                "the playbook reads {prefix}{name}, which no status has"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "{seen} branches on the verdict");
+}
+
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

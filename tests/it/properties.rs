@@ -140,7 +140,7 @@ fn valid_payload() -> impl Strategy<Value = Value> {
         (any::<bool>(), any::<bool>(), any::<bool>()),
         prop::option::of(1u64..100_000_000_000),
         prop::option::of("[A-Za-z0-9._:/-]{1,40}"),
-        (prop::option::of(1u32..1000), prop::option::of("[A-Za-z0-9._-]{1,20}")),
+        (prop::option::of(1u32..1000), prop::option::of("[A-Za-z0-9._-]{1,20}"), any::<bool>()),
         // verify (after, until beyond it, in seconds), and a check's number
         // and due time (ms since the epoch) when the devices are named.
         prop::option::of((1u64..3600, 0u64..80_000, 1u32..100, 1_600_000_000_000u64..1_900_000_000_000)),
@@ -149,7 +149,7 @@ fn valid_payload() -> impl Strategy<Value = Value> {
             !m.is_empty() || !c.is_empty() || f.is_some()
         })
         .prop_map(
-            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, (part, tenant), verify)| {
+            |(managed, comanaged, filter, (ignore, validate, dry), timeout_ns, corr, (part, tenant, read_status), verify)| {
                 let mut v = serde_json::json!({
                     "managed_device_ids": managed,
                     "comanaged_device_ids": comanaged,
@@ -171,6 +171,9 @@ fn valid_payload() -> impl Strategy<Value = Value> {
                 }
                 if let Some(t) = tenant {
                     v["tenant"] = t.into();
+                }
+                if read_status && verify.is_none() && !dry {
+                    v["read_status"] = true.into();
                 }
                 if let Some((after, extra, number, due_ms)) = verify {
                     v["verify"] = serde_json::json!({"after": format!("{after}s"), "until": format!("{}s", after + extra)});
@@ -206,7 +209,7 @@ proptest! {
         );
         prop_assert_eq!(&again.correlation_id, &first.correlation_id);
         prop_assert_eq!(&again.tenant, &first.tenant);
-        prop_assert_eq!((again.verify, again.check), (first.verify, first.check));
+        prop_assert_eq!((again.verify, again.check, again.read_status), (first.verify, first.check, first.read_status));
         prop_assert_eq!(again.to_payload(), first.to_payload());
     }
 }

@@ -377,3 +377,93 @@ async fn a_check_from_a_caller_is_refused_and_a_fifo_queue_says_why_nothing_was_
     assert!(arranged["reason"].as_str().unwrap().contains("FIFO"), "{arranged}");
     assert!(result["warnings"].to_string().contains("intune-attest status"));
 }
+
+#[tokio::test]
+async fn read_status_answers_a_direct_invoke_with_the_status_and_writes_nothing() {
+    let mut cfg = fleet();
+    cfg.action_delay = Duration::from_millis(300);
+    let w = world(cfg).await;
+    let app = w.app(AppOptions {
+        queue: true,
+        ..Default::default()
+    });
+    let ids = mixed(&w);
+    app.handle(
+        json!({"managed_device_ids": ids, "validate_device_exists": false, "correlation_id": "playbook"}),
+        ctx("run", 60),
+    )
+    .await
+    .unwrap();
+    let writes = w.sim.stats().writes;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let doc = app
+        .handle(
+            json!({"managed_device_ids": ids, "read_status": true, "correlation_id": "playbook"}),
+            ctx("status", 60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.sim.stats().writes, writes, "read_status initiates nothing");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/status.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        doc["summary"]["action_states"],
+        json!({"done": 25, "not_supported": 2, "failed": 2})
+    );
+
+    // A queue message cannot ask: nobody would read the answer.
+    let out = app
+        .handle(
+            sqs_event(&[(
+                "rs-1",
+                json!({"managed_device_ids": ids, "read_status": true}).to_string(),
+            )]),
+            ctx("q", 60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"batchItemFailures": []}));
+    let rejected: Vec<Value> = w
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["detail-type"] == "Device Attestation Request Rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0]["detail"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read_status")
+    );
+}
+
+#[tokio::test]
+async fn a_status_answer_stays_under_what_step_functions_keeps() {
+    let mut cfg = sim_config();
+    cfg.fleet.size = 2000;
+    let w = world(cfg).await;
+    let app = w.app(AppOptions::default());
+    let doc = app
+        .handle(
+            json!({"device_filter": "operatingSystem eq 'Windows'", "read_status": true}),
+            ctx("big", 60),
+        )
+        .await
+        .unwrap();
+    let size = doc.to_string().len();
+    assert!(size <= 240 * 1024, "{size} bytes");
+    let devices = doc["summary"]["devices"].as_u64().unwrap();
+    assert!(devices > 1500, "{devices}");
+    let truncated = &doc["truncated"];
+    assert_eq!(
+        truncated["devices_listed"].as_u64().unwrap() + truncated["devices_omitted"].as_u64().unwrap(),
+        devices
+    );
+    assert_eq!(
+        doc["devices"].as_array().unwrap().len() as u64,
+        truncated["devices_listed"].as_u64().unwrap()
+    );
+}

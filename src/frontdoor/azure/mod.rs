@@ -110,6 +110,8 @@ fn encode(d: Disposition) -> Response {
         Disposition::Dispatched(d) => reply(json!({}), vec![json!(d).to_string()]),
         Disposition::Checked(v) => reply(json!({}), vec![v.brief().to_string()]),
         Disposition::Deferred(d) => reply(json!({}), vec![json!(d).to_string()]),
+        // Answered over HTTP (the webhook path); a queue cannot ask for it.
+        Disposition::Status(doc) => reply(json!({}), vec![format!("status of {} device(s)", doc.summary.devices)]),
         Disposition::Retry(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),

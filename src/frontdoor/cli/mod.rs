@@ -17,6 +17,7 @@ mod progress;
 mod report;
 mod status;
 mod table;
+mod verify;
 
 pub use table::Output;
 
@@ -175,7 +176,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
             let creds = AppCredentials::from_env(env)?;
             let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
-            let engine = Engine::new(Arc::new(client), settings.engine.clone());
+            let client = Arc::new(client);
+            let engine = Engine::new(client.clone(), settings.engine.clone());
+            let plan = req.verify;
+            let started = std::time::SystemTime::now();
             let progress = Arc::new(Progress::new());
             let bar = (!no_progress && std::io::stderr().is_terminal()).then(|| progress::spawn_bar(progress.clone()));
             let outcome = engine.run(req, None, progress).await;
@@ -183,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 task.abort();
                 bar.finish_and_clear();
             }
-            let result = match outcome {
+            let mut result = match outcome {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: {}", bounded(&e.to_string(), 4000));
@@ -194,13 +198,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(code));
                 }
             };
+            if let Some(plan) = plan {
+                result.verdict = verify::follow(client, &result, plan, started, settings.engine.reads).await;
+            }
             let doc = serde_json::to_string_pretty(&result)?;
             if let Some(path) = &result_file {
                 std::fs::write(path, &doc).with_context(|| format!("writing {}", path.display()))?;
             }
             match output {
                 Output::Json => println!("{doc}"),
-                Output::Table => print!("{}", table::result(&result, result_file.as_deref())),
+                Output::Table => {
+                    print!("{}", table::result(&result, result_file.as_deref()));
+                    if let Some(verdict) = &result.verdict {
+                        print!("{}", table::status(verdict));
+                    }
+                }
             }
             Ok(if result.failed {
                 ExitCode::from(1)

@@ -32,6 +32,9 @@ use crate::service::signature::SIGNATURE_HEADER;
 /// (after the work is done), so larger results are answered in brief.
 pub const MAX_SYNC_RESPONSE: usize = 5 * 1024 * 1024;
 /// Where a brief answer says the full result is.
+/// The largest `read_status` answer: Step Functions keeps at most 256 KB
+/// of a task's output.
+pub const MAX_STATUS_ANSWER: usize = 240 * 1024;
 const FULL_RESULT_AT: &str = "the Device Attestation Result events on EVENT_BUS_NAME (every device, in parts)";
 
 /// What one invocation needs to know about itself.
@@ -135,6 +138,7 @@ impl LambdaApp {
             Disposition::Dispatched(d) => return Ok(json!(d)),
             Disposition::Checked(v) => return Ok(v.brief()),
             Disposition::Deferred(d) => return Ok(json!(d)),
+            Disposition::Status(doc) => return Ok(crate::service::bounded_status(&doc, MAX_STATUS_ANSWER)),
             Disposition::Rejected(r) => return Err(diagnostic(&r.error_type, r.message)),
             Disposition::Retry(e) => return Err((&e).into()),
         };
