@@ -42,6 +42,9 @@ pub struct ResultDocument {
     /// Present when the document lists only some devices.
     #[serde(default)]
     pub truncated: Option<Truncated>,
+    /// The last status read under `verify` (the CLI waits for it).
+    #[serde(default)]
+    pub verdict: Option<StatusDocument>,
     /// The devices listed.
     pub devices: Vec<ResultDevice>,
 }

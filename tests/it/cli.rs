@@ -538,4 +538,26 @@ async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
         text.contains("action states") && text.contains("not_supported"),
         "{text}"
     );
+    // The report shows the verdict the result carries.
+    let dir = std::env::temp_dir().join(format!("cli-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (result, page) = (dir.join("result.json"), dir.join("report.html"));
+    std::fs::write(&result, &run.stdout).unwrap();
+    let made = invoke(
+        &sim,
+        &[],
+        &[
+            "report",
+            "--result",
+            result.to_str().unwrap(),
+            "--out",
+            page.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(made.status.code(), Some(0), "{}", String::from_utf8_lossy(&made.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("id=\"verdict\"") && html.contains(">not_supported<"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

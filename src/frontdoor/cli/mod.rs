@@ -85,7 +85,8 @@ enum Command {
         /// The run's result document (`invoke --result-file`, or its JSON output).
         #[arg(long, value_name = "FILE")]
         result: PathBuf,
-        /// A status document read after the run (`status --result`).
+        /// A status document read after the run (`status --result`); without
+        /// it, the result's own `verdict` (from `verify`) if it has one.
         #[arg(long, value_name = "FILE")]
         status: Option<PathBuf>,
         /// Where to write the page.

@@ -29,7 +29,11 @@ fn read<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
 /// Writes the report; exit 0 when written, 2 when a document is unreadable.
 pub(super) fn run(result: &Path, status: Option<&Path>, out: &Path) -> anyhow::Result<ExitCode> {
     let result: ResultDocument = read(result, "result")?;
-    let status: Option<StatusDocument> = status.map(|p| read(p, "status")).transpose()?;
+    // A status document given wins over the verdict `invoke` waited for.
+    let status: Option<StatusDocument> = match status {
+        Some(p) => Some(read(p, "status")?),
+        None => result.verdict.clone(),
+    };
     if let Some(s) = &status
         && let Some(id) = s.correlation_id.as_deref()
         && id != result.correlation_id
