@@ -16,7 +16,7 @@ use crate::core::gateway::{
     CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
 };
 use crate::core::status::{StatusGateway, StatusReport};
-use crate::state::budget::{Acquired, BudgetRules, Lease, SharedBudget};
+use crate::state::budget::{Acquired, Ask, BudgetRules, Lease, SharedBudget};
 
 /// Round trips remembered to size a lease.
 const RTT_SAMPLES: usize = 20;
@@ -69,11 +69,12 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
 }
 
 impl Shared {
-    /// Twice the longest recent round trip: a lease assumes its answer
-    /// comes within it (and is extended in the rare case it does not).
+    /// The longest recent round trip and half again: a lease assumes its
+    /// answer comes within it (and is extended in the rare case it does
+    /// not).
     fn rtt_allowance(&self, rules: &BudgetRules) -> Duration {
         let rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
-        rtts.iter().copied().max().map_or(rules.window / 20, |m| m * 2)
+        rtts.iter().copied().max().map_or(rules.window / 20, |m| m * 3 / 2)
     }
 
     fn record_rtt(&self, rtt: Duration) {
@@ -84,12 +85,24 @@ impl Shared {
         rtts.push_back(rtt);
     }
 
-    /// Leases `n` permits, waiting for them no later than `deadline`.
+    /// Leases `n` permits, waiting for them no later than `deadline`: a
+    /// reservation that starts later is waited for without asking again.
     async fn lease(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
         loop {
-            let until = SystemTime::now() + which.rules.window + self.rtt_allowance(&which.rules);
-            let wait = match self.budget.acquire(&which.key, n, which.rules, until).await {
-                Ok(Acquired::Granted(lease)) => return Some(lease),
+            let allowance = self.rtt_allowance(&which.rules);
+            let ask = Ask {
+                n,
+                hold: which.rules.window + allowance,
+                latest_start: SystemTime::now() + deadline.saturating_duration_since(Instant::now()),
+            };
+            let wait = match self.budget.acquire(&which.key, ask, which.rules).await {
+                Ok(Acquired::Granted(lease)) => {
+                    let start = crate::state::from_epoch_ms(lease.start_ms);
+                    if let Ok(wait) = start.duration_since(SystemTime::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                    return Some(lease);
+                }
                 Ok(Acquired::WaitUntil(at)) => at
                     .duration_since(SystemTime::now())
                     .unwrap_or_default()

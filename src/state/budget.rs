@@ -1,12 +1,17 @@
 //! The write (and read) budget of one app registration in one tenant,
 //! shared by every instance: the local pacer's rule, made common. A grant
-//! is a lease on permits, held from before the call is sent until one
-//! window after its answer; no more permits than the budget are ever
-//! leased at once, so no sliding window, summed over all instances, sees
-//! more requests than the budget. A lease carries its own end time, so the
+//! is a lease on permits over a time interval, from when the call may be
+//! sent until one window after its answer; at no instant do the leases
+//! covering it hold more permits than the budget, so no sliding window,
+//! summed over all instances, sees more requests than the budget. When the
+//! budget is taken now, the grant is a reservation: the lease starts at the
+//! earliest time the permits are free, and the instance waits for it
+//! without asking again, so a full budget costs one table request per call
+//! however many instances wait. A lease carries its own end time, so the
 //! permits of an instance that died come back when its leases run out. A
-//! 429 seen by any instance pauses all of them and lowers the shared
-//! ceiling, which each clean window restores in part.
+//! 429 seen by any instance pauses all of them (no lease granted after it
+//! starts before the pause ends) and lowers the shared ceiling, which each
+//! clean window restores in part.
 //!
 //! On DynamoDB the budget is one item per key, written with a version
 //! condition: one request per grant when no other instance wrote since, two
@@ -47,15 +52,29 @@ impl BudgetRules {
     }
 }
 
-/// Permits leased until `until`.
+/// Permits leased from `start_ms` until `until_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Names the lease in the shared state.
     pub id: String,
     /// Permits.
     pub n: u32,
+    /// When the call may be sent, ms since the epoch.
+    pub start_ms: u64,
     /// When the permits come back, ms since the epoch.
     pub until_ms: u64,
+}
+
+/// What an instance asks of the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// Permits (the calls in one `$batch`).
+    pub n: u32,
+    /// How long the permits are held from the start: one window plus the
+    /// time the answer may take.
+    pub hold: Duration,
+    /// The latest start that is of use (the caller's deadline).
+    pub latest_start: SystemTime,
 }
 
 /// What asking for permits gave.
@@ -69,15 +88,11 @@ pub enum Acquired {
 
 /// The budget shared by the instances.
 pub trait SharedBudget: Send + Sync {
-    /// Leases `n` permits of `key`'s budget until `until`, or says when to
-    /// ask again.
-    fn acquire<'a>(
-        &'a self,
-        key: &'a str,
-        n: u32,
-        rules: BudgetRules,
-        until: SystemTime,
-    ) -> BoxFuture<'a, Result<Acquired, StoreError>>;
+    /// Leases `ask.n` permits of `key`'s budget for `ask.hold` from the
+    /// earliest time they are free (now, or later: a reservation), or says
+    /// when to ask again if that is after `ask.latest_start`.
+    fn acquire<'a>(&'a self, key: &'a str, ask: Ask, rules: BudgetRules)
+    -> BoxFuture<'a, Result<Acquired, StoreError>>;
 
     /// Moves a lease's end later (an answer came later than its lease
     /// assumed).
@@ -97,11 +112,21 @@ pub trait SharedBudget: Send + Sync {
     fn requests(&self) -> u64;
 }
 
+/// One lease in the shared state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Held {
+    id: String,
+    n: u32,
+    start: u64,
+    until: u64,
+    holder: String,
+}
+
 /// The shared state of one budget.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct State {
-    /// `[id, n, until_ms, holder]` of every lease.
-    leases: Vec<(String, u32, u64, String)>,
+    /// Every lease not yet over.
+    leases: Vec<Held>,
     paused_until: u64,
     /// The lowered ceiling after a 429, if any, and when it was set.
     ceiling: Option<u32>,
@@ -111,7 +136,7 @@ struct State {
 impl State {
     fn prune(&mut self, now: u64, rules: &BudgetRules) {
         let skew = rules.skew.as_millis() as u64;
-        self.leases.retain(|(_, _, until, _)| until + skew > now);
+        self.leases.retain(|l| l.until + skew > now);
     }
 
     /// The budget in force: the ceiling after a cut, restored by 5% of the
@@ -127,43 +152,79 @@ impl State {
         }
     }
 
-    fn held(&self) -> u32 {
-        self.leases.iter().map(|(_, n, _, _)| n).sum()
+    /// Permits held now.
+    fn held(&self, now: u64) -> u32 {
+        self.peak(now, now + 1, 0)
     }
 
-    /// Grants `n` to `holder` if the rules allow, or says when to ask
-    /// again. Instances that wait are spread over the next lease ends (one
-    /// of the first k, k the number of instances holding leases), so that
-    /// not every waiter wakes, and writes, when one lease ends.
-    fn grant(&mut self, n: u32, now: u64, until: u64, holder: &str, rules: &BudgetRules) -> Result<Lease, u64> {
-        self.prune(now, rules);
-        if self.paused_until > now {
-            return Err(self.paused_until);
-        }
-        let effective = self.effective(now, rules);
-        if self.held() + n > effective && self.held() > 0 {
-            let skew = rules.skew.as_millis() as u64;
-            let mut ends: Vec<u64> = self.leases.iter().map(|(_, _, u, _)| u + skew).collect();
-            ends.sort_unstable();
-            let holders: std::collections::HashSet<&str> = self.leases.iter().map(|(_, _, _, h)| h.as_str()).collect();
-            let pick = fastrand::usize(..holders.len().clamp(1, ends.len().max(1)));
-            let next = ends.get(pick).copied().unwrap_or(now + 1);
-            return Err(next.max(now + 1));
-        }
-        let lease = Lease {
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            n,
-            until_ms: until,
+    /// The most permits the leases hold at any instant of `[from, to)`, a
+    /// lease counting until `skew` after its end.
+    fn peak(&self, from: u64, to: u64, skew: u64) -> u32 {
+        let covers = |t: u64| -> u32 {
+            self.leases
+                .iter()
+                .filter(|l| l.start <= t && t < l.until + skew)
+                .map(|l| l.n)
+                .sum()
         };
-        self.leases.push((lease.id.clone(), n, until, holder.to_owned()));
-        Ok(lease)
+        // The sum only rises where a lease starts.
+        std::iter::once(from)
+            .chain(self.leases.iter().map(|l| l.start).filter(|&s| s > from && s < to))
+            .map(covers)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Leases `ask.n` permits to `holder` from the earliest time at or after
+    /// `now` (and after any pause) that keeps every instant within the
+    /// ceiling, or says when to ask again if that is after
+    /// `ask.latest_start`.
+    fn grant(&mut self, ask: &Ask, now: u64, holder: &str, rules: &BudgetRules) -> Result<Lease, u64> {
+        self.prune(now, rules);
+        let skew = rules.skew.as_millis() as u64;
+        let hold = ask.hold.as_millis() as u64;
+        // A caller that asked for "now" asked a moment ago.
+        let latest = ms(ask.latest_start).max(now);
+        let earliest = now.max(self.paused_until);
+        let mut starts: Vec<u64> = std::iter::once(earliest)
+            .chain(self.leases.iter().map(|l| l.until + skew).filter(|&e| e > earliest))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            if start > latest {
+                return Err(start);
+            }
+            let effective = self.effective(start, rules);
+            let peak = self.peak(start, start + hold, skew);
+            // A call larger than the ceiling still goes when nothing else
+            // is held, or it would never go.
+            if peak + ask.n <= effective || peak == 0 {
+                let lease = Lease {
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    n: ask.n,
+                    start_ms: start,
+                    until_ms: start + hold,
+                };
+                self.leases.push(Held {
+                    id: lease.id.clone(),
+                    n: ask.n,
+                    start,
+                    until: start + hold,
+                    holder: holder.to_owned(),
+                });
+                return Ok(lease);
+            }
+        }
+        // Not reached: after the last lease ends nothing is held.
+        Err(now + 1)
     }
 
     fn on_throttled(&mut self, now: u64, pause_until: u64, rules: &BudgetRules) {
         self.prune(now, rules);
         self.paused_until = self.paused_until.max(pause_until);
         if now.saturating_sub(self.cut_at) >= rules.window.as_millis() as u64 || self.ceiling.is_none() {
-            let seen = self.held().max(1);
+            let seen = self.held(now).max(1);
             let floor = (rules.budget / 5).max(1);
             let cut = ((seen as f64) * 0.95) as u32;
             self.ceiling = Some(cut.clamp(floor, rules.budget.saturating_sub(1).max(1)));
@@ -177,7 +238,7 @@ fn ms(t: SystemTime) -> u64 {
 }
 
 fn from_ms(t: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(t)
+    super::from_epoch_ms(t)
 }
 
 /// The budget on the DynamoDB state table.
@@ -317,15 +378,14 @@ impl SharedBudget for DynamoBudget {
     fn acquire<'a>(
         &'a self,
         key: &'a str,
-        n: u32,
+        ask: Ask,
         rules: BudgetRules,
-        until: SystemTime,
     ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
         Box::pin(async move {
             let mut wait = None;
             let granted = self
                 .update(key, |state| {
-                    match state.grant(n, ms(SystemTime::now()), ms(until), &self.holder, &rules) {
+                    match state.grant(&ask, ms(SystemTime::now()), &self.holder, &rules) {
                         Ok(lease) => Some(lease),
                         Err(at) => {
                             wait = Some(at);
@@ -350,8 +410,8 @@ impl SharedBudget for DynamoBudget {
         Box::pin(async move {
             let until = ms(until);
             self.update(key, |state| {
-                let l = state.leases.iter_mut().find(|(id, _, _, _)| *id == lease.id)?;
-                l.2 = l.2.max(until);
+                let l = state.leases.iter_mut().find(|l| l.id == lease.id)?;
+                l.until = l.until.max(until);
                 Some(())
             })
             .await?;
@@ -388,22 +448,67 @@ mod tests {
         BudgetRules::new(190, Duration::from_secs(20))
     }
 
+    fn ask(n: u32, latest: u64) -> Ask {
+        Ask {
+            n,
+            hold: Duration::from_secs(20),
+            latest_start: from_ms(latest),
+        }
+    }
+
     #[test]
-    fn no_more_than_the_budget_is_leased_at_once_and_leases_run_out() {
+    fn no_more_than_the_budget_is_leased_at_once_and_a_full_budget_reserves_the_next_free_time() {
         let r = rules();
         let mut s = State::default();
         let t = 1_000_000;
-        let until = t + 20_000;
         for _ in 0..10 {
-            assert!(s.grant(19, t, until, "a", &r).is_ok());
+            assert_eq!(s.grant(&ask(19, t), t, "a", &r).unwrap().start_ms, t);
         }
-        let next = s.grant(19, t, until, "a", &r).unwrap_err();
-        assert_eq!(
-            next,
-            until + r.skew.as_millis() as u64,
-            "free again one skew after the leases end"
-        );
-        assert!(s.grant(19, next, next + 20_000, "a", &r).is_ok());
+        let free = t + 20_000 + r.skew.as_millis() as u64;
+        // Only now is of use: ask again when the permits come back.
+        assert_eq!(s.grant(&ask(19, t + 5_000), t, "b", &r).unwrap_err(), free);
+        // Later is of use: a reservation starting then.
+        let reserved = s.grant(&ask(19, t + 60_000), t, "b", &r).unwrap();
+        assert_eq!((reserved.start_ms, reserved.until_ms), (free, free + 20_000));
+        // The next one queues behind it, not beside it beyond the budget.
+        for _ in 0..9 {
+            assert_eq!(s.grant(&ask(19, t + 60_000), t, "c", &r).unwrap().start_ms, free);
+        }
+        let next = s.grant(&ask(19, t + 40_000), t, "c", &r).unwrap_err();
+        assert_eq!(next, free + 20_000 + r.skew.as_millis() as u64);
+    }
+
+    #[test]
+    fn no_instant_ever_holds_more_than_the_budget_whatever_the_asks() {
+        let r = rules();
+        let skew = r.skew.as_millis() as u64;
+        let mut s = State::default();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut now = 1_000_000u64;
+        let mut granted = Vec::new();
+        for _ in 0..2_000 {
+            now += rng.u64(0..400);
+            let a = Ask {
+                n: rng.u32(1..=20),
+                hold: Duration::from_millis(rng.u64(20_000..21_000)),
+                latest_start: from_ms(now + rng.u64(0..30_000)),
+            };
+            if let Ok(l) = s.grant(&a, now, "x", &r) {
+                assert!(l.start_ms >= now && l.start_ms <= ms(a.latest_start));
+                granted.push(l);
+            }
+        }
+        // 400 s of asks at 190 permits a window (~10 a call): about 360 fit.
+        assert!(granted.len() > 300, "{} granted", granted.len());
+        for l in &granted {
+            let at = l.start_ms;
+            let held: u32 = granted
+                .iter()
+                .filter(|o| o.start_ms <= at && at < o.until_ms + skew)
+                .map(|o| o.n)
+                .sum();
+            assert!(held <= 190, "{held} permits held at {at}");
+        }
     }
 
     #[test]
@@ -412,10 +517,11 @@ mod tests {
         let mut s = State::default();
         let t = 1_000_000;
         for _ in 0..5 {
-            s.grant(19, t, t + 20_000, "a", &r).unwrap();
+            s.grant(&ask(19, t), t, "a", &r).unwrap();
         }
         s.on_throttled(t, t + 2_000, &r);
-        assert_eq!(s.grant(1, t + 1, t + 20_000, "b", &r), Err(t + 2_000));
+        assert_eq!(s.grant(&ask(1, t + 1), t + 1, "b", &r), Err(t + 2_000));
+        assert!(s.grant(&ask(1, t + 30_000), t + 1, "b", &r).unwrap().start_ms >= t + 2_000);
         assert_eq!(s.effective(t, &r), 90, "95% of the 95 leased");
         assert_eq!(s.effective(t + 40_000, &r), 90 + 2 * 9);
         assert_eq!(s.effective(t + 2_000_000, &r), 190);

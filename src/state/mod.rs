@@ -43,6 +43,11 @@ pub fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The time `ms` milliseconds after the Unix epoch.
+pub fn from_epoch_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}
+
 /// How long a finished delivery is remembered: longer than SQS keeps a
 /// message and than Step Functions retries a task.
 pub const DONE_TTL: Duration = Duration::from_secs(4 * 24 * 3600);

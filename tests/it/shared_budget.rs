@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 use graph_sim::{CLIENT_ID, TENANT_ID};
-use intune_attest::state::budget::{Acquired, BudgetRules, DynamoBudget, SharedBudget};
+use intune_attest::state::budget::{Acquired, Ask, BudgetRules, DynamoBudget, SharedBudget};
 use serde_json::{Value, json};
 
 use crate::common::{WINDOW, attestable_fleet};
@@ -95,8 +95,12 @@ async fn a_dead_instances_leases_come_back_within_a_window() {
     // An instance leased the whole budget for a window and died.
     let budget = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
     let rules = BudgetRules::new(BUDGET as u32, WINDOW);
-    let until = SystemTime::now() + WINDOW;
-    let got = budget.acquire(&write_key(), BUDGET as u32, rules, until).await.unwrap();
+    let now = Ask {
+        n: BUDGET as u32,
+        hold: WINDOW,
+        latest_start: SystemTime::now(),
+    };
+    let got = budget.acquire(&write_key(), now, rules).await.unwrap();
     assert!(matches!(got, Acquired::Granted(_)), "{got:?}");
     let started = tokio::time::Instant::now();
     let answers = run_together(&w, 1, Some(&table)).await;
@@ -119,14 +123,18 @@ async fn a_429_seen_by_one_instance_pauses_the_others() {
         DynamoBudget::new(w.aws.dynamodb.clone(), table.clone()),
         DynamoBudget::new(w.aws.dynamodb.clone(), table),
     );
-    let until = SystemTime::now() + WINDOW;
+    let ask = Ask {
+        n: 19,
+        hold: WINDOW,
+        latest_start: SystemTime::now() + Duration::from_secs(1),
+    };
     assert!(matches!(
-        a.acquire(&write_key(), 19, rules, until).await.unwrap(),
+        a.acquire(&write_key(), ask, rules).await.unwrap(),
         Acquired::Granted(_)
     ));
     let pause = SystemTime::now() + Duration::from_secs(5);
     a.throttled(&write_key(), rules, pause).await.unwrap();
-    match b.acquire(&write_key(), 19, rules, until).await.unwrap() {
+    match b.acquire(&write_key(), ask, rules).await.unwrap() {
         Acquired::WaitUntil(at) => assert!(at >= pause - Duration::from_millis(5), "{at:?}"),
         other => panic!("instance B was not paused: {other:?}"),
     }
