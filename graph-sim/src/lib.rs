@@ -172,6 +172,8 @@ pub struct LedgerEntry {
     pub device_id: String,
     /// `managed` or `comanaged`, the route it came through.
     pub kind: &'static str,
+    /// The client id of the app registration that asked.
+    pub app: String,
     /// When it was accepted.
     pub at: Instant,
 }
@@ -347,12 +349,18 @@ impl Sim {
 
     /// Accepted writes per window of `window`, from the first acceptance.
     pub fn writes_per_window(&self, window: Duration) -> Vec<usize> {
+        self.writes_per_window_of(window, None)
+    }
+
+    /// Accepted writes per consecutive window of `window` from the first,
+    /// of one app registration (`Some(client id)`) or of all.
+    pub fn writes_per_window_of(&self, window: Duration, app: Option<&str>) -> Vec<usize> {
         let ledger = lock(&self.state.ledger);
         let Some(first) = ledger.iter().map(|e| e.at).min() else {
             return Vec::new();
         };
         let mut counts: Vec<usize> = Vec::new();
-        for e in ledger.iter() {
+        for e in ledger.iter().filter(|e| app.is_none_or(|a| e.app == a)) {
             let slot = (e.at.duration_since(first).as_secs_f64() / window.as_secs_f64()) as usize;
             if counts.len() <= slot {
                 counts.resize(slot + 1, 0);
@@ -364,7 +372,17 @@ impl Sim {
 
     /// The most accepted writes seen in any sliding window of `window`.
     pub fn max_writes_in_any_window(&self, window: Duration) -> usize {
-        let mut times: Vec<Instant> = lock(&self.state.ledger).iter().map(|e| e.at).collect();
+        self.max_writes_in_any_window_of(window, None)
+    }
+
+    /// The most accepted writes of one app registration (or of all) seen
+    /// in any sliding window of `window`.
+    pub fn max_writes_in_any_window_of(&self, window: Duration, app: Option<&str>) -> usize {
+        let mut times: Vec<Instant> = lock(&self.state.ledger)
+            .iter()
+            .filter(|e| app.is_none_or(|a| e.app == a))
+            .map(|e| e.at)
+            .collect();
         times.sort();
         let mut best = 0;
         let mut lo = 0;

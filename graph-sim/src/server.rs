@@ -387,6 +387,7 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                     lock(&state.ledger).push(LedgerEntry {
                         device_id: d.id.clone(),
                         kind: if comanaged_route { "comanaged" } else { "managed" },
+                        app: app.to_string(),
                         at: Instant::now(),
                     });
                     Answer {

@@ -35,6 +35,9 @@ struct Shared {
     writes: BudgetKey,
     reads: BudgetKey,
     rtts: Mutex<VecDeque<Duration>>,
+    /// Spare leases granted with a reservation, per budget key, for this
+    /// instance's next calls.
+    spares: Mutex<std::collections::HashMap<String, VecDeque<Lease>>>,
 }
 
 /// A gateway whose calls draw on the shared budget.
@@ -58,6 +61,7 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
                 writes,
                 reads,
                 rtts: Mutex::new(VecDeque::new()),
+                spares: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -85,23 +89,64 @@ impl Shared {
         rtts.push_back(rtt);
     }
 
+    /// A spare lease this instance holds for `which` that fits a call of
+    /// `n` permits sent by `deadline`, if any. Spares whose start passed
+    /// too long ago to cover the call's answer and a window are given back.
+    async fn take_spare(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
+        let now = crate::state::epoch_ms(SystemTime::now());
+        let latest = now + deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let slack = (self.rtt_allowance(&which.rules) / 3).as_millis() as u64;
+        let (usable, stale) = {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let queue = spares.entry(which.key.clone()).or_default();
+            let mut stale = Vec::new();
+            let mut usable = None;
+            while let Some(lease) = queue.pop_front() {
+                if lease.start_ms + slack >= now && lease.start_ms <= latest && lease.n >= n {
+                    usable = Some(lease);
+                    break;
+                }
+                stale.push(lease);
+            }
+            (usable, stale)
+        };
+        for lease in stale {
+            if let Err(e) = self.budget.release(&which.key, &lease).await {
+                tracing::warn!(error = %e, "a spare lease could not be given back; it runs out");
+            }
+        }
+        usable
+    }
+
+    fn keep_spare(&self, which: &BudgetKey, lease: Lease) {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        spares.entry(which.key.clone()).or_default().push_back(lease);
+    }
+
     /// Leases `n` permits, waiting for them no later than `deadline`: a
-    /// reservation that starts later is waited for without asking again.
+    /// spare from an earlier grant if one fits, else a grant from the
+    /// table; a lease that starts later (a reservation) is waited for
+    /// without asking again.
     async fn lease(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
+        if let Some(lease) = self.take_spare(which, n, deadline).await {
+            wait_for_start(&lease).await;
+            return Some(lease);
+        }
         loop {
             let allowance = self.rtt_allowance(&which.rules);
             let ask = Ask {
                 n,
                 hold: which.rules.window + allowance,
                 latest_start: SystemTime::now() + deadline.saturating_duration_since(Instant::now()),
+                spare: true,
             };
             let wait = match self.budget.acquire(&which.key, ask, which.rules).await {
-                Ok(Acquired::Granted(lease)) => {
-                    let start = crate::state::from_epoch_ms(lease.start_ms);
-                    if let Ok(wait) = start.duration_since(SystemTime::now()) {
-                        tokio::time::sleep(wait).await;
+                Ok(Acquired::Granted(grant)) => {
+                    if let Some(spare) = grant.spare {
+                        self.keep_spare(which, spare);
                     }
-                    return Some(lease);
+                    wait_for_start(&grant.lease).await;
+                    return Some(grant.lease);
                 }
                 Ok(Acquired::WaitUntil(at)) => at
                     .duration_since(SystemTime::now())
@@ -152,6 +197,14 @@ impl Shared {
         {
             tracing::warn!(error = %e, "a 429 could not be shared");
         }
+    }
+}
+
+/// Sleeps until a reserved lease starts.
+async fn wait_for_start(lease: &Lease) {
+    let start = crate::state::from_epoch_ms(lease.start_ms);
+    if let Ok(wait) = start.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -75,13 +75,27 @@ pub struct Ask {
     pub hold: Duration,
     /// The latest start that is of use (the caller's deadline).
     pub latest_start: SystemTime,
+    /// When the permits are not free now (the budget is full), also
+    /// reserve a spare lease of the same size behind the first, for the
+    /// caller's next call: one table request then serves two calls.
+    pub spare: bool,
+}
+
+/// What a granted ask holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The lease for this call.
+    pub lease: Lease,
+    /// A spare for the next call, when one was asked for and the budget
+    /// was full.
+    pub spare: Option<Lease>,
 }
 
 /// What asking for permits gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
-    /// The permits, until the lease ends.
-    Granted(Lease),
+    /// The permits, until the lease ends (and perhaps a spare lease).
+    Granted(Grant),
     /// None now; ask again at this time.
     WaitUntil(SystemTime),
 }
@@ -93,6 +107,10 @@ pub trait SharedBudget: Send + Sync {
     /// when to ask again if that is after `ask.latest_start`.
     fn acquire<'a>(&'a self, key: &'a str, ask: Ask, rules: BudgetRules)
     -> BoxFuture<'a, Result<Acquired, StoreError>>;
+
+    /// Gives back a lease no call was sent under (a spare that came too
+    /// late to use), so its permits serve others at once.
+    fn release<'a>(&'a self, key: &'a str, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Moves a lease's end later (an answer came later than its lease
     /// assumed).
@@ -176,16 +194,23 @@ impl State {
     }
 
     /// Leases `ask.n` permits to `holder` from the earliest time at or after
-    /// `now` (and after any pause) that keeps every instant within the
-    /// ceiling, or says when to ask again if that is after
-    /// `ask.latest_start`.
-    fn grant(&mut self, ask: &Ask, now: u64, holder: &str, rules: &BudgetRules) -> Result<Lease, u64> {
+    /// `now` and `not_before` (and after any pause) that keeps every
+    /// instant within the ceiling, or says when to ask again if that is
+    /// after `ask.latest_start`.
+    fn grant_from(
+        &mut self,
+        ask: &Ask,
+        now: u64,
+        not_before: u64,
+        holder: &str,
+        rules: &BudgetRules,
+    ) -> Result<Lease, u64> {
         self.prune(now, rules);
         let skew = rules.skew.as_millis() as u64;
         let hold = ask.hold.as_millis() as u64;
         // A caller that asked for "now" asked a moment ago.
         let latest = ms(ask.latest_start).max(now);
-        let earliest = now.max(self.paused_until);
+        let earliest = now.max(not_before).max(self.paused_until);
         let mut starts: Vec<u64> = std::iter::once(earliest)
             .chain(self.leases.iter().map(|l| l.until + skew).filter(|&e| e > earliest))
             .collect();
@@ -218,6 +243,11 @@ impl State {
         }
         // Not reached: after the last lease ends nothing is held.
         Err(now + 1)
+    }
+
+    /// [`State::grant_from`] now.
+    fn grant(&mut self, ask: &Ask, now: u64, holder: &str, rules: &BudgetRules) -> Result<Lease, u64> {
+        self.grant_from(ask, now, now, holder, rules)
     }
 
     fn on_throttled(&mut self, now: u64, pause_until: u64, rules: &BudgetRules) {
@@ -385,8 +415,18 @@ impl SharedBudget for DynamoBudget {
             let mut wait = None;
             let granted = self
                 .update(key, |state| {
-                    match state.grant(&ask, ms(SystemTime::now()), &self.holder, &rules) {
-                        Ok(lease) => Some(lease),
+                    let now = ms(SystemTime::now());
+                    match state.grant(&ask, now, &self.holder, &rules) {
+                        Ok(lease) => {
+                            // A spare only behind a reservation some way
+                            // ahead: when the budget is nearly free, the
+                            // next call asks when it comes.
+                            let ahead = (rules.window / 20).as_millis() as u64;
+                            let spare = (ask.spare && lease.start_ms > now + ahead)
+                                .then(|| state.grant_from(&ask, now, lease.start_ms, &self.holder, &rules).ok())
+                                .flatten();
+                            Some(Grant { lease, spare })
+                        }
                         Err(at) => {
                             wait = Some(at);
                             None
@@ -395,9 +435,21 @@ impl SharedBudget for DynamoBudget {
                 })
                 .await?;
             Ok(match granted {
-                Some(lease) => Acquired::Granted(lease),
+                Some(grant) => Acquired::Granted(grant),
                 None => Acquired::WaitUntil(from_ms(wait.unwrap_or_else(|| ms(SystemTime::now()) + 10))),
             })
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.update(key, |state| {
+                let before = state.leases.len();
+                state.leases.retain(|l| l.id != lease.id);
+                (state.leases.len() < before).then_some(())
+            })
+            .await?;
+            Ok(())
         })
     }
 
@@ -453,6 +505,7 @@ mod tests {
             n,
             hold: Duration::from_secs(20),
             latest_start: from_ms(latest),
+            spare: false,
         }
     }
 
@@ -492,6 +545,7 @@ mod tests {
                 n: rng.u32(1..=20),
                 hold: Duration::from_millis(rng.u64(20_000..21_000)),
                 latest_start: from_ms(now + rng.u64(0..30_000)),
+                spare: false,
             };
             if let Ok(l) = s.grant(&a, now, "x", &r) {
                 assert!(l.start_ms >= now && l.start_ms <= ms(a.latest_start));

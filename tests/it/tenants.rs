@@ -13,11 +13,16 @@ use crate::common::{WINDOW, attestable_fleet};
 use crate::lambda_handler::{AppOptions, World, ctx, world};
 
 /// A second app registration the simulator knows, for the second tenant.
-const FABRIKAM_CLIENT: &str = "22222222-3333-4444-5555-666666666666";
-const FABRIKAM_SECRET: &str = "fabrikam-client-secret-value";
+pub(crate) const FABRIKAM_CLIENT: &str = "22222222-3333-4444-5555-666666666666";
+pub(crate) const FABRIKAM_SECRET: &str = "fabrikam-client-secret-value";
 
 async fn two_tenants() -> (World, String) {
-    let mut cfg = attestable_fleet(60);
+    two_tenants_with(attestable_fleet(60), "tenants").await
+}
+
+/// A world whose simulator also knows the second tenant's app
+/// registration, and a state table named `table`.
+pub(crate) async fn two_tenants_with(mut cfg: graph_sim::SimConfig, table: &str) -> (World, String) {
     cfg.apps.push(AppRegistration {
         client_id: FABRIKAM_CLIENT.into(),
         secret: Some(FABRIKAM_SECRET.into()),
@@ -25,12 +30,12 @@ async fn two_tenants() -> (World, String) {
         can_write: true,
     });
     let w = world(cfg).await;
-    let table = w.aws.state_table("tenants").await;
+    let table = w.aws.state_table(table).await;
     (w, table)
 }
 
 /// The two tenants' secrets (named with `tag`, so a test can make several).
-async fn options(w: &World, table: &str, fabrikam_secret: &str, tag: &str) -> AppOptions {
+pub(crate) async fn options(w: &World, table: &str, fabrikam_secret: &str, tag: &str) -> AppOptions {
     let contoso = w
         .aws
         .secret(
