@@ -274,3 +274,49 @@ async fn shared_budget_scenario() {
         assert!(most <= BUDGET);
     }
 }
+
+#[tokio::test]
+async fn a_full_budget_reserves_later_with_a_spare_and_a_spare_given_back_serves_another() {
+    let w = world(attestable_fleet(1)).await;
+    let table = w.aws.state_table("budget-reserve").await;
+    let rules = BudgetRules::new(BUDGET as u32, WINDOW);
+    let (a, b, c) = (
+        DynamoBudget::new(w.aws.dynamodb.clone(), table.clone()),
+        DynamoBudget::new(w.aws.dynamodb.clone(), table.clone()),
+        DynamoBudget::new(w.aws.dynamodb.clone(), table),
+    );
+    let ask = |n: u32| Ask {
+        n,
+        hold: WINDOW,
+        latest_start: SystemTime::now() + WINDOW * 5,
+        spare: true,
+    };
+    // The whole budget, now: no spare when permits are free.
+    let Acquired::Granted(first) = a.acquire(&write_key(), ask(BUDGET as u32), rules).await.unwrap() else {
+        panic!("the empty budget refused");
+    };
+    assert!(first.spare.is_none());
+    // Full: a reservation when A's lease ends, with a spare behind it.
+    let Acquired::Granted(reserved) = b.acquire(&write_key(), ask(100), rules).await.unwrap() else {
+        panic!("no reservation");
+    };
+    assert!(
+        reserved.lease.start_ms >= first.lease.until_ms,
+        "{reserved:?} {first:?}"
+    );
+    let spare = reserved.spare.clone().expect("a spare behind the reservation");
+    assert!(spare.start_ms >= reserved.lease.start_ms);
+    // With 100 + 100 > 190 the spare starts after the reservation ends.
+    assert!(spare.start_ms >= reserved.lease.until_ms, "{spare:?}");
+    // C, asking now, queues behind both...
+    let Acquired::Granted(behind) = c.acquire(&write_key(), ask(90), rules).await.unwrap() else {
+        panic!("no reservation for C");
+    };
+    assert_eq!(behind.lease.start_ms, reserved.lease.start_ms, "90 fits beside B's 100");
+    // ...and once B gives its spare back, the spare's slot serves a new ask.
+    b.release(&write_key(), &spare).await.unwrap();
+    let Acquired::Granted(again) = c.acquire(&write_key(), ask(100), rules).await.unwrap() else {
+        panic!("no reservation after the release");
+    };
+    assert_eq!(again.lease.start_ms, spare.start_ms, "the released slot is free again");
+}
