@@ -455,6 +455,16 @@ impl RunResult {
         }
     }
 
+    /// The devices Graph accepted the request for, in order (what a
+    /// verdict check reads).
+    pub fn initiated_devices(&self) -> Vec<super::device::DeviceRef> {
+        self.devices
+            .iter()
+            .filter(|d| d.outcome == Outcome::Initiated)
+            .map(DeviceResult::device_ref)
+            .collect()
+    }
+
     /// The document for a channel that carries at most `max_bytes` (see
     /// [`bounded_document`]).
     pub fn bounded_document(&self, max_bytes: usize, full_result: &str) -> serde_json::Value {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{AttestService, Delivery, Disposition, ServiceError};
 use crate::core::device::DeviceRef;
-use crate::core::outcome::{DeviceResult, Outcome, RunResult, Verification};
+use crate::core::outcome::{RunResult, Verification};
 use crate::core::request::{AttestationRequest, InvalidRequest};
 use crate::core::status::{self, StatusDocument};
 use crate::core::verify::{Arrival, CheckReport, CheckTicket, Verdict, rfc3339};
@@ -124,12 +124,7 @@ impl AttestService {
         let Some(plan) = req.verify else {
             return;
         };
-        let devices: Vec<DeviceRef> = result
-            .devices
-            .iter()
-            .filter(|d| d.outcome == Outcome::Initiated)
-            .map(DeviceResult::device_ref)
-            .collect();
+        let devices = result.initiated_devices();
         let ticket = CheckTicket::first(plan, started, SystemTime::now());
         let mut arranged = Verification {
             scheduled: false,

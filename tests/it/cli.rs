@@ -38,6 +38,21 @@ fn schema() -> jsonschema::Validator {
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
 }
 
+/// Runs `report` on a result (and a status) document into `out`.
+pub(crate) async fn make_report(sim: &Sim, result: &Path, status: Option<&Path>, out: &Path) -> Output {
+    let mut args = vec![
+        "report",
+        "--result",
+        result.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(status) = status {
+        args.extend(["--status", status.to_str().unwrap()]);
+    }
+    invoke(sim, &[], &args, None).await
+}
+
 pub(crate) fn assert_valid_result(stdout: &[u8]) -> Value {
     let doc: Value = serde_json::from_slice(stdout).expect("stdout is one JSON document");
     let validator = schema();
@@ -543,19 +558,7 @@ async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
     std::fs::create_dir_all(&dir).unwrap();
     let (result, page) = (dir.join("result.json"), dir.join("report.html"));
     std::fs::write(&result, &run.stdout).unwrap();
-    let made = invoke(
-        &sim,
-        &[],
-        &[
-            "report",
-            "--result",
-            result.to_str().unwrap(),
-            "--out",
-            page.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    let made = make_report(&sim, &result, None, &page).await;
     assert_eq!(made.status.code(), Some(0), "{}", String::from_utf8_lossy(&made.stderr));
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("id=\"verdict\"") && html.contains(">not_supported<"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::{assert_valid_result, invoke, status_doc};
+use crate::cli::{assert_valid_result, invoke, make_report, status_doc};
 use crate::common::sim_config;
 use graph_sim::Sim;
 
@@ -143,21 +143,7 @@ async fn the_report_opens_in_chromium_with_the_runs_numbers_and_shows_graph_text
     .await;
     assert_eq!(checked.status.code(), Some(0));
     let verdict = status_doc(&checked.stdout);
-    let made = invoke(
-        &sim,
-        &[],
-        &[
-            "report",
-            "--result",
-            result.to_str().unwrap(),
-            "--status",
-            status.to_str().unwrap(),
-            "--out",
-            page.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    let made = make_report(&sim, &result, Some(&status), &page).await;
     assert_eq!(made.status.code(), Some(0), "{}", String::from_utf8_lossy(&made.stderr));
     let size = std::fs::metadata(&page).unwrap().len();
     assert!(size < 2 * 1024 * 1024, "the report is {size} bytes");

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::common::sim_config;
 use crate::lambda_handler::{AppOptions, World, ctx, sqs_event, world};
 use graph_sim::SimConfig;
+use intune_attest::frontdoor::lambda::LambdaApp;
 
 /// SQS in front of moto, refusing what SQS refuses (a delay over 15
 /// minutes) and recording each message's body and delay.
@@ -59,6 +60,16 @@ fn stand_in(w: &World) -> Arc<DelayLimited> {
         inner: SqsWorkQueue::new(w.aws.sqs.clone(), w.work_queue.clone()),
         sent: Mutex::new(Vec::new()),
     })
+}
+
+/// A function whose work queue is SQS behind the stand-in.
+fn with_stand_in(w: &World) -> (Arc<DelayLimited>, LambdaApp) {
+    let queue = stand_in(w);
+    let app = w.app(AppOptions {
+        work_queue: Some(queue.clone()),
+        ..Default::default()
+    });
+    (queue, app)
 }
 
 /// A fleet with virtual machines and TPM 1.2 devices, which Intune reports
@@ -172,11 +183,7 @@ async fn checks_follow_the_initiated_devices_until_every_action_is_over() {
     let mut cfg = fleet();
     cfg.action_delay = Duration::from_millis(2500);
     let w = world(cfg).await;
-    let queue = stand_in(&w);
-    let app = w.app(AppOptions {
-        work_queue: Some(queue.clone()),
-        ..Default::default()
-    });
+    let (queue, app) = with_stand_in(&w);
     let mut ids = mixed(&w);
     ids.push("00000000-dead-4bad-8bad-000000000001".into());
     let payload = json!({"managed_device_ids": ids, "validate_device_exists": false,
@@ -273,11 +280,7 @@ async fn checks_end_with_the_schedule_and_go_on_without_the_attestation_status()
     cfg.action_delay = Duration::from_secs(60);
     cfg.refuse_attestation_detail = true;
     let w = world(cfg).await;
-    let queue = stand_in(&w);
-    let app = w.app(AppOptions {
-        work_queue: Some(queue.clone()),
-        ..Default::default()
-    });
+    let (_, app) = with_stand_in(&w);
     let ids = mixed(&w);
     let payload = json!({"managed_device_ids": ids, "validate_device_exists": false,
                          "verify": {"after": "1s", "until": "3s"}, "correlation_id": "verify-ends"});
@@ -318,11 +321,7 @@ async fn checks_end_with_the_schedule_and_go_on_without_the_attestation_status()
 #[tokio::test]
 async fn a_check_due_after_the_queues_longest_delay_hops_until_it_is_due() {
     let w = world(fleet()).await;
-    let queue = stand_in(&w);
-    let app = w.app(AppOptions {
-        work_queue: Some(queue.clone()),
-        ..Default::default()
-    });
+    let (queue, app) = with_stand_in(&w);
     let ids = mixed(&w);
     let payload = json!({"managed_device_ids": ids, "validate_device_exists": false,
                          "verify": {"after": "40m", "until": "2h"}, "correlation_id": "verify-hops"});

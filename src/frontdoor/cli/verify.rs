@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::core::device::DeviceRef;
-use crate::core::outcome::{DeviceResult, Outcome, RunResult};
+use crate::core::outcome::RunResult;
 use crate::core::pacer::PacerConfig;
 use crate::core::status::{self, StatusDocument, StatusGateway};
 use crate::core::verify::{CheckTicket, VerifyPlan, rfc3339};
@@ -26,12 +25,7 @@ pub(super) async fn follow<G: StatusGateway>(
     started: SystemTime,
     reads: PacerConfig,
 ) -> Option<StatusDocument> {
-    let devices: Vec<DeviceRef> = result
-        .devices
-        .iter()
-        .filter(|d| d.outcome == Outcome::Initiated)
-        .map(DeviceResult::device_ref)
-        .collect();
+    let devices = result.initiated_devices();
     if devices.is_empty() {
         return None;
     }
