@@ -8,6 +8,8 @@
 //! Prints the figures and whether each target is met, and draws
 //! `benchmarks/writes-per-window.svg` and `benchmarks/adaptive.svg`.
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "support/harness.rs"]
 mod harness;
 
@@ -106,54 +108,6 @@ fn print(name: &str, devices: usize, scale: u32, f: &Figures, budget: f64, ceili
     match f.peak_rss {
         Some(b) => println!("  peak memory (own process)       {:.1} MB", b as f64 / 1e6),
         None => println!("  peak memory                     n/a (runs inside the benchmark process)"),
-    }
-}
-
-fn chart(path: &str, title: &str, series: &[(&str, &[usize], RGBColor)], lines: &[(&str, usize, RGBColor)]) {
-    let longest = series.iter().map(|(_, s, _)| s.len()).max().unwrap_or(1).max(2);
-    let top = series
-        .iter()
-        .flat_map(|(_, s, _)| s.iter().copied())
-        .chain(lines.iter().map(|(_, v, _)| *v))
-        .max()
-        .unwrap_or(1);
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut c = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0usize..longest, 0usize..(top * 11 / 10))?;
-        c.configure_mesh()
-            .x_desc("20 s window")
-            .y_desc("writes accepted by Graph")
-            .draw()?;
-        for (name, value, color) in lines {
-            let color = *color;
-            c.draw_series(LineSeries::new([(0, *value), (longest, *value)], color.stroke_width(1)))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        }
-        for (name, data, color) in series {
-            let color = *color;
-            c.draw_series(LineSeries::new(
-                data.iter().enumerate().map(|(i, v)| (i, *v)),
-                color.stroke_width(2),
-            ))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        }
-        c.configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    if let Err(e) = draw() {
-        eprintln!("chart {path}: {e}");
     }
 }
 
@@ -355,7 +309,7 @@ async fn main() {
     }
 
     if let Some((ours, base)) = first_charts {
-        chart(
+        chart::chart(
             "benchmarks/writes-per-window.svg",
             &format!(
                 "Attestations accepted per 20 s window, {} devices",
@@ -369,7 +323,7 @@ async fn main() {
         );
     }
     if let Some(adaptive) = &adaptive {
-        chart(
+        chart::chart(
             "benchmarks/adaptive.svg",
             "Shared tenant: real ceiling 120, configured budget 190",
             &[("intune-attest", &adaptive.per_window, BLUE)],

@@ -35,6 +35,8 @@ struct Shared {
     writes: BudgetKey,
     reads: BudgetKey,
     rtts: Mutex<VecDeque<Duration>>,
+    /// Recent round trips of the budget's own table requests.
+    store_rtts: Mutex<VecDeque<Duration>>,
     /// Spare leases granted with a reservation, per budget key, for this
     /// instance's next calls.
     spares: Mutex<std::collections::HashMap<String, VecDeque<Lease>>>,
@@ -61,6 +63,7 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
                 writes,
                 reads,
                 rtts: Mutex::new(VecDeque::new()),
+                store_rtts: Mutex::new(VecDeque::new()),
                 spares: Mutex::new(std::collections::HashMap::new()),
             }),
         }
@@ -73,20 +76,30 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
 }
 
 impl Shared {
-    /// The longest recent round trip and half again: a lease assumes its
-    /// answer comes within it (and is extended in the rare case it does
-    /// not).
+    /// How long a lease is held beyond its window: a call reaches Graph
+    /// within a round trip of being sent, so half again the longest recent
+    /// round trip, and a two-hundredth of the window for a busy host waking
+    /// late. (A late answer extends the lease after the fact.)
     fn rtt_allowance(&self, rules: &BudgetRules) -> Duration {
-        let rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
-        rtts.iter().copied().max().map_or(rules.window / 20, |m| m * 3 / 2)
+        let graph = longest(&self.rtts).unwrap_or(rules.window / 20);
+        graph * 3 / 2 + rules.window / 200
+    }
+
+    /// How long the grant takes to come back from the table: a lease
+    /// starts no earlier, since no call can go before it.
+    fn store_allowance(&self) -> Duration {
+        longest(&self.store_rtts).unwrap_or_default() * 3 / 2
+    }
+
+    /// How late after its start a call may still be sent under a lease:
+    /// the allowance less one Graph round trip for the request to arrive.
+    fn lateness_allowed(&self, rules: &BudgetRules) -> u64 {
+        let graph = longest(&self.rtts).unwrap_or(rules.window / 20);
+        self.rtt_allowance(rules).saturating_sub(graph).as_millis() as u64
     }
 
     fn record_rtt(&self, rtt: Duration) {
-        let mut rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
-        if rtts.len() == RTT_SAMPLES {
-            rtts.pop_front();
-        }
-        rtts.push_back(rtt);
+        remember(&self.rtts, rtt);
     }
 
     /// A spare lease this instance holds for `which` that fits a call of
@@ -95,7 +108,7 @@ impl Shared {
     async fn take_spare(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
         let now = crate::state::epoch_ms(SystemTime::now());
         let latest = now + deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-        let slack = (self.rtt_allowance(&which.rules) / 3).as_millis() as u64;
+        let slack = self.lateness_allowed(&which.rules);
         let (usable, stale) = {
             let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
             let queue = spares.entry(which.key.clone()).or_default();
@@ -128,8 +141,9 @@ impl Shared {
     /// table; a lease that starts later (a reservation) is waited for
     /// without asking again.
     async fn lease(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
-        if let Some(lease) = self.take_spare(which, n, deadline).await {
-            wait_for_start(&lease).await;
+        if let Some(lease) = self.take_spare(which, n, deadline).await
+            && self.started_in_time(which, &lease).await
+        {
             return Some(lease);
         }
         loop {
@@ -137,16 +151,22 @@ impl Shared {
             let ask = Ask {
                 n,
                 hold: which.rules.window + allowance,
+                not_before: SystemTime::now() + self.store_allowance(),
                 latest_start: SystemTime::now() + deadline.saturating_duration_since(Instant::now()),
                 spare: true,
             };
-            let wait = match self.budget.acquire(&which.key, ask, which.rules).await {
+            let asked = Instant::now();
+            let acquired = self.budget.acquire(&which.key, ask, which.rules).await;
+            remember(&self.store_rtts, asked.elapsed());
+            let wait = match acquired {
                 Ok(Acquired::Granted(grant)) => {
                     if let Some(spare) = grant.spare {
                         self.keep_spare(which, spare);
                     }
-                    wait_for_start(&grant.lease).await;
-                    return Some(grant.lease);
+                    if self.started_in_time(which, &grant.lease).await {
+                        return Some(grant.lease);
+                    }
+                    Duration::from_millis(1)
                 }
                 Ok(Acquired::WaitUntil(at)) => at
                     .duration_since(SystemTime::now())
@@ -162,6 +182,28 @@ impl Shared {
             }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Waits for a lease to start. A call must reach Graph soon after its
+    /// lease starts (the lease holds one window and an answer's time from
+    /// its start, and the next lease may begin right after): an instance
+    /// that woke too late (a busy host) gives the lease back rather than
+    /// send under it.
+    async fn started_in_time(&self, which: &BudgetKey, lease: &Lease) -> bool {
+        wait_for_start(lease).await;
+        let slack = self.lateness_allowed(&which.rules);
+        let now = crate::state::epoch_ms(SystemTime::now());
+        if now <= lease.start_ms + slack {
+            return true;
+        }
+        tracing::debug!(
+            late_ms = now - lease.start_ms,
+            "woke too late for a lease; giving it back"
+        );
+        if let Err(e) = self.budget.release(&which.key, lease).await {
+            tracing::warn!(error = %e, "a late lease could not be given back; it runs out");
+        }
+        false
     }
 
     /// After the call: a lease that ends too early for a late answer is
@@ -198,6 +240,20 @@ impl Shared {
             tracing::warn!(error = %e, "a 429 could not be shared");
         }
     }
+}
+
+/// The longest of the recent round trips, if any.
+fn longest(samples: &Mutex<VecDeque<Duration>>) -> Option<Duration> {
+    samples.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().max()
+}
+
+/// Keeps the last [`RTT_SAMPLES`] round trips.
+fn remember(samples: &Mutex<VecDeque<Duration>>, rtt: Duration) {
+    let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+    if samples.len() == RTT_SAMPLES {
+        samples.pop_front();
+    }
+    samples.push_back(rtt);
 }
 
 /// Sleeps until a reserved lease starts.

@@ -73,6 +73,9 @@ pub struct Ask {
     /// How long the permits are held from the start: one window plus the
     /// time the answer may take.
     pub hold: Duration,
+    /// The earliest start that is of use: the grant's answer has to come
+    /// back from the table before the call can go.
+    pub not_before: SystemTime,
     /// The latest start that is of use (the caller's deadline).
     pub latest_start: SystemTime,
     /// When the permits are not free now (the budget is full), also
@@ -245,9 +248,9 @@ impl State {
         Err(now + 1)
     }
 
-    /// [`State::grant_from`] now.
+    /// [`State::grant_from`] at the ask's earliest start.
     fn grant(&mut self, ask: &Ask, now: u64, holder: &str, rules: &BudgetRules) -> Result<Lease, u64> {
-        self.grant_from(ask, now, now, holder, rules)
+        self.grant_from(ask, now, ms(ask.not_before), holder, rules)
     }
 
     fn on_throttled(&mut self, now: u64, pause_until: u64, rules: &BudgetRules) {
@@ -422,7 +425,7 @@ impl SharedBudget for DynamoBudget {
                             // ahead: when the budget is nearly free, the
                             // next call asks when it comes.
                             let ahead = (rules.window / 20).as_millis() as u64;
-                            let spare = (ask.spare && lease.start_ms > now + ahead)
+                            let spare = (ask.spare && lease.start_ms > ms(ask.not_before).max(now) + ahead)
                                 .then(|| state.grant_from(&ask, now, lease.start_ms, &self.holder, &rules).ok())
                                 .flatten();
                             Some(Grant { lease, spare })
@@ -504,6 +507,7 @@ mod tests {
         Ask {
             n,
             hold: Duration::from_secs(20),
+            not_before: from_ms(0),
             latest_start: from_ms(latest),
             spare: false,
         }
@@ -544,11 +548,12 @@ mod tests {
             let a = Ask {
                 n: rng.u32(1..=20),
                 hold: Duration::from_millis(rng.u64(20_000..21_000)),
+                not_before: from_ms(now + rng.u64(0..50)),
                 latest_start: from_ms(now + rng.u64(0..30_000)),
                 spare: false,
             };
             if let Ok(l) = s.grant(&a, now, "x", &r) {
-                assert!(l.start_ms >= now && l.start_ms <= ms(a.latest_start));
+                assert!(l.start_ms >= ms(a.not_before) && l.start_ms <= ms(a.latest_start));
                 granted.push(l);
             }
         }

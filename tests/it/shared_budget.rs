@@ -14,6 +14,9 @@ use crate::common::{WINDOW, attestable_fleet};
 use crate::lambda_handler::{AppOptions, World, ctx, world};
 use intune_attest::frontdoor::lambda::LambdaApp;
 
+#[path = "../../benches/support/chart.rs"]
+mod chart;
+
 const BUDGET: usize = 190;
 
 fn write_key() -> String {
@@ -98,6 +101,7 @@ async fn a_dead_instances_leases_come_back_within_a_window() {
     let now = Ask {
         n: BUDGET as u32,
         hold: WINDOW,
+        not_before: SystemTime::now(),
         latest_start: SystemTime::now(),
         spare: false,
     };
@@ -127,6 +131,7 @@ async fn a_429_seen_by_one_instance_pauses_the_others() {
     let ask = Ask {
         n: 19,
         hold: WINDOW,
+        not_before: SystemTime::now(),
         latest_start: SystemTime::now() + Duration::from_secs(1),
         spare: false,
     };
@@ -144,8 +149,8 @@ async fn a_429_seen_by_one_instance_pauses_the_others() {
 
 /// The figures of `instances` instances sharing one budget: summed writes
 /// per window (mean of full windows), the most in any sliding window, 429s,
-/// and table requests per device.
-async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, f64) {
+/// table requests per device, and the writes of every window.
+async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, f64, Vec<usize>) {
     let w = world(attestable_fleet(instances * per_instance)).await;
     let table = w.aws.state_table(&format!("bench-{instances}")).await;
     let budgets: Vec<std::sync::Arc<DynamoBudget>> = (0..instances)
@@ -177,6 +182,7 @@ async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, 
         w.sim.max_writes_in_any_window(WINDOW),
         w.sim.stats().throttled_writes,
         requests as f64 / (instances * per_instance) as f64,
+        windows,
     )
 }
 
@@ -253,14 +259,34 @@ async fn shared_budget_scenario() {
         "| instances | writes per window (mean of full windows) | % of the budget | most in any sliding window | 429s | table requests per device |"
     );
     println!("|---|---|---|---|---|---|");
+    let mut per_window = Vec::new();
     for instances in [1, 2, 4, 8] {
-        let (mean, most, throttled, per_device) = shared_run(instances, 4000 / instances).await;
+        let (mean, most, throttled, per_device, windows) = shared_run(instances, 4000 / instances).await;
+        per_window.push((format!("{instances} instance(s)"), windows));
         println!(
             "| {instances} | {mean:.1} | {:.1}% | {most} | {throttled} | {per_device:.3} |",
             mean * 100.0 / BUDGET as f64
         );
         assert!(most <= BUDGET);
     }
+    use plotters::style::{BLACK, BLUE, GREEN, MAGENTA, RED, RGBColor};
+    let colours = [BLUE, GREEN, MAGENTA, RED];
+    let series: Vec<(&str, &[usize], RGBColor)> = per_window
+        .iter()
+        .zip(colours)
+        .map(|((name, w), c)| (name.as_str(), w.as_slice(), c))
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benchmarks/shared-budget.svg");
+    chart::chart(
+        path,
+        "Writes accepted per window, instances sharing one budget (x20 time)",
+        &series,
+        &[
+            ("Intune ceiling 200", 200, BLACK),
+            ("budget 190", 190, RGBColor(150, 150, 150)),
+        ],
+    );
+    println!("chart: {path}");
     println!();
     println!(
         "| tenant (4 instances each, side by side) | writes per window (mean of full windows) | % of its budget | most in any sliding window | 429s (both) | table requests per device |"
@@ -288,6 +314,7 @@ async fn a_full_budget_reserves_later_with_a_spare_and_a_spare_given_back_serves
     let ask = |n: u32| Ask {
         n,
         hold: WINDOW,
+        not_before: SystemTime::now(),
         latest_start: SystemTime::now() + WINDOW * 5,
         spare: true,
     };
