@@ -20,6 +20,10 @@ use crate::state::budget::{Acquired, Ask, BudgetRules, Lease, SharedBudget};
 
 /// Round trips remembered to size a lease.
 const RTT_SAMPLES: usize = 20;
+/// Read calls served by one read lease: reads are far below their budget
+/// (every device is read once, written once, and reads may be ten times
+/// the writes), so one table request covers several read batches.
+const READ_POOL_CALLS: u32 = 5;
 
 /// One budget: its key in the shared state and its rules.
 #[derive(Debug, Clone)]
@@ -37,6 +41,9 @@ struct Shared {
     rtts: Mutex<VecDeque<Duration>>,
     /// Recent round trips of the budget's own table requests.
     store_rtts: Mutex<VecDeque<Duration>>,
+    /// The read lease calls draw on, its permits left and until when
+    /// (ms since the epoch) a call may still be sent under it.
+    read_pool: tokio::sync::Mutex<Option<(Lease, u32, u64)>>,
     /// Spare leases granted with a reservation, per budget key, for this
     /// instance's next calls.
     spares: Mutex<std::collections::HashMap<String, VecDeque<Lease>>>,
@@ -64,6 +71,7 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
                 reads,
                 rtts: Mutex::new(VecDeque::new()),
                 store_rtts: Mutex::new(VecDeque::new()),
+                read_pool: tokio::sync::Mutex::new(None),
                 spares: Mutex::new(std::collections::HashMap::new()),
             }),
         }
@@ -206,6 +214,39 @@ impl Shared {
         false
     }
 
+    /// Permits for a read call of `n`: drawn from the current read lease
+    /// while it has them and is young enough (a quarter of a window after
+    /// its start), else a new lease for [`READ_POOL_CALLS`] calls that is
+    /// held a quarter of a window longer, so the calls drawn late still
+    /// reach Graph inside it.
+    async fn read_lease(&self, n: u32, deadline: Instant) -> Option<Lease> {
+        let which = &self.reads;
+        // Held while a new lease is asked for, so calls launched together
+        // wait for it and draw on it instead of each asking.
+        let mut pool = self.read_pool.lock().await;
+        let now = crate::state::epoch_ms(SystemTime::now());
+        if let Some((lease, left, usable_until)) = pool.as_mut()
+            && *left >= n
+            && now <= *usable_until
+            && lease.start_ms <= now
+        {
+            *left -= n;
+            return Some(lease.clone());
+        }
+        let draw = which.rules.window / 4;
+        let pooled = BudgetKey {
+            key: which.key.clone(),
+            rules: BudgetRules {
+                window: which.rules.window + draw,
+                ..which.rules
+            },
+        };
+        let lease = self.lease(&pooled, n * READ_POOL_CALLS, deadline).await?;
+        let usable_until = lease.start_ms + draw.as_millis() as u64 + self.lateness_allowed(&which.rules);
+        *pool = Some((lease.clone(), n * (READ_POOL_CALLS - 1), usable_until));
+        Some(lease)
+    }
+
     /// After the call: a lease that ends too early for a late answer is
     /// extended; a 429 pauses every instance.
     async fn settle<T>(&self, which: &BudgetKey, lease: &Lease, sent: Instant, answers: &[ItemAnswer<T>]) {
@@ -292,7 +333,13 @@ impl<G: DeviceGateway> BudgetedGateway<G> {
         let Some(shared) = &self.shared else {
             return call().await;
         };
-        let Some(lease) = shared.lease(which(shared), n as u32, deadline).await else {
+        let key = which(shared);
+        let leased = if std::ptr::eq(key, &shared.reads) {
+            shared.read_lease(n as u32, deadline).await
+        } else {
+            shared.lease(key, n as u32, deadline).await
+        };
+        let Some(lease) = leased else {
             return not_sent(n);
         };
         let sent = Instant::now();

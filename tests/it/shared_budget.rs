@@ -25,12 +25,12 @@ fn write_key() -> String {
 
 /// Runs the instances at once, each attesting its own `per_instance`
 /// devices of the fleet; returns their answers.
-async fn run_apps(w: &World, apps: &[LambdaApp], per_instance: usize) -> Vec<Value> {
+async fn run_apps(w: &World, apps: &[LambdaApp], per_instance: usize, validate: bool) -> Vec<Value> {
     let ids = w.all_ids();
     let runs = apps.iter().enumerate().map(|(i, app)| {
         let mine = &ids[i * per_instance..(i + 1) * per_instance];
         app.handle(
-            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "10m"}}),
+            json!({"managed_device_ids": mine, "validate_device_exists": validate, "timeouts": {"invoke": "10m"}}),
             ctx(&format!("instance-{i}"), 600),
         )
     });
@@ -51,7 +51,7 @@ async fn run_together(w: &World, instances: usize, table: Option<&str>) -> Vec<V
             })
         })
         .collect();
-    run_apps(w, &apps, w.all_ids().len() / instances).await
+    run_apps(w, &apps, w.all_ids().len() / instances, false).await
 }
 
 #[tokio::test]
@@ -150,7 +150,7 @@ async fn a_429_seen_by_one_instance_pauses_the_others() {
 /// The figures of `instances` instances sharing one budget: summed writes
 /// per window (mean of full windows), the most in any sliding window, 429s,
 /// table requests per device, and the writes of every window.
-async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, f64, Vec<usize>) {
+async fn shared_run(instances: usize, per_instance: usize, validate: bool) -> (f64, usize, u64, f64, Vec<usize>) {
     let w = world(attestable_fleet(instances * per_instance)).await;
     let table = w.aws.state_table(&format!("bench-{instances}")).await;
     let budgets: Vec<std::sync::Arc<DynamoBudget>> = (0..instances)
@@ -166,7 +166,7 @@ async fn shared_run(instances: usize, per_instance: usize) -> (f64, usize, u64, 
             })
         })
         .collect();
-    for answer in run_apps(&w, &apps, per_instance).await {
+    for answer in run_apps(&w, &apps, per_instance, validate).await {
         assert_eq!(answer["summary"]["initiated"], per_instance, "{answer}");
     }
     let windows: Vec<usize> = w.sim.writes_per_window(WINDOW).into_iter().filter(|&n| n > 0).collect();
@@ -261,7 +261,7 @@ async fn shared_budget_scenario() {
     println!("|---|---|---|---|---|---|");
     let mut per_window = Vec::new();
     for instances in [1, 2, 4, 8] {
-        let (mean, most, throttled, per_device, windows) = shared_run(instances, 4000 / instances).await;
+        let (mean, most, throttled, per_device, windows) = shared_run(instances, 4000 / instances, false).await;
         per_window.push((format!("{instances} instance(s)"), windows));
         println!(
             "| {instances} | {mean:.1} | {:.1}% | {most} | {throttled} | {per_device:.3} |",
@@ -269,6 +269,14 @@ async fn shared_budget_scenario() {
         );
         assert!(most <= BUDGET);
     }
+    // The same with validation (the default): every device is read first,
+    // and the reads draw on their own shared budget.
+    let (mean, most, throttled, per_device, _) = shared_run(4, 1000, true).await;
+    println!(
+        "| 4, validating | {mean:.1} | {:.1}% | {most} | {throttled} | {per_device:.3} |",
+        mean * 100.0 / BUDGET as f64
+    );
+    assert!(most <= BUDGET);
     use plotters::style::{BLACK, BLUE, GREEN, MAGENTA, RED, RGBColor};
     let colours = [BLUE, GREEN, MAGENTA, RED];
     let series: Vec<(&str, &[usize], RGBColor)> = per_window
@@ -346,4 +354,28 @@ async fn a_full_budget_reserves_later_with_a_spare_and_a_spare_given_back_serves
         panic!("no reservation after the release");
     };
     assert_eq!(again.lease.start_ms, spare.start_ms, "the released slot is free again");
+}
+
+#[tokio::test]
+async fn validation_reads_draw_several_batches_from_one_lease() {
+    let w = world(attestable_fleet(500)).await;
+    let table = w.aws.state_table("budget-reads").await;
+    let budget = std::sync::Arc::new(DynamoBudget::new(w.aws.dynamodb.clone(), table.clone()));
+    let app = w.app(AppOptions {
+        state_table: Some(table),
+        budget: Some(budget.clone()),
+        ..Default::default()
+    });
+    let answers = run_apps(&w, &[app], 500, true).await;
+    assert_eq!(answers[0]["summary"]["initiated"], 500, "{}", answers[0]);
+    // One table request a call would make this ratio 1 (one instance, no
+    // contention); read calls sharing a lease bring it well below.
+    let batches = w.sim.stats().batches as f64;
+    let ratio = budget.requests() as f64 / batches;
+    assert!(
+        ratio < 0.8,
+        "{} table requests for {batches} $batch calls",
+        budget.requests()
+    );
+    assert!(w.sim.max_writes_in_any_window(WINDOW) <= BUDGET);
 }
