@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
-use super::{StoreError, epoch_ms};
+use super::{StoreError, epoch_ms as ms, from_epoch_ms as from_ms};
 use crate::core::BoxFuture;
 use crate::core::text::bounded;
 
@@ -266,14 +266,6 @@ impl State {
     }
 }
 
-fn ms(t: SystemTime) -> u64 {
-    epoch_ms(t)
-}
-
-fn from_ms(t: u64) -> SystemTime {
-    super::from_epoch_ms(t)
-}
-
 /// The budget on the DynamoDB state table.
 pub struct DynamoBudget {
     client: aws_sdk_dynamodb::Client,
@@ -336,7 +328,7 @@ impl DynamoBudget {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError(bounded(&format!("{e:?}"), 200)))?;
+            .map_err(|e| StoreError(super::dynamodb::describe(&e)))?;
         Ok(Self::decode(out.item()))
     }
 

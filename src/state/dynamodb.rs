@@ -59,7 +59,9 @@ fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-fn describe<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+/// A DynamoDB call's failure, for an error message: the service's own
+/// words, bounded, or that the table did not answer.
+pub(super) fn describe<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
 where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
