@@ -105,6 +105,31 @@ impl DeviceRef {
     }
 }
 
+/// A request's devices: the `named` ones, then the managed devices a filter
+/// `selected` that are not named as managed already, each once. Also says
+/// how many selected devices were named already.
+pub fn with_selected(named: &[DeviceRef], selected: Vec<DeviceId>) -> (Vec<DeviceRef>, usize) {
+    let mut devices = named.to_vec();
+    let managed: std::collections::HashSet<DeviceId> = named
+        .iter()
+        .filter(|d| d.kind == DeviceKind::Managed)
+        .map(|d| d.id)
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut overlap = 0;
+    for id in selected {
+        if managed.contains(&id) {
+            overlap += 1;
+        } else if seen.insert(id) {
+            devices.push(DeviceRef {
+                id,
+                kind: DeviceKind::Managed,
+            });
+        }
+    }
+    (devices, overlap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +172,32 @@ mod tests {
             "/deviceManagement/comanagedDevices/aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee/initiateDeviceAttestation"
         );
         assert!(co.read_path().starts_with("/deviceManagement/managedDevices/aaaaaaaa-"));
+    }
+
+    #[test]
+    fn a_selection_adds_each_managed_device_once_after_the_named_ones() {
+        let id = |n: u32| DeviceId::parse(&format!("00000000-0000-4000-8000-{n:012}")).unwrap();
+        let named = [
+            DeviceRef {
+                id: id(1),
+                kind: DeviceKind::Managed,
+            },
+            DeviceRef {
+                id: id(2),
+                kind: DeviceKind::Comanaged,
+            },
+        ];
+        let (all, overlap) = with_selected(&named, vec![id(3), id(1), id(2), id(3)]);
+        let ids: Vec<(DeviceId, DeviceKind)> = all.iter().map(|d| (d.id, d.kind)).collect();
+        assert_eq!(
+            ids,
+            [
+                (id(1), DeviceKind::Managed),
+                (id(2), DeviceKind::Comanaged),
+                (id(3), DeviceKind::Managed),
+                (id(2), DeviceKind::Managed),
+            ]
+        );
+        assert_eq!(overlap, 1, "only a device named as managed was named already");
     }
 }

@@ -38,6 +38,14 @@ pub fn bounded_status(doc: &StatusDocument, max_bytes: usize) -> serde_json::Val
     )
 }
 
+/// When reads for a host deadline must end: a reserve before it, or a
+/// fixed time without one.
+fn read_deadline(deadline: Option<Instant>) -> Instant {
+    deadline
+        .and_then(|d| d.checked_sub(CHECK_RESERVE))
+        .unwrap_or_else(|| Instant::now() + READ_WITHOUT_DEADLINE)
+}
+
 /// A check that was not due yet and was sent on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Deferral {
@@ -72,44 +80,51 @@ impl AttestService {
         }
         let tenant = self.tenant(req.tenant.as_deref())?;
         let client = self.graph_client(tenant, false).await?;
-        let read_until = delivery
-            .deadline
-            .and_then(|d| d.checked_sub(CHECK_RESERVE))
-            .unwrap_or_else(|| Instant::now() + READ_WITHOUT_DEADLINE);
-        let mut devices = req.devices.clone();
-        if let Some(filter) = &req.device_filter {
-            let selected = crate::core::gateway::DeviceGateway::list_devices(
-                &*client,
-                filter,
-                self.settings.limits.max_devices,
-                read_until,
-            )
+        let read_until = read_deadline(delivery.deadline);
+        let devices = match &req.device_filter {
+            Some(filter) => {
+                let selected = crate::core::gateway::DeviceGateway::list_devices(
+                    &*client,
+                    filter,
+                    self.settings.limits.max_devices,
+                    read_until,
+                )
+                .await?;
+                crate::core::device::with_selected(&req.devices, selected).0
+            }
+            None => req.devices.clone(),
+        };
+        let doc = self
+            .read_statuses(client, &devices, &req, read_until, "the selection")
             .await?;
-            let named: std::collections::HashSet<_> = devices.iter().map(|d| d.id).collect();
-            devices.extend(
-                selected
-                    .into_iter()
-                    .filter(|id| !named.contains(id))
-                    .map(|id| DeviceRef {
-                        id,
-                        kind: crate::core::device::DeviceKind::Managed,
-                    }),
-            );
-        }
+        Ok(Disposition::Status(Box::new(doc)))
+    }
+
+    /// Reads the status of `devices` by `until`, paced by the read budget;
+    /// Graph unavailable when not one device could be read (`what` names
+    /// them in the error).
+    async fn read_statuses(
+        &self,
+        client: Arc<super::Gateway>,
+        devices: &[DeviceRef],
+        req: &AttestationRequest,
+        until: Instant,
+        what: &str,
+    ) -> Result<StatusDocument, ServiceError> {
         let doc = status::read(
             client,
-            &devices,
+            devices,
             req.correlation_id.clone(),
             self.settings.engine.reads,
-            read_until,
+            until,
         )
         .await;
         if !devices.is_empty() && doc.summary.unread == devices.len() {
-            return Err(ServiceError::GraphUnavailable(
-                "no device's status could be read".into(),
-            ));
+            return Err(ServiceError::GraphUnavailable(format!(
+                "no device of {what} could be read"
+            )));
         }
-        Ok(Disposition::Status(Box::new(doc)))
+        Ok(doc)
     }
 
     /// After a run with `verify`: queues the first check of the devices it
@@ -263,23 +278,15 @@ impl AttestService {
     ) -> Result<Verdict, ServiceError> {
         let tenant = self.tenant(req.tenant.as_deref())?;
         let client = self.graph_client(tenant, false).await?;
-        let read_until = deadline
-            .and_then(|d| d.checked_sub(CHECK_RESERVE))
-            .unwrap_or_else(|| Instant::now() + READ_WITHOUT_DEADLINE);
-        let doc = status::read(
-            Arc::clone(&client),
-            &req.devices,
-            req.correlation_id.clone(),
-            self.settings.engine.reads,
-            read_until,
-        )
-        .await;
-        if !req.devices.is_empty() && doc.summary.unread == req.devices.len() {
-            return Err(ServiceError::GraphUnavailable(format!(
-                "no device of check {} could be read",
-                ticket.number
-            )));
-        }
+        let doc = self
+            .read_statuses(
+                client,
+                &req.devices,
+                req,
+                read_deadline(deadline),
+                &format!("check {}", ticket.number),
+            )
+            .await?;
         let next = match req.verify {
             Some(plan) if !doc.all_terminal() => ticket.next(plan, SystemTime::now()),
             _ => None,

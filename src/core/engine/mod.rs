@@ -8,7 +8,7 @@
 //! calls of up to 20, asks its [`Pacer`] before each call, and bounds the
 //! calls in flight. Retries go back into the queue of the same stage.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::device::{DeviceId, DeviceKind, DeviceRef};
+use super::device::DeviceRef;
 use super::eligibility::{self, Eligibility, ReasonCode};
 use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer};
 use super::outcome::{DeviceResult, Outcome, RunOptions, RunRecord, RunResult, RunStats, Timeouts};
@@ -430,35 +430,18 @@ impl<G: DeviceGateway> Engine<G> {
         cutoff: Instant,
         warnings: &mut Vec<String>,
     ) -> Result<Vec<DeviceRef>, RunError> {
-        let mut devices = req.devices.clone();
         let Some(filter) = &req.device_filter else {
-            return Ok(devices);
+            return Ok(req.devices.clone());
         };
-        let limit = self.cfg.max_devices.saturating_sub(devices.len());
+        let limit = self.cfg.max_devices.saturating_sub(req.devices.len());
         let selected = self.gateway.list_devices(filter, limit, cutoff).await?;
-        let named: HashSet<DeviceId> = devices
-            .iter()
-            .filter(|d| d.kind == DeviceKind::Managed)
-            .map(|d| d.id)
-            .collect();
-        let mut seen = HashSet::new();
-        let mut overlap = 0usize;
-        for id in selected {
-            if named.contains(&id) {
-                overlap += 1;
-            } else if seen.insert(id) {
-                devices.push(DeviceRef {
-                    id,
-                    kind: DeviceKind::Managed,
-                });
-            }
-        }
+        let (devices, overlap) = super::device::with_selected(&req.devices, selected);
         if overlap > 0 {
             warnings.push(format!(
                 "{overlap} device(s) selected by device_filter were also listed in managed_device_ids"
             ));
         }
-        tracing::info!(selected = seen.len(), filter = %filter, "devices selected by filter");
+        tracing::info!(selected = devices.len() - req.devices.len(), filter = %filter, "devices selected by filter");
         Ok(devices)
     }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use serde_json::json;
 
 use super::*;
+use crate::core::device::DeviceId;
 use crate::core::gateway::GatewayStats;
 use crate::core::request::RequestLimits;
 

@@ -88,10 +88,7 @@ pub(super) async fn run(
                 return Ok(ExitCode::from(1));
             }
         };
-        devices.extend(selected.into_iter().map(|id| DeviceRef {
-            id,
-            kind: DeviceKind::Managed,
-        }));
+        devices = crate::core::device::with_selected(&devices, selected).0;
     }
     let doc = status::read(client, &devices, correlation_id, settings.engine.reads, deadline).await;
     let json = serde_json::to_string_pretty(&doc)?;
