@@ -384,18 +384,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn partly_failed_puts_are_retried_until_every_entry_is_in() {
-        let flaky = Flaky {
-            rounds: Mutex::new(2),
-            fail: 2,
+    /// A sink over [`Flaky`] failing `fail` entries a call for `rounds`
+    /// calls, trying each entry `attempts` times 1 ms apart.
+    fn flaky(rounds: u32, fail: usize, attempts: u32) -> EventBridgeSink<Flaky> {
+        let put = Flaky {
+            rounds: Mutex::new(rounds),
+            fail,
             sent: Mutex::new(vec![]),
         };
-        let sink = EventBridgeSink::new(flaky, "bus".into()).with_backoff(Backoff::new(
+        EventBridgeSink::new(put, "bus".into()).with_backoff(Backoff::new(
             Duration::from_millis(1),
             Duration::from_millis(1),
-            4,
-        ));
+            attempts,
+        ))
+    }
+
+    #[tokio::test]
+    async fn partly_failed_puts_are_retried_until_every_entry_is_in() {
+        let sink = flaky(2, 2, 4);
         let r = result(3000);
         sink.publish(&r, None).await.unwrap();
         let sent = sink.put.sent.lock().unwrap().clone();
@@ -408,16 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn puts_that_keep_failing_are_reported() {
-        let flaky = Flaky {
-            rounds: Mutex::new(100),
-            fail: 10,
-            sent: Mutex::new(vec![]),
-        };
-        let sink = EventBridgeSink::new(flaky, "bus".into()).with_backoff(Backoff::new(
-            Duration::from_millis(1),
-            Duration::from_millis(1),
-            3,
-        ));
+        let sink = flaky(100, 10, 3);
         let err = sink.publish(&result(1), None).await.unwrap_err();
         assert!(err.0.contains("ThrottlingException"), "{err}");
     }

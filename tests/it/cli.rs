@@ -38,6 +38,17 @@ fn schema() -> jsonschema::Validator {
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
 }
 
+/// Runs `invoke` on `payload`, keeping the result document in `result`.
+pub(crate) async fn invoke_to_file(sim: &Sim, payload: Vec<u8>, result: &Path) -> Output {
+    invoke(
+        sim,
+        &[],
+        &["invoke", "--event", "-", "--result-file", result.to_str().unwrap()],
+        Some(payload),
+    )
+    .await
+}
+
 /// Runs `report` on a result (and a status) document into `out`.
 pub(crate) async fn make_report(sim: &Sim, result: &Path, status: Option<&Path>, out: &Path) -> Output {
     let mut args = vec![
@@ -333,13 +344,7 @@ async fn status_follows_the_action_to_its_verdict() {
         "managed_device_ids": [&good, &vm, &old_tpm], "validate_device_exists": false, "correlation_id": "verdict"
     }))
     .unwrap();
-    let run = invoke(
-        &sim,
-        &[],
-        &["invoke", "--event", "-", "--result-file", result.to_str().unwrap()],
-        Some(payload),
-    )
-    .await;
+    let run = invoke_to_file(&sim, payload, &result).await;
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
 
     let early = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::{assert_valid_result, invoke, make_report, status_doc};
+use crate::cli::{assert_valid_result, invoke, invoke_to_file, make_report, status_doc};
 use crate::common::sim_config;
 use graph_sim::Sim;
 
@@ -117,13 +117,7 @@ async fn the_report_opens_in_chromium_with_the_runs_numbers_and_shows_graph_text
         "correlation_id": "report-check"
     }))
     .unwrap();
-    let run = invoke(
-        &sim,
-        &[],
-        &["invoke", "--event", "-", "--result-file", result.to_str().unwrap()],
-        Some(payload),
-    )
-    .await;
+    let run = invoke_to_file(&sim, payload, &result).await;
     assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
     let doc = assert_valid_result(&run.stdout);
     assert_eq!(doc, read(&result));
