@@ -791,6 +791,16 @@ impl AttestService {
         }
     }
 
+    /// Gives a claim back after a run that failed, so a retry runs at once;
+    /// a failure is logged (the claim then runs out with its lease).
+    async fn give_back(&self, key: Option<&str>) {
+        if let Some(key) = key
+            && let Err(e) = self.store.release(key, &self.instance).await
+        {
+            tracing::warn!(error = %e, "a claim could not be given back; it runs out with its lease");
+        }
+    }
+
     /// Marks a claimed key done. A failure is logged, not raised: the run
     /// is over, and a repeat would at worst run again (the action is
     /// idempotent).
@@ -873,11 +883,7 @@ impl AttestService {
         let result = match ran {
             Ok(r) => r,
             Err(e) => {
-                if let Some(key) = &key
-                    && let Err(release) = self.store.release(key, &self.instance).await
-                {
-                    tracing::warn!(error = %release, "a claim could not be given back; it runs out with its lease");
-                }
+                self.give_back(key.as_deref()).await;
                 return Err(e);
             }
         };

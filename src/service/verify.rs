@@ -259,11 +259,7 @@ impl AttestService {
                 Ok(Disposition::Checked(Box::new(verdict)))
             }
             Err(e) => {
-                if let Some(key) = &key
-                    && let Err(release) = self.store.release(key, &self.instance).await
-                {
-                    tracing::warn!(error = %release, "a claim could not be given back; it runs out with its lease");
-                }
+                self.give_back(key.as_deref()).await;
                 Err(e)
             }
         }
