@@ -105,25 +105,40 @@ enum Command {
 }
 
 fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
+    let path = (source != "-").then(|| std::path::Path::new(source));
+    read_bounded(path, MAX_EVENT_BYTES, "the event")
+}
+
+/// Reads a file (or standard input, for `None`), refusing more than `max`
+/// bytes; `what` names it in the error.
+fn read_bounded(source: Option<&std::path::Path>, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    if source == "-" {
-        std::io::stdin()
-            .take(MAX_EVENT_BYTES + 1)
-            .read_to_end(&mut buf)
-            .context("reading standard input")?;
-    } else {
-        let path = PathBuf::from(source);
-        std::fs::File::open(&path)
-            .with_context(|| format!("opening {}", path.display()))?
-            .take(MAX_EVENT_BYTES + 1)
-            .read_to_end(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
+    match source {
+        None => {
+            std::io::stdin()
+                .take(max + 1)
+                .read_to_end(&mut buf)
+                .context("reading standard input")?;
+        }
+        Some(path) => {
+            std::fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .take(max + 1)
+                .read_to_end(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
     }
-    anyhow::ensure!(
-        buf.len() as u64 <= MAX_EVENT_BYTES,
-        "the event is larger than {MAX_EVENT_BYTES} bytes"
-    );
+    anyhow::ensure!(buf.len() as u64 <= max, "{what} is larger than {max} bytes");
     Ok(buf)
+}
+
+/// Largest result or status document read (a 50,000-device result is
+/// about 20 MB).
+const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a result or status document from `path`, bounded.
+fn read_document(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    read_bounded(Some(path), MAX_DOCUMENT_BYTES, &path.display().to_string())
 }
 
 /// Runs the CLI and returns its exit code.

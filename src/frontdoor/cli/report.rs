@@ -10,20 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::report::{self, ReportInput, ResultDocument, StatusDocument};
 
-/// Largest document read, in bytes (a 50,000-device result is about 20 MB).
-const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
-
 fn read<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    anyhow::ensure!(
-        len <= MAX_DOCUMENT_BYTES,
-        "{} is larger than {MAX_DOCUMENT_BYTES} bytes",
-        path.display()
-    );
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a {what} document", path.display()))
+    let bytes = super::read_document(path)?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a {what} document", path.display()))
 }
 
 /// Writes the report; exit 0 when written, 2 when a document is unreadable.

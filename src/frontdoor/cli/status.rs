@@ -25,8 +25,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// The devices a result document initiated, and its correlation id.
 fn from_result(path: &Path) -> anyhow::Result<(Vec<DeviceRef>, Option<String>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let bytes = super::read_document(path)?;
+    let doc: Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))?;
     let devices = doc["devices"]
         .as_array()
         .with_context(|| format!("{} is not a result document (no devices)", path.display()))?;
