@@ -100,6 +100,11 @@ pub fn format_go_duration(d: Duration) -> String {
     }
 }
 
+/// A time as RFC 3339 in UTC, to the millisecond (the documents' form).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::device::{DeviceId, DeviceKind, DeviceRef};
+use super::duration::rfc3339;
 use super::duration::{format_go_duration, parse_go_duration};
 use super::filter::DeviceFilter;
-use super::verify::{CheckTicket, MAX_CHECKS, MAX_UNTIL, MIN_INTERVAL, VerifyPlan, rfc3339};
+use super::verify::{CheckTicket, MAX_CHECKS, MAX_UNTIL, MIN_INTERVAL, VerifyPlan};
 
 /// The timeout used when `timeouts.invoke` is absent (the Terraform action's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -140,11 +140,6 @@ pub struct CheckReport {
     pub part: u32,
 }
 
-/// RFC 3339, to the millisecond.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

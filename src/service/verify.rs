@@ -13,10 +13,11 @@ use tokio::time::Instant;
 
 use super::{AttestService, Delivery, Disposition, ServiceError};
 use crate::core::device::DeviceRef;
+use crate::core::duration::rfc3339;
 use crate::core::outcome::{RunResult, Verification};
 use crate::core::request::{AttestationRequest, InvalidRequest};
 use crate::core::status::{self, StatusDocument};
-use crate::core::verify::{Arrival, CheckReport, CheckTicket, Verdict, rfc3339};
+use crate::core::verify::{Arrival, CheckReport, CheckTicket, Verdict};
 use crate::queue::WorkMessage;
 
 /// How long a check may spend reading when the host gives no deadline.

@@ -384,8 +384,8 @@ impl<G: DeviceGateway> Engine<G> {
             correlation_id,
             dry_run: req.dry_run,
             ignore_partial_failures: req.ignore_partial_failures,
-            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
-            finished_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            started_at: super::duration::rfc3339(started_at),
+            finished_at: super::duration::rfc3339(SystemTime::now()),
             warnings,
             stats: RunStats {
                 http_requests: stats_after.http_requests - stats_before.http_requests,

@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::core::duration::rfc3339;
 use crate::core::outcome::RunResult;
 use crate::core::pacer::PacerConfig;
 use crate::core::status::{self, StatusDocument, StatusGateway};
-use crate::core::verify::{CheckTicket, VerifyPlan, rfc3339};
+use crate::core::verify::{CheckTicket, VerifyPlan};
 
 /// The longest one check's reads may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10 * 60);
