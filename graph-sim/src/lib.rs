@@ -110,6 +110,9 @@ pub struct SimConfig {
     pub retry_after: RetryAfterForm,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
+    /// The `expires_in` the token endpoint answers instead of the lifetime
+    /// (any JSON: tests of token endpoints that answer odd values).
+    pub token_expires_in: Option<serde_json::Value>,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
     /// How long an accepted attestation takes to finish (`pending` for the
@@ -155,6 +158,7 @@ impl Default for SimConfig {
             count_rejected: true,
             retry_after: RetryAfterForm::Decimal,
             token_lifetime: Duration::from_secs(3599),
+            token_expires_in: None,
             max_page: 1000,
             action_delay: Duration::from_secs(3),
             refuse_attestation_detail: false,

@@ -108,9 +108,13 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
             generation,
         },
     );
+    let expires_in = lock(&state.cfg)
+        .token_expires_in
+        .clone()
+        .unwrap_or_else(|| json!(lifetime.as_secs()));
     Answer::json(
         200,
-        json!({"token_type": "Bearer", "expires_in": lifetime.as_secs(), "ext_expires_in": lifetime.as_secs(), "access_token": token}),
+        json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": lifetime.as_secs(), "access_token": token}),
     )
 }
 

@@ -45,17 +45,56 @@ pub struct Token {
 
 #[derive(Deserialize)]
 struct TokenResponse {
-    access_token: String,
     #[serde(default)]
-    expires_in: Option<Value64>,
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_in: Option<serde_json::Value>,
 }
 
-/// `expires_in` arrives as a number or, from some endpoints, a string.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Value64 {
-    Num(u64),
-    Text(String),
+/// The lifetime assumed when the token endpoint gives none (Entra's usual
+/// `expires_in`).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3599);
+/// The longest lifetime believed: Entra's access tokens live at most a day,
+/// and a larger figure (up to `u64::MAX` seconds) must not overflow a clock.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A lifetime field (`expires_in`, `refresh_in`) in whole seconds: a number
+/// or, from some endpoints, a numeric string; clamped to 1 s..[`MAX_LIFETIME`].
+fn lifetime_field(name: &str, v: &serde_json::Value) -> Result<Duration, AuthError> {
+    let secs = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(t) => t.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    let Some(secs) = secs else {
+        let shown: String = v.to_string().chars().take(24).collect();
+        return Err(AuthError::Unavailable(format!(
+            "the token endpoint answered {name} {shown}, which is not a whole number of seconds"
+        )));
+    };
+    Ok(Duration::from_secs(secs).clamp(Duration::from_secs(1), MAX_LIFETIME))
+}
+
+impl TokenResponse {
+    /// The token, its lifetime, and when Entra asks for a refresh
+    /// (`refresh_in`), from a successful answer.
+    fn into_parts(self) -> Result<(SecretString, Duration, Option<Duration>), AuthError> {
+        let token = self
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| AuthError::Unavailable("the token endpoint answered without an access_token".into()))?;
+        let lifetime = match &self.expires_in {
+            Some(v) => lifetime_field("expires_in", v)?,
+            None => DEFAULT_LIFETIME,
+        };
+        let refresh_in = match &self.refresh_in {
+            Some(v) => Some(lifetime_field("refresh_in", v)?.min(lifetime)),
+            None => None,
+        };
+        Ok((SecretString::from(token), lifetime, refresh_in))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -190,7 +229,7 @@ impl TokenProvider {
                 generation: c.generation,
             });
         }
-        let (token, lifetime) = match self.fetch(deadline).await {
+        let (token, lifetime, refresh_in) = match self.fetch(deadline).await {
             Err(AuthError::Refused(why)) if self.may_reload() => {
                 tracing::warn!(reason = %why, "credentials refused; loading them again");
                 let reload = self.reloader.as_ref().map(|r| r());
@@ -205,11 +244,10 @@ impl TokenProvider {
             }
             other => other?,
         };
-        let early = (lifetime / 5).min(Duration::from_secs(300));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *cache = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + lifetime - early,
+            refresh_at: Instant::now() + refresh_after(lifetime, refresh_in),
             generation,
         });
         Ok(Token {
@@ -226,7 +264,7 @@ impl TokenProvider {
         }
     }
 
-    async fn fetch(&self, deadline: Instant) -> Result<(SecretString, Duration), AuthError> {
+    async fn fetch(&self, deadline: Instant) -> Result<(SecretString, Duration, Option<Duration>), AuthError> {
         let mut last = String::from("no attempt made before the deadline");
         for attempt in 0..self.backoff.attempts {
             if attempt > 0 && !self.backoff.wait(attempt, Some(deadline)).await {
@@ -263,18 +301,9 @@ impl TokenProvider {
                 }
             };
             if status.is_success() {
-                let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-                    AuthError::Unavailable("the token endpoint answered without an access_token".into())
-                })?;
-                let secs = match parsed.expires_in {
-                    Some(Value64::Num(n)) => n,
-                    Some(Value64::Text(t)) => t.parse().unwrap_or(3599),
-                    None => 3599,
-                };
-                return Ok((
-                    SecretString::from(parsed.access_token),
-                    Duration::from_secs(secs.max(1)),
-                ));
+                let parsed: TokenResponse = serde_json::from_slice(&body)
+                    .map_err(|_| AuthError::Unavailable("the token endpoint's answer is not a JSON object".into()))?;
+                return parsed.into_parts();
             }
             let err: TokenError = serde_json::from_slice(&body).unwrap_or_default();
             let what = err.describe(status.as_u16());
@@ -305,6 +334,12 @@ impl TokenProvider {
         }
         Ok(form)
     }
+}
+
+/// How long a token serves before it is fetched again: Entra's `refresh_in`
+/// when given, else its lifetime less a fifth (at most five minutes).
+fn refresh_after(lifetime: Duration, refresh_in: Option<Duration>) -> Duration {
+    refresh_in.unwrap_or_else(|| lifetime - (lifetime / 5).min(Duration::from_secs(300)))
 }
 
 /// A client assertion JWT for `client_id` at `token_url`.
@@ -361,6 +396,52 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts(body: &str) -> Result<(Duration, Option<Duration>), AuthError> {
+        let parsed: TokenResponse = serde_json::from_str(body).unwrap();
+        parsed.into_parts().map(|(_, l, r)| (l, r))
+    }
+
+    #[test]
+    fn a_token_lifetime_is_clamped_and_a_malformed_one_is_named() {
+        let huge = parts(r#"{"access_token": "t", "expires_in": 18446744073709551615}"#).unwrap();
+        assert_eq!(huge, (MAX_LIFETIME, None));
+        // The refresh time of a clamped lifetime is a valid instant.
+        let _ = Instant::now() + refresh_after(huge.0, huge.1);
+        assert_eq!(
+            parts(r#"{"access_token": "t", "expires_in": "3599"}"#).unwrap().0,
+            Duration::from_secs(3599)
+        );
+        assert_eq!(
+            parts(r#"{"access_token": "t", "expires_in": 0}"#).unwrap().0,
+            Duration::from_secs(1)
+        );
+        assert_eq!(parts(r#"{"access_token": "t"}"#).unwrap().0, DEFAULT_LIFETIME);
+        assert_eq!(
+            parts(r#"{"access_token": "t", "expires_in": 3599, "refresh_in": 1799}"#).unwrap(),
+            (Duration::from_secs(3599), Some(Duration::from_secs(1799)))
+        );
+        for bad in ["-5", "12.5", "\"soon\""] {
+            let err = parts(&format!(r#"{{"access_token": "t", "expires_in": {bad}}}"#)).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("expires_in") && text.contains("whole number"), "{text}");
+        }
+        let none = parts(r#"{"expires_in": 3599}"#).unwrap_err();
+        assert!(none.to_string().contains("without an access_token"));
+    }
+
+    #[test]
+    fn a_token_is_refreshed_at_refresh_in_or_ahead_of_expiry() {
+        assert_eq!(
+            refresh_after(Duration::from_secs(3599), Some(Duration::from_secs(1800))),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(3599), None),
+            Duration::from_secs(3299)
+        );
+        assert_eq!(refresh_after(Duration::from_secs(100), None), Duration::from_secs(80));
+    }
 
     #[test]
     fn token_errors_keep_the_code_and_aadsts_number_and_never_the_endpoint_text() {

@@ -155,6 +155,38 @@ async fn a_successful_run_exits_0_and_prints_a_schema_valid_result() {
 }
 
 #[tokio::test]
+async fn a_token_endpoint_answering_an_absurd_lifetime_neither_panics_nor_stops_the_run() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let id = sim
+        .fleet()
+        .iter()
+        .find(|d| d.is_windows() && d.tpm != Some(""))
+        .unwrap()
+        .id
+        .clone();
+    let payload = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [id]})).unwrap();
+    // Clamped: the run goes on with a token believed for a day at most.
+    sim.configure(|c| c.token_expires_in = Some(serde_json::json!(u64::MAX)));
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sim.ledger().len(), 1);
+    // Negative or fractional: an error that names the field, no panic.
+    for bad in [serde_json::json!(-5), serde_json::json!(12.5)] {
+        sim.configure(|c| c.token_expires_in = Some(bad.clone()));
+        let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "{stderr}");
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("expires_in") && stderr.contains("whole number"),
+            "{bad}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert_eq!(sim.ledger().len(), 1);
+}
+
+#[tokio::test]
 async fn partial_failure_exits_1_unless_ignored() {
     let sim = Sim::start(sim_config()).await.unwrap();
     let good = sim
