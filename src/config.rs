@@ -60,7 +60,7 @@ fn duration(get: &dyn Fn(&str) -> Option<String>, name: &str, default: Duration)
 }
 
 impl Settings {
-    /// Reads every setting; see the README's configuration table.
+    /// Reads every setting; see docs/reference.md, "Configuration".
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get: &dyn Fn(&str) -> Option<String> = &get;
         let endpoints = Endpoints::from_env(get).map_err(|e| ConfigError(e.0))?;

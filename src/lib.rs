@@ -2,7 +2,8 @@
 //! devices in bulk, at the Microsoft Graph throttling ceiling, and say
 //! precisely what happened to each device.
 //!
-//! The crate is laid out by role; arrows only point down this list:
+//! The crate is laid out by role; a module uses only modules below it in
+//! this list (checked by `tests/it/docs.rs`):
 //! - [`frontdoor`]: the hosts (CLI, AWS Lambda, Azure Functions custom
 //!   handler). Each decodes its envelope, calls the service or the engine,
 //!   and encodes the answer.
@@ -10,14 +11,18 @@
 //!   deliveries and their dispositions, webhook admission, sweeps,
 //!   continuations, repeats, publication.
 //! - [`config`]: deployment settings from the environment.
-//! - [`telemetry`]: logging, the same on every host.
-//! - Ports, each beside its adapters: [`credentials`] (azure-identity
-//!   environment variables, AWS Secrets Manager), [`results`]
-//!   (EventBridge), [`queue`] (SQS), [`state`] (in process, DynamoDB).
 //! - [`graph`]: the Microsoft Graph adapter (tokens, `$batch`, paging),
-//!   the engine's gateway.
-//! - [`core`]: the domain (requests, validation, outcomes, pacing and the
-//!   attestation engine). It knows nothing about Lambda, Azure or AWS.
+//!   the engine's gateway; it signs in with the [`credentials`] port's
+//!   app credentials.
+//! - Ports, each beside its adapters: [`queue`] (SQS; it shares the
+//!   [`results`] port's delivery error), [`credentials`] (azure-identity
+//!   environment variables, AWS Secrets Manager), [`results`]
+//!   (EventBridge), [`state`] (in process, DynamoDB).
+//! - [`report`]: the HTML report of a result document.
+//! - [`telemetry`]: logging, the same on every host.
+//! - [`core`]: the domain (requests, validation, outcomes, pacing, the
+//!   lease algorithm and the attestation engine). It knows nothing about
+//!   Lambda, Azure or AWS.
 
 pub mod config;
 pub mod core;

@@ -3,7 +3,7 @@
 //! `"1.5h"`. Parsed exactly (humantime accepts a wider grammar, such as `1d`
 //! or spaces, that Go configs would not carry).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +103,17 @@ pub fn format_go_duration(d: Duration) -> String {
 /// A time as RFC 3339 in UTC, to the millisecond (the documents' form).
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Milliseconds since the Unix epoch: the clock instances share (each its
+/// own, so every comparison allows for skew).
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The time `ms` milliseconds after the Unix epoch.
+pub fn from_epoch_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -467,8 +467,16 @@ impl RunResult {
 
     /// The document for a channel that carries at most `max_bytes` (see
     /// [`bounded_document`]).
-    pub fn bounded_document(&self, max_bytes: usize, full_result: &str) -> serde_json::Value {
-        bounded_document(&serde_json::to_value(self).unwrap_or_default(), max_bytes, full_result)
+    pub fn bounded_document(
+        &self,
+        max_bytes: usize,
+        full_result: &str,
+    ) -> Result<serde_json::Value, crate::core::encode::EncodeError> {
+        Ok(bounded_document(
+            &crate::core::encode::to_value(self)?,
+            max_bytes,
+            full_result,
+        ))
     }
 
     /// Re-derives the summary, status and failure after outcomes changed
@@ -566,15 +574,18 @@ mod tests {
         r.refresh(false);
         let whole = serde_json::to_string(&r).unwrap().len();
         assert_eq!(
-            r.bounded_document(whole, "x")["devices"].as_array().unwrap().len(),
+            r.bounded_document(whole, "x").unwrap()["devices"]
+                .as_array()
+                .unwrap()
+                .len(),
             5000
         );
-        let doc = r.bounded_document(100_000, "the result events");
+        let doc = r.bounded_document(100_000, "the result events").unwrap();
         assert!(doc.to_string().len() <= 100_000);
         assert_eq!(doc["summary"]["requested"], 5000);
         assert_eq!(doc["devices"].as_array().unwrap().len(), 50, "every failure fits");
         assert_eq!(doc["truncated"]["devices_omitted"], 4950);
-        let tiny = r.bounded_document(2_000, "the result events");
+        let tiny = r.bounded_document(2_000, "the result events").unwrap();
         assert!(tiny.to_string().len() <= 2_000, "{}", tiny.to_string().len());
     }
 }

@@ -463,9 +463,8 @@ pub struct PayloadTimeouts {
 
 impl Payload {
     /// The payload as JSON text.
-    pub fn to_json(&self) -> String {
-        // Serialising plain strings, booleans and numbers cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<String, crate::core::encode::EncodeError> {
+        crate::core::encode::to_string(self)
     }
 }
 

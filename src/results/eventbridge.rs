@@ -290,7 +290,7 @@ impl<P: PutEvents> ResultSink for EventBridgeSink<P> {
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
-            let detail = serde_json::to_string(rejection).unwrap_or_default();
+            let detail = crate::core::encode::to_string(rejection).map_err(|e| DeliveryError(e.to_string()))?;
             let entry = Entry {
                 detail_type: REJECTED_DETAIL_TYPE,
                 detail,

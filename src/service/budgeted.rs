@@ -106,6 +106,16 @@ impl Shared {
         self.rtt_allowance(rules).saturating_sub(graph).as_millis() as u64
     }
 
+    /// The latest instant a call may start and still have its answer back
+    /// by `deadline`: the engine's own rule (two round trips before its
+    /// cutoff), with the longest recent round trip, or a twentieth of the
+    /// window before any was seen. A lease that would start later is of no
+    /// use: its call would end as an answer lost.
+    fn latest_useful_start(&self, rules: &BudgetRules, deadline: Instant) -> Instant {
+        let graph = longest(&self.rtts).unwrap_or(rules.window / 20);
+        deadline.checked_sub(graph * 2).unwrap_or_else(Instant::now)
+    }
+
     fn record_rtt(&self, rtt: Duration) {
         remember(&self.rtts, rtt);
     }
@@ -149,6 +159,7 @@ impl Shared {
     /// table; a lease that starts later (a reservation) is waited for
     /// without asking again.
     async fn lease(&self, which: &BudgetKey, n: u32, deadline: Instant) -> Option<Lease> {
+        let deadline = self.latest_useful_start(&which.rules, deadline);
         if let Some(lease) = self.take_spare(which, n, deadline).await
             && self.started_in_time(which, &lease).await
         {

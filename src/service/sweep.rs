@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::{AttestService, Delivery, Disposition, ServiceError, SweepDispatch, Trigger};
+use crate::core::gateway::{DeviceGateway, GatewayError};
+
 use crate::core::duration::parse_go_duration;
 use crate::core::filter::DeviceFilter;
 use crate::core::request::AttestationRequest;
@@ -78,4 +83,87 @@ pub fn correlation_id(event_id: &str) -> String {
             .take(100)
             .collect::<String>()
     )
+}
+
+impl AttestService {
+    /// A schedule tick: a sweep of the devices the sweep filter selects,
+    /// queued in chunks when a work queue is configured, else run here.
+    /// `event_id` names the tick, so a repeated tick is recognised.
+    pub async fn sweep(&self, trigger: Trigger, event_id: &str, deadline: Option<Instant>) -> Disposition {
+        let correlation_id = correlation_id(event_id);
+        let req = self.sweep.request(Some(correlation_id.clone()));
+        let delivery = Delivery {
+            trigger,
+            payload: Vec::new(),
+            delivery_id: Some(event_id.to_owned()),
+            caller: None,
+            deadline,
+        };
+        let outcome = if self.queue.is_some() {
+            let key = format!("sweep#{correlation_id}");
+            match self.claim(&key, deadline).await {
+                Ok(None) => {}
+                Ok(Some(done)) => return done,
+                Err(e) => return self.refuse(e, &delivery).await,
+            }
+            let deadline = deadline.unwrap_or_else(|| Instant::now() + self.sweep.timeout);
+            let dispatched = self.dispatch_sweep(&req, &correlation_id, deadline).await;
+            if dispatched.is_err() {
+                // Given back, so the schedule's retry dispatches it.
+                let _ = self.store.release(&key, &self.instance).await;
+            }
+            dispatched
+        } else {
+            self.run(req, &delivery).await
+        };
+        match outcome {
+            Ok(d) => d,
+            Err(e) => self.refuse(e, &delivery).await,
+        }
+    }
+
+    /// Selects the sweep's devices and queues them in chunks, each a
+    /// request of its own.
+    pub(super) async fn dispatch_sweep(
+        &self,
+        template: &AttestationRequest,
+        correlation_id: &str,
+        deadline: Instant,
+    ) -> Result<Disposition, ServiceError> {
+        let client = self.graph_client(&self.own, false).await?;
+        let limit = self.settings.limits.max_devices.saturating_mul(100);
+        let ids = client
+            .list_devices(&self.sweep.filter, limit, deadline)
+            .await
+            .map_err(|e| match e {
+                e @ (GatewayError::Credentials(_) | GatewayError::Unavailable(_)) => ServiceError::from(e),
+                other => ServiceError::SelectionFailed(other.to_string()),
+            })?;
+        let chunk_size = self.sweep.chunk_size.clamp(1, self.settings.limits.max_devices);
+        // The chunks name their devices; none carries the sweep's filter.
+        let template = template.for_devices(Vec::new(), correlation_id.to_owned(), 1);
+        let mut messages = Vec::new();
+        for (i, chunk) in ids.chunks(chunk_size).enumerate() {
+            let devices = chunk
+                .iter()
+                .map(|&id| crate::core::device::DeviceRef {
+                    id,
+                    kind: crate::core::device::DeviceKind::Managed,
+                })
+                .collect();
+            let chunk_id = format!("{correlation_id}-c{}", i + 1);
+            messages.extend(self.messages_for(&template, devices, &chunk_id, 1).await?);
+        }
+        let chunks = messages.len();
+        self.send(messages, Some(deadline))
+            .await
+            .map_err(|e| ServiceError::ResultDeliveryFailed(format!("sweep chunks {e}")))?;
+        self.finished(&format!("sweep#{correlation_id}"), None).await;
+        tracing::info!(devices = ids.len(), chunks, "sweep dispatched");
+        Ok(Disposition::Dispatched(SweepDispatch {
+            correlation_id: correlation_id.to_owned(),
+            devices: ids.len(),
+            chunks,
+        }))
+    }
 }

@@ -9,7 +9,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::signature;
+use super::{AttestService, Delivery, Disposition, ServiceError, Trigger, bounded_status, signature};
+use crate::core::outcome::RunResult;
 use crate::credentials::WebhookSecrets;
 use crate::state::StateStore;
 
@@ -193,6 +194,79 @@ impl Gate {
             && let Err(e) = store.forget(key).await
         {
             tracing::warn!(error = %e, "a replay key could not be given back");
+        }
+    }
+}
+
+impl AttestService {
+    /// Admits a webhook call and handles its request.
+    pub async fn webhook(&self, req: WebhookRequest, trigger: Trigger) -> (HttpAnswer, Option<Box<RunResult>>) {
+        let admitted = match self.gate.admit(&req, self.store.as_ref()).await {
+            Ok(a) => a,
+            Err(answer) => return (answer, None),
+        };
+        let delivery = Delivery {
+            trigger,
+            payload: admitted.payload,
+            delivery_id: req.request_id.clone(),
+            caller: admitted.caller,
+            deadline: req.deadline,
+        };
+        let on_cancel = self.forget_on_cancel(admitted.replay_key.as_deref());
+        let disposition = self.deliver(delivery).await;
+        let accepted = !matches!(disposition, Disposition::Retry(_));
+        self.gate
+            .settle(admitted.replay_key.as_deref(), accepted, self.store.as_ref())
+            .await;
+        on_cancel.disarm();
+        match disposition {
+            Disposition::Ran(result) => match result.bounded_document(MAX_ANSWER_BYTES, FULL_RESULT_AT) {
+                Ok(body) => (HttpAnswer::new(200, body), Some(result)),
+                Err(e) => {
+                    tracing::error!(error = %e, "the answer could not be encoded");
+                    let e = ServiceError::from(e);
+                    (HttpAnswer::server_error(500, e.error_type(), req.request_id), None)
+                }
+            },
+            Disposition::Republished(doc) => (
+                HttpAnswer::new(
+                    200,
+                    crate::core::outcome::bounded_document(&doc, MAX_ANSWER_BYTES, FULL_RESULT_AT),
+                ),
+                None,
+            ),
+            Disposition::Accepted { correlation_id, parts } => (
+                HttpAnswer::new(
+                    202,
+                    json!({"accepted": true, "correlation_id": correlation_id, "parts": parts}),
+                ),
+                None,
+            ),
+            Disposition::Repeat { delivery_id } => (
+                HttpAnswer::new(200, json!({"repeat": true, "delivery_id": delivery_id})),
+                None,
+            ),
+            Disposition::Dispatched(d) => (HttpAnswer::new(202, json!(d)), None),
+            // A webhook never carries a check (refused above); said for
+            // completeness.
+            Disposition::Checked(v) => (HttpAnswer::new(200, v.brief()), None),
+            Disposition::Deferred(d) => (HttpAnswer::new(202, json!(d)), None),
+            Disposition::Status(doc) => match bounded_status(&doc, MAX_ANSWER_BYTES) {
+                Ok(body) => (HttpAnswer::new(200, body), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "the answer could not be encoded");
+                    let e = ServiceError::from(e);
+                    (HttpAnswer::server_error(500, e.error_type(), req.request_id), None)
+                }
+            },
+            Disposition::Rejected(r) if r.error_type == "InvalidRequest" => {
+                (HttpAnswer::error_with(400, "invalid_request", r.message), None)
+            }
+            // The caller learns a stable code and the request id to quote;
+            // the detail (queue names, AADSTS text, secret names) stays in
+            // the log.
+            Disposition::Rejected(r) => (HttpAnswer::server_error(500, &r.error_type, req.request_id), None),
+            Disposition::Retry(e) => (HttpAnswer::server_error(503, e.error_type(), req.request_id), None),
         }
     }
 }

@@ -30,6 +30,21 @@ pub struct DynamoStore {
     table: String,
 }
 
+impl StoreError {
+    /// A DynamoDB client error, described in the service's words (bounded)
+    /// and kept as the source.
+    pub(crate) fn from_sdk<E, R>(e: aws_sdk_dynamodb::error::SdkError<E, R>) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        StoreError::Unavailable {
+            what: describe(&e),
+            source: std::sync::Arc::new(e),
+        }
+    }
+}
+
 impl DynamoStore {
     /// The store on `table`.
     pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
@@ -83,7 +98,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError(describe(&e)))?;
+            .map_err(StoreError::from_sdk)?;
         Ok(out.item().cloned())
     }
 
@@ -106,7 +121,7 @@ impl DynamoStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| StoreError(describe(&e)))?;
+                .map_err(StoreError::from_sdk)?;
             parts.extend(
                 out.items()
                     .iter()
@@ -119,10 +134,10 @@ impl DynamoStore {
         }
         parts.sort();
         if parts.len() as u64 != chunks {
-            return Err(StoreError(format!(
-                "a kept result has {} of its {chunks} parts",
-                parts.len()
-            )));
+            return Err(StoreError::unreadable(
+                pk,
+                format!("a kept result has {} of its {chunks} parts", parts.len()),
+            ));
         }
         Ok(Some(parts.into_iter().map(|(_, d)| d).collect()))
     }
@@ -179,7 +194,7 @@ impl StateStore for DynamoStore {
                         Ok(Claim::HeldElsewhere)
                     }
                 }
-                Err(e) => Err(StoreError(describe(&e))),
+                Err(e) => Err(StoreError::from_sdk(e)),
             }
         })
     }
@@ -211,7 +226,7 @@ impl StateStore for DynamoStore {
                         .item("expires_at", n(expires))
                         .send()
                         .await
-                        .map_err(|e| StoreError(describe(&e)))?;
+                        .map_err(StoreError::from_sdk)?;
                     chunks += 1;
                     start = end;
                 }
@@ -227,7 +242,7 @@ impl StateStore for DynamoStore {
                 .item("expires_at", n(expires))
                 .send()
                 .await
-                .map_err(|e| StoreError(describe(&e)))?;
+                .map_err(StoreError::from_sdk)?;
             Ok(())
         })
     }
@@ -256,7 +271,7 @@ impl StateStore for DynamoStore {
                 {
                     Ok(())
                 }
-                Err(e) => Err(StoreError(describe(&e))),
+                Err(e) => Err(StoreError::from_sdk(e)),
             }
         })
     }
@@ -283,7 +298,7 @@ impl StateStore for DynamoStore {
                 {
                     Ok(false)
                 }
-                Err(e) => Err(StoreError(describe(&e))),
+                Err(e) => Err(StoreError::from_sdk(e)),
             }
         })
     }
@@ -297,7 +312,7 @@ impl StateStore for DynamoStore {
                 .key("sk", s("state"))
                 .send()
                 .await
-                .map_err(|e| StoreError(describe(&e)))?;
+                .map_err(StoreError::from_sdk)?;
             Ok(())
         })
     }

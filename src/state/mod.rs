@@ -11,15 +11,53 @@ pub mod dynamodb;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::core::BoxFuture;
 
-/// The store could not be reached or refused the request. The delivery is
-/// then returned for retry: nothing runs without its claim.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the state store is unavailable: {0}")]
-pub struct StoreError(pub String);
+/// The store could not be reached, refused the request, or holds an item
+/// that cannot be read. The delivery is then returned for retry: nothing
+/// runs without its claim.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer or refused the request; `what` is the
+    /// service's own words, bounded.
+    #[error("the state store is unavailable: {what}")]
+    Unavailable {
+        /// What the store said.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// Too many instances wrote the same item at once.
+    #[error("the state store is unavailable: {key}: too many instances wrote at once; try again")]
+    Contended {
+        /// The item.
+        key: String,
+    },
+    /// An item cannot be read (corrupted, foreign or incomplete).
+    #[error("the state store is unavailable: {key}: {what}")]
+    Unreadable {
+        /// The item.
+        key: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A document could not be encoded for the store.
+    #[error("the state store is unavailable: {0}")]
+    Encoding(#[from] crate::core::encode::EncodeError),
+}
+
+impl StoreError {
+    /// An item that cannot be read.
+    pub fn unreadable(key: &str, what: impl Into<String>) -> Self {
+        StoreError::Unreadable {
+            key: key.to_owned(),
+            what: what.into(),
+        }
+    }
+}
 
 /// What claiming a delivery found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +75,7 @@ pub enum Claim {
     },
 }
 
-/// Milliseconds since the Unix epoch: the clock instances share (each its
-/// own, so every comparison allows for skew).
-pub fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// The time `ms` milliseconds after the Unix epoch.
-pub fn from_epoch_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + std::time::Duration::from_millis(ms)
-}
+pub use crate::core::duration::{epoch_ms, from_epoch_ms};
 
 /// How long a finished delivery is remembered: longer than SQS keeps a
 /// message and than Step Functions retries a task.
@@ -217,35 +246,35 @@ mod tests {
     async fn a_claim_is_held_done_or_expired() {
         let s = MemoryStore::default();
         let later = SystemTime::now() + Duration::from_secs(60);
-        assert_eq!(s.claim("m-1", "a", later).await, Ok(Claim::Claimed));
-        assert_eq!(s.claim("m-1", "b", later).await, Ok(Claim::HeldElsewhere));
+        assert_eq!(s.claim("m-1", "a", later).await.unwrap(), Claim::Claimed);
+        assert_eq!(s.claim("m-1", "b", later).await.unwrap(), Claim::HeldElsewhere);
         s.finish("m-1", "a", Some("{}")).await.unwrap();
         assert_eq!(
-            s.claim("m-1", "b", later).await,
-            Ok(Claim::Done {
+            s.claim("m-1", "b", later).await.unwrap(),
+            Claim::Done {
                 undelivered: Some("{}".into())
-            })
+            }
         );
         // A claim whose lease ran out (its instance died) can be taken.
         let past = SystemTime::now() - Duration::from_secs(1);
-        assert_eq!(s.claim("m-2", "a", past).await, Ok(Claim::Claimed));
-        assert_eq!(s.claim("m-2", "b", later).await, Ok(Claim::Claimed));
+        assert_eq!(s.claim("m-2", "a", past).await.unwrap(), Claim::Claimed);
+        assert_eq!(s.claim("m-2", "b", later).await.unwrap(), Claim::Claimed);
         // A released claim runs again.
         s.release("m-2", "b").await.unwrap();
-        assert_eq!(s.claim("m-2", "c", later).await, Ok(Claim::Claimed));
+        assert_eq!(s.claim("m-2", "c", later).await.unwrap(), Claim::Claimed);
     }
 
     #[tokio::test]
     async fn a_used_key_is_refused_until_forgotten() {
         let s = MemoryStore::new(2);
         let later = SystemTime::now() + Duration::from_secs(60);
-        assert_eq!(s.first_use("sig", later).await, Ok(true));
-        assert_eq!(s.first_use("sig", later).await, Ok(false));
+        assert!(s.first_use("sig", later).await.unwrap());
+        assert!(!s.first_use("sig", later).await.unwrap());
         s.forget("sig").await.unwrap();
-        assert_eq!(s.first_use("sig", later).await, Ok(true));
+        assert!(s.first_use("sig", later).await.unwrap());
         // Bounded: the oldest is forgotten first.
         s.first_use("x", later).await.unwrap();
         s.first_use("y", later).await.unwrap();
-        assert_eq!(s.first_use("sig", later).await, Ok(true));
+        assert!(s.first_use("sig", later).await.unwrap());
     }
 }

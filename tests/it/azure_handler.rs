@@ -218,3 +218,52 @@ async fn a_webhook_secret_setting_without_a_usable_secret_stops_the_handler() {
         assert!(!stderr.contains("too-short"), "the value is never echoed");
     }
 }
+
+#[tokio::test]
+async fn requests_whose_host_went_away_give_back_their_budget_and_their_claims() {
+    let mut cfg = sim_config();
+    cfg.fleet.size = 900;
+    let sim = Sim::start(cfg).await.unwrap();
+    let h = start(&sim, &[]).await;
+    let ids = windows(&sim, 471);
+    assert_eq!(ids.len(), 471);
+    let message = |id: String, devices: &[String]| {
+        let payload = json!({"managed_device_ids": devices, "validate_device_exists": false});
+        json!({"Data": {"message": payload.to_string()}, "Metadata": {"Id": id, "DequeueCount": 1}})
+    };
+    // A first run signs in; then answers slow down, so every call is in
+    // flight when its caller goes away.
+    let (status, _) = post(&h, "attest-queue", message("warm".into(), &ids[470..])).await;
+    assert_eq!(status, 200);
+    sim.set_faults(graph_sim::Faults {
+        latency_ms: (2500, 2600),
+        ..Default::default()
+    });
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let abandoned = ids[..320].chunks(40).enumerate().map(|(i, chunk)| {
+        let request = impatient
+            .post(format!("{}/attest-queue", h.url))
+            .json(&message(format!("gone-{i}"), chunk));
+        async move { request.send().await.is_err() }
+    });
+    let gone = futures_util::future::join_all(abandoned).await;
+    assert!(gone.iter().all(|g| *g), "every impatient caller went away");
+    sim.set_faults(graph_sim::Faults {
+        latency_ms: (2, 15),
+        ..Default::default()
+    });
+    // A normal request after them has the whole budget (a window later):
+    // the abandoned calls held all of it.
+    let (status, out) = post(&h, "attest-queue", message("normal".into(), &ids[320..470])).await;
+    assert_eq!(status, 200, "{out}");
+    let result: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["summary"]["initiated"], 150, "{}", result["summary"]);
+    // The host's retry of an abandoned message runs.
+    let (status, out) = post(&h, "attest-queue", message("gone-0".into(), &ids[..40])).await;
+    assert_eq!(status, 200, "{out}");
+    let result: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+    assert_eq!(result["summary"]["initiated"], 40, "{}", result["summary"]);
+}

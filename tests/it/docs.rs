@@ -161,3 +161,112 @@ fn json_examples_parse_and_say_what_they_claim() {
         "{payloads} payloads, {results} results, {statuses} status documents, {verdicts} verdicts"
     );
 }
+
+/// Every module under `src/` (`path/name.rs`, or a folder with `mod.rs`),
+/// found by walking the tree.
+fn modules(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            out.push((format!("{prefix}{name}"), name.clone()));
+            modules(&path, &format!("{prefix}{name}/"), out);
+        } else if let Some(stem) = name.strip_suffix(".rs")
+            && !["mod", "lib", "main", "tests"].contains(&stem)
+        {
+            out.push((format!("{prefix}{stem}"), stem.to_owned()));
+        }
+    }
+}
+
+#[test]
+fn the_layout_table_lists_every_module() {
+    let design = std::fs::read_to_string(root().join("docs/design.md")).unwrap();
+    let layout = design
+        .split("\n## Layout")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/design.md has a Layout section");
+    let mut found = Vec::new();
+    modules(&root().join("src"), "", &mut found);
+    assert!(found.len() > 40, "{} modules found", found.len());
+    let missing: Vec<&String> = found
+        .iter()
+        .filter(|(path, name)| {
+            !(layout.contains(&format!("`{name}`"))
+                || layout.contains(&format!("/{name}`"))
+                || layout.contains(&format!("`src/{path}"))
+                || layout.contains(&format!("`{path}")))
+        })
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules missing from docs/design.md's layout table: {missing:?}"
+    );
+}
+
+/// The `crate::<module>` paths a file names.
+fn crate_uses(text: &str) -> Vec<String> {
+    text.match_indices("crate::")
+        .map(|(i, _)| {
+            text[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+fn files_under(path: &Path, out: &mut Vec<PathBuf>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap().filter_map(Result::ok) {
+            files_under(&entry.path(), out);
+        }
+    } else if path.is_file() && path.extension().is_some_and(|x| x == "rs") {
+        out.push(path.to_owned());
+    }
+}
+
+#[test]
+fn modules_use_only_the_modules_below_them_in_the_crate_docs_list() {
+    let lib = std::fs::read_to_string(root().join("src/lib.rs")).unwrap();
+    // The order the crate docs list the modules in: "[`name`]" at first mention.
+    let mut order: Vec<String> = Vec::new();
+    for (i, _) in lib.match_indices("[`") {
+        let name: String = lib[i + 2..].chars().take_while(|c| *c != '`').collect();
+        if !order.contains(&name) {
+            order.push(name);
+        }
+    }
+    let declared: Vec<String> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .map(|m| m.trim_end_matches(';').to_owned())
+        .collect();
+    for m in &declared {
+        assert!(order.contains(m), "src/lib.rs's list does not name `{m}`");
+    }
+    let rank = |m: &str| order.iter().position(|o| o == m);
+    for m in &declared {
+        let mut files = Vec::new();
+        files_under(&root().join("src").join(m), &mut files);
+        files_under(&root().join("src").join(format!("{m}.rs")), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for used in crate_uses(&text) {
+                if let (Some(u), Some(me)) = (rank(&used), rank(m)) {
+                    assert!(
+                        u >= me,
+                        "{} uses crate::{used}, which src/lib.rs lists above {m}",
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+}

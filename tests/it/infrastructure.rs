@@ -246,7 +246,7 @@ fn the_playbook_retries_every_error_that_can_pass_later() {
         E::GraphUnavailable(String::new()),
         E::ResultDeliveryFailed(String::new()),
         E::InProgress(String::new()),
-        E::StateUnavailable(intune_attest::state::StoreError(String::new())),
+        E::StateUnavailable(intune_attest::state::StoreError::Contended { key: String::new() }),
     ];
     for e in retryable {
         assert!(e.is_retryable());

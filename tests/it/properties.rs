@@ -198,7 +198,7 @@ proptest! {
     fn a_request_encoded_as_a_payload_reads_back_as_itself(v in valid_payload()) {
         let limits = RequestLimits::default();
         let first = AttestationRequest::from_value(&v, limits).unwrap();
-        let encoded = first.to_payload().to_json();
+        let encoded = first.to_payload().to_json().unwrap();
         let again = AttestationRequest::from_slice(encoded.as_bytes(), limits).unwrap();
         prop_assert_eq!(&again.devices, &first.devices);
         prop_assert_eq!(&again.device_filter, &first.device_filter);

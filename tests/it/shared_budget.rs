@@ -92,6 +92,68 @@ async fn instances_pacing_alone_overrun_the_budget() {
 }
 
 #[tokio::test]
+async fn an_unreadable_budget_item_stops_writes_until_it_is_valid_again() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let w = world(attestable_fleet(1)).await;
+    let table = w.aws.state_table("budget-unreadable").await;
+    w.aws
+        .dynamodb
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S(write_key()))
+        .item("sk", AttributeValue::S("budget".into()))
+        .item("version", AttributeValue::N("3".into()))
+        .item("state", AttributeValue::S("{\"leases\": \"not a list".into()))
+        .send()
+        .await
+        .unwrap();
+    let budget = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
+    let rules = BudgetRules::new(BUDGET as u32, WINDOW);
+    let asked = SystemTime::now();
+    let ask = |latest: SystemTime| Ask {
+        n: 19,
+        hold: WINDOW,
+        not_before: SystemTime::now(),
+        latest_start: latest,
+        spare: false,
+    };
+    // Not read as an empty budget: nothing is granted now.
+    let got = budget
+        .acquire(&write_key(), ask(SystemTime::now()), rules)
+        .await
+        .unwrap();
+    let Acquired::WaitUntil(at) = got else {
+        panic!("an unreadable budget granted permits: {got:?}");
+    };
+    assert!(at >= asked + WINDOW * 2, "the pause outlasts any lease the item held");
+    assert_eq!(budget.unreadable_reads(), 1);
+    // It recovers by itself: a reservation after the pause is granted, and
+    // the item is valid again.
+    let got = budget
+        .acquire(&write_key(), ask(SystemTime::now() + WINDOW * 4), rules)
+        .await
+        .unwrap();
+    let Acquired::Granted(grant) = got else {
+        panic!("the budget did not recover: {got:?}");
+    };
+    let start = std::time::UNIX_EPOCH + Duration::from_millis(grant.lease.start_ms);
+    assert!(start >= asked + WINDOW * 2, "granted inside the pause");
+    let item = w
+        .aws
+        .dynamodb
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(write_key()))
+        .key("sk", AttributeValue::S("budget".into()))
+        .send()
+        .await
+        .unwrap();
+    let state: Value = serde_json::from_str(item.item().unwrap()["state"].as_s().unwrap()).unwrap();
+    assert!(state["paused_until"].as_u64().unwrap() > 0, "{state}");
+    assert_eq!(budget.unreadable_reads(), 1, "read once, then valid");
+}
+
+#[tokio::test]
 async fn a_dead_instances_leases_come_back_within_a_window() {
     let w = world(attestable_fleet(100)).await;
     let table = w.aws.state_table("budget-dead").await;
@@ -413,4 +475,117 @@ async fn validation_reads_draw_several_batches_from_one_lease() {
         budget.requests()
     );
     assert!(w.sim.max_writes_in_any_window(WINDOW) <= BUDGET);
+}
+
+/// A gateway that answers every write at once and counts the calls.
+#[derive(Default)]
+struct CountingGateway {
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl intune_attest::core::gateway::DeviceGateway for CountingGateway {
+    async fn prepare(&self, _: tokio::time::Instant) -> Result<(), intune_attest::core::gateway::GatewayError> {
+        Ok(())
+    }
+
+    async fn list_devices(
+        &self,
+        _: &intune_attest::core::filter::DeviceFilter,
+        _: usize,
+        _: tokio::time::Instant,
+    ) -> Result<Vec<intune_attest::core::device::DeviceId>, intune_attest::core::gateway::GatewayError> {
+        Ok(Vec::new())
+    }
+
+    async fn read_devices(
+        &self,
+        devices: &[intune_attest::core::device::DeviceRef],
+        _: tokio::time::Instant,
+    ) -> Vec<intune_attest::core::gateway::ItemAnswer<intune_attest::core::gateway::DeviceInfo>> {
+        devices
+            .iter()
+            .map(|_| intune_attest::core::gateway::ItemAnswer::Ok {
+                value: Default::default(),
+                status: 200,
+                request_id: None,
+            })
+            .collect()
+    }
+
+    async fn initiate(
+        &self,
+        devices: &[intune_attest::core::device::DeviceRef],
+        _: tokio::time::Instant,
+    ) -> Vec<intune_attest::core::gateway::ItemAnswer<()>> {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        devices
+            .iter()
+            .map(|_| intune_attest::core::gateway::ItemAnswer::Ok {
+                value: (),
+                status: 204,
+                request_id: None,
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> intune_attest::core::gateway::GatewayStats {
+        Default::default()
+    }
+}
+
+#[tokio::test]
+async fn no_lease_starts_too_late_for_its_answer_to_come_before_the_cutoff() {
+    use intune_attest::core::device::{DeviceId, DeviceKind, DeviceRef};
+    use intune_attest::core::gateway::{DeviceGateway, FailureKind, ItemAnswer};
+    use intune_attest::service::{BudgetKey, BudgetedGateway};
+    let w = world(attestable_fleet(1)).await;
+    let table = w.aws.state_table("budget-cutoff").await;
+    let rules = BudgetRules::new(BUDGET as u32, WINDOW);
+    // Another instance holds the whole budget until `free`.
+    let other = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
+    let held = Ask {
+        n: BUDGET as u32,
+        hold: WINDOW,
+        not_before: SystemTime::now(),
+        latest_start: SystemTime::now(),
+        spare: false,
+    };
+    let Acquired::Granted(grant) = other.acquire(&write_key(), held, rules).await.unwrap() else {
+        panic!("the budget was free");
+    };
+    let free = std::time::UNIX_EPOCH + Duration::from_millis(grant.lease.until_ms) + rules.skew;
+    let to_free = free.duration_since(SystemTime::now()).unwrap();
+    let key = |kind: &str| BudgetKey {
+        key: format!("budget#{TENANT_ID}#{CLIENT_ID}#{kind}"),
+        rules,
+    };
+    let inner = std::sync::Arc::new(CountingGateway::default());
+    let gateway = BudgetedGateway::shared(
+        inner.clone(),
+        std::sync::Arc::new(DynamoBudget::new(w.aws.dynamodb.clone(), table)),
+        key("writes"),
+        key("reads"),
+    );
+    let device = DeviceRef {
+        id: DeviceId::parse("00000000-0000-4000-8000-00000000beef").unwrap(),
+        kind: DeviceKind::Managed,
+    };
+    // The cutoff comes a moment after the budget frees up: too soon for an
+    // answer to a call sent then.
+    let cutoff = tokio::time::Instant::now() + to_free + WINDOW / 100;
+    let answers = gateway.initiate(&[device], cutoff).await;
+    assert_eq!(
+        inner.writes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a call went out at the cutoff"
+    );
+    assert!(
+        matches!(&answers[..], [ItemAnswer::Failed(f)] if f.kind == FailureKind::NotSent),
+        "the device is left untried for the next part"
+    );
+    // With time for an answer, the call goes once the budget is free.
+    let cutoff = tokio::time::Instant::now() + WINDOW * 2;
+    let answers = gateway.initiate(&[device], cutoff).await;
+    assert!(matches!(&answers[..], [ItemAnswer::Ok { .. }]));
+    assert_eq!(inner.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

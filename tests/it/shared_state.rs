@@ -80,7 +80,10 @@ async fn a_claim_left_by_a_dead_instance_runs_out_and_the_delivery_then_runs_onc
     // An instance claimed the message for two seconds and died.
     let store = DynamoStore::new(w.aws.dynamodb.clone(), table.clone());
     let lease = SystemTime::now() + Duration::from_secs(2);
-    assert_eq!(store.claim("delivery#m-3", "dead", lease).await, Ok(Claim::Claimed));
+    assert_eq!(
+        store.claim("delivery#m-3", "dead", lease).await.unwrap(),
+        Claim::Claimed
+    );
     let a = w.app(shared(&table));
     let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
     let held = a
@@ -165,23 +168,62 @@ async fn a_kept_result_larger_than_an_item_reads_back_whole() {
     let table = w.aws.state_table("state-chunks").await;
     let store = DynamoStore::new(w.aws.dynamodb.clone(), table);
     let later = SystemTime::now() + Duration::from_secs(60);
-    assert_eq!(store.claim("delivery#big", "a", later).await, Ok(Claim::Claimed));
+    assert_eq!(store.claim("delivery#big", "a", later).await.unwrap(), Claim::Claimed);
     // About 1 MB with multi-byte characters, past DynamoDB's 400 KB item.
     let kept = format!("{{\"x\": \"{}\"}}", "é…".repeat(200_000));
     store.finish("delivery#big", "a", Some(&kept)).await.unwrap();
     assert_eq!(
-        store.claim("delivery#big", "b", later).await,
-        Ok(Claim::Done {
+        store.claim("delivery#big", "b", later).await.unwrap(),
+        Claim::Done {
             undelivered: Some(kept)
-        })
+        }
     );
     // A released claim can be taken at once; a used key is refused.
-    assert_eq!(store.claim("delivery#r", "a", later).await, Ok(Claim::Claimed));
-    assert_eq!(store.claim("delivery#r", "b", later).await, Ok(Claim::HeldElsewhere));
+    assert_eq!(store.claim("delivery#r", "a", later).await.unwrap(), Claim::Claimed);
+    assert_eq!(
+        store.claim("delivery#r", "b", later).await.unwrap(),
+        Claim::HeldElsewhere
+    );
     store.release("delivery#r", "a").await.unwrap();
-    assert_eq!(store.claim("delivery#r", "b", later).await, Ok(Claim::Claimed));
-    assert_eq!(store.first_use("replay#1:ab", later).await, Ok(true));
-    assert_eq!(store.first_use("replay#1:ab", later).await, Ok(false));
+    assert_eq!(store.claim("delivery#r", "b", later).await.unwrap(), Claim::Claimed);
+    assert!(store.first_use("replay#1:ab", later).await.unwrap());
+    assert!(!store.first_use("replay#1:ab", later).await.unwrap());
     store.forget("replay#1:ab").await.unwrap();
-    assert_eq!(store.first_use("replay#1:ab", later).await, Ok(true));
+    assert!(store.first_use("replay#1:ab", later).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_cancelled_run_gives_its_claim_back_so_another_instance_runs_the_retry_at_once() {
+    let w = world(attestable_fleet(400)).await;
+    let table = w.aws.state_table("state-cancel").await;
+    let (a, b) = (w.app(shared(&table)), w.app(shared(&table)));
+    let body = json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false}).to_string();
+    // Instance A's host gives up on it mid-run (400 devices take two
+    // windows): its future is dropped.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(300),
+        a.handle(sqs_event(&[("m-cancel", body.clone())]), ctx("a-c", 60)),
+    )
+    .await;
+    assert!(cut.is_err(), "the run was cut short");
+    // The claim goes back in a task of its own: the retry at B runs at once
+    // instead of waiting for A's lease (the deadline plus a minute).
+    let mut answer = json!(null);
+    for _ in 0..50 {
+        answer = b
+            .handle(sqs_event(&[("m-cancel", body.clone())]), ctx("b-c", 60))
+            .await
+            .unwrap();
+        if answer == json!({"batchItemFailures": []}) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": []}),
+        "the retry was refused as in progress"
+    );
+    let ledger = w.sim.ledger_counts();
+    assert_eq!(ledger.len(), 400, "every device initiated");
 }

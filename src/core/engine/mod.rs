@@ -23,6 +23,7 @@ use super::outcome::{DeviceResult, Outcome, RunOptions, RunRecord, RunResult, Ru
 use super::pacer::{Pacer, PacerConfig};
 use super::progress::Progress;
 use super::request::AttestationRequest;
+use permit::{AbortOnDrop, Permit};
 use stage::{Joined, Launch, StageState, recv_or_pending};
 
 /// Graph's limit on requests in one `$batch`.
@@ -375,9 +376,14 @@ impl<G: DeviceGateway> Engine<G> {
             dry_run: req.dry_run,
             writes: WriteWindows::new(start, self.cfg.writes.window),
         };
-        let ticker = spawn_progress_log(progress, self.cfg.progress_interval, correlation_id.clone());
+        // Ends with the run, however the run ends (a dropped future too).
+        let ticker = AbortOnDrop(spawn_progress_log(
+            progress,
+            self.cfg.progress_interval,
+            correlation_id.clone(),
+        ));
         self.drive(&req, &run, &devices).await;
-        ticker.abort();
+        drop(ticker);
 
         let stats_after = self.gateway.stats();
         let result = RunResult::new(RunRecord {
@@ -574,11 +580,13 @@ impl<G: DeviceGateway> Engine<G> {
         }
         st.seq += 1;
         let id = st.seq;
-        st.batches.insert(id, (batch, grant));
+        st.batches.insert(id, batch);
         let gateway = self.gateway.clone();
         let cutoff = run.cutoff;
         let stage = st.stage;
-        let rtt_pacer = pacer.clone();
+        // Moved into the task: the permits go back when the task ends,
+        // panics, or is aborted with a cancelled run.
+        let permit = Permit::new(pacer.clone(), grant);
         let handle = st.inflight.spawn(async move {
             let replies: Vec<Reply> = match stage {
                 Stage::Read => gateway
@@ -595,7 +603,7 @@ impl<G: DeviceGateway> Engine<G> {
                     .collect(),
             };
             let answered = replies.iter().any(Reply::answered);
-            lock(&rtt_pacer).complete(grant, Instant::now(), answered);
+            permit.complete(Instant::now(), answered);
             (id, replies)
         });
         st.task_ids.insert(handle.id(), id);
@@ -604,19 +612,18 @@ impl<G: DeviceGateway> Engine<G> {
     }
 
     /// Settles a finished call. A call whose task died returns no replies
-    /// (its items are then treated as answers lost) and its permits are
-    /// released here, since the task could not release them itself.
+    /// (its items are then treated as answers lost); its permits went back
+    /// when the task's [`Permit`] was dropped.
     fn settle_call(&self, st: &mut StageState, run: &Run, joined: Joined) {
         let (batch, replies) = match joined {
             Ok((_, (id, replies))) => match st.batches.remove(&id) {
-                Some((batch, _)) => (batch, replies),
+                Some(batch) => (batch, replies),
                 None => return,
             },
             Err(e) => {
-                let Some((batch, grant)) = st.task_ids.get(&e.id()).and_then(|id| st.batches.remove(id)) else {
+                let Some(batch) = st.task_ids.get(&e.id()).and_then(|id| st.batches.remove(id)) else {
                     return;
                 };
-                lock(self.pacer(st.stage)).complete(grant, Instant::now(), false);
                 (batch, Vec::new())
             }
         };
@@ -758,6 +765,7 @@ fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: 
     })
 }
 
+mod permit;
 mod stage;
 #[cfg(test)]
 mod tests;

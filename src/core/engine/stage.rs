@@ -10,7 +10,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Delayed, Reply, Run, Stage, Work};
-use crate::core::pacer::Grant;
 
 /// What [`Engine::launch`] did.
 pub(super) enum Launch {
@@ -31,7 +30,7 @@ pub(super) struct StageState {
     pub(super) delayed: BinaryHeap<Reverse<Delayed>>,
     pub(super) seq: u64,
     pub(super) inflight: JoinSet<(u64, Vec<Reply>)>,
-    pub(super) batches: HashMap<u64, (Vec<Work>, Grant)>,
+    pub(super) batches: HashMap<u64, Vec<Work>>,
     pub(super) task_ids: HashMap<tokio::task::Id, u64>,
     pub(super) waiting_since: Option<Instant>,
     pub(super) input: Option<mpsc::UnboundedReceiver<Work>>,

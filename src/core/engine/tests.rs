@@ -21,6 +21,8 @@ enum Plan {
     ThrottleLast(usize, Option<Duration>),
     /// The task running the call dies.
     Panic,
+    /// The call never ends.
+    Hang,
 }
 
 struct Fake {
@@ -97,6 +99,9 @@ impl DeviceGateway for Fake {
         tokio::time::sleep(self.latency).await;
         if matches!(plan, Plan::Panic) {
             panic!("the call's task dies");
+        }
+        if matches!(plan, Plan::Hang) {
+            std::future::pending::<()>().await;
         }
         let throttled = match plan {
             Plan::ThrottleLast(n, _) => n.min(devices.len()),
@@ -292,6 +297,44 @@ async fn a_call_whose_task_died_gives_back_its_permits_and_its_devices_are_retri
         assert_eq!(d.lost_answers, 1, "the lost answer is counted");
         assert_eq!(d.attempts, 2);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_run_gives_back_its_permits_and_ends_its_helper_tasks() {
+    // A budget of one batch per window, taken by a call that never ends.
+    let cfg = EngineConfig {
+        write_concurrency: 1,
+        ..config(20)
+    };
+    let pacers = Pacers::new(&cfg);
+    let fake = Arc::new(Fake::new(Duration::from_millis(100), vec![Plan::Hang]));
+    let engine = Engine::with_pacers(fake.clone(), cfg, pacers.clone());
+    let devices = ids(60);
+    let progress = Arc::new(Progress::new());
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(5),
+        engine.run(request(&devices[..20], json!({})), None, progress.clone()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the first run was cancelled mid-call");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        Arc::strong_count(&progress),
+        1,
+        "the run's progress logger ended with it"
+    );
+    // The next run on the same budget gets the permits back a window later.
+    let result = engine
+        .run(
+            request(&devices[20..], json!({"timeouts": {"invoke": "2m"}})),
+            None,
+            Arc::new(Progress::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&result, Outcome::Initiated), 40, "{:?}", result.summary);
 }
 
 #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ pub use envelope::queue_payload;
 mod envelope;
 mod setup;
 
-use crate::service::{AttestService, Delivery, Disposition, Trigger, WebhookRequest};
+use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger, WebhookRequest};
 pub use setup::{build_service, main};
 
 /// The output binding that receives result documents.
@@ -82,23 +82,29 @@ fn reply(outputs: Value, logs: Vec<String>) -> Response {
 /// the host retries (a queue message, up to its poison queue).
 fn encode(d: Disposition) -> Response {
     let doc = |v: String| json!({RESULT_BINDING: v});
+    // A document that cannot be encoded fails the invocation, so the host
+    // retries the message: nothing is acknowledged with `null`.
+    let text = |doc: Result<String, crate::core::encode::EncodeError>| doc.map_err(ServiceError::from);
     match d {
-        Disposition::Ran(result) => {
-            let log = format!(
-                "{}: {:?} {}",
-                result.correlation_id,
-                result.status,
-                json!(result.summary)
-            );
-            reply(doc(serde_json::to_string(&*result).unwrap_or_default()), vec![log])
-        }
+        Disposition::Ran(result) => match text(crate::core::encode::to_string(&*result)) {
+            Ok(body) => {
+                let log = format!(
+                    "{}: {:?} {}",
+                    result.correlation_id,
+                    result.status,
+                    json!(result.summary)
+                );
+                reply(doc(body), vec![log])
+            }
+            Err(e) => retry(&e),
+        },
+        Disposition::Rejected(r) => match text(crate::core::encode::to_string(&r)) {
+            Ok(body) => reply(doc(body), vec![format!("request refused: {}", r.message)]),
+            Err(e) => retry(&e),
+        },
         Disposition::Republished(kept) => {
             let log = format!("{}: republished", kept["correlation_id"]);
             reply(doc(kept.to_string()), vec![log])
-        }
-        Disposition::Rejected(r) => {
-            let log = format!("request refused: {}", r.message);
-            reply(doc(serde_json::to_string(&r).unwrap_or_default()), vec![log])
         }
         Disposition::Repeat { delivery_id } => {
             reply(json!({}), vec![format!("repeat delivery {delivery_id}; skipped")])
@@ -112,12 +118,17 @@ fn encode(d: Disposition) -> Response {
         Disposition::Deferred(d) => reply(json!({}), vec![json!(d).to_string()]),
         // Answered over HTTP (the webhook path); a queue cannot ask for it.
         Disposition::Status(doc) => reply(json!({}), vec![format!("status of {} device(s)", doc.summary.devices)]),
-        Disposition::Retry(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),
-        )
-            .into_response(),
+        Disposition::Retry(e) => retry(&e),
     }
+}
+
+/// A failed invocation: the host retries the message.
+fn retry(e: &ServiceError) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"Outputs": {}, "Logs": [format!("{}: {e}", e.error_type())], "ReturnValue": null})),
+    )
+        .into_response()
 }
 
 async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, body: axum::body::Bytes) -> Response {
@@ -139,7 +150,10 @@ async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, 
                 .unwrap_or(Value::Null);
             let payload = match queue_payload(&message) {
                 Value::String(s) => s.into_bytes(),
-                v => serde_json::to_vec(&v).unwrap_or_default(),
+                v => match crate::core::encode::to_string(&v) {
+                    Ok(text) => text.into_bytes(),
+                    Err(e) => return retry(&ServiceError::from(e)),
+                },
             };
             let mut delivery = Delivery::new(Trigger::AzureQueue, payload).deadline(deadline);
             delivery.delivery_id = metadata.get("Id").and_then(Value::as_str).map(str::to_owned);
@@ -163,7 +177,10 @@ async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, 
             let http = json!({"statusCode": answer.status, "headers": {"Content-Type": "application/json"}, "body": answer.body.to_string()});
             let mut outputs = json!({HTTP_BINDING: http});
             if let Some(result) = result {
-                outputs[RESULT_BINDING] = json!(serde_json::to_string(&*result).unwrap_or_default());
+                match crate::core::encode::to_string(&*result) {
+                    Ok(text) => outputs[RESULT_BINDING] = json!(text),
+                    Err(e) => return retry(&ServiceError::from(e)),
+                }
             }
             reply(outputs, vec![])
         }

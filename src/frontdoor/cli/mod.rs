@@ -13,11 +13,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod follow;
 mod progress;
 mod report;
 mod status;
 mod table;
-mod verify;
 
 pub use table::Output;
 
@@ -215,7 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if let Some(plan) = plan {
-                result.verdict = verify::follow(client, &result, plan, started, settings.engine.reads).await;
+                result.verdict = follow::follow(client, &result, plan, started, settings.engine.reads).await;
             }
             let doc = serde_json::to_string_pretty(&result)?;
             if let Some(path) = &result_file {

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// The trigger behind an event.
 #[derive(Debug, PartialEq)]
-pub enum Trigger<'a> {
+pub enum EventShape<'a> {
     /// An SQS batch: `Records[].eventSource == "aws:sqs"`.
     Sqs(&'a [Value]),
     /// A function URL / HTTP API v2 request: `version "2.0"`, `rawPath`,
@@ -20,27 +20,27 @@ pub enum Trigger<'a> {
 }
 
 /// Classifies an event.
-pub fn classify(event: &Value) -> Trigger<'_> {
+pub fn classify(event: &Value) -> EventShape<'_> {
     if let Some(records) = event.get("Records").and_then(Value::as_array)
         && !records.is_empty()
         && records
             .iter()
             .all(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:sqs"))
     {
-        return Trigger::Sqs(records);
+        return EventShape::Sqs(records);
     }
     if event.get("version").and_then(Value::as_str) == Some("2.0")
         && event.get("rawPath").is_some()
         && event.get("requestContext").and_then(|c| c.get("http")).is_some()
     {
-        return Trigger::Http;
+        return EventShape::Http;
     }
     if event.get("source").and_then(Value::as_str) == Some("aws.events")
         && event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
     {
-        return Trigger::ScheduleRule;
+        return EventShape::ScheduleRule;
     }
-    Trigger::Direct
+    EventShape::Direct
 }
 
 #[cfg(test)]
@@ -51,21 +51,21 @@ mod tests {
     #[test]
     fn each_shape_is_recognised_by_its_keys() {
         let sqs = json!({"Records": [{"messageId": "1", "eventSource": "aws:sqs", "body": "{}"}]});
-        assert!(matches!(classify(&sqs), Trigger::Sqs(r) if r.len() == 1));
+        assert!(matches!(classify(&sqs), EventShape::Sqs(r) if r.len() == 1));
         let http =
             json!({"version": "2.0", "rawPath": "/", "requestContext": {"http": {"method": "POST"}}, "body": ""});
-        assert_eq!(classify(&http), Trigger::Http);
+        assert_eq!(classify(&http), EventShape::Http);
         let rule =
             json!({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
-        assert_eq!(classify(&rule), Trigger::ScheduleRule);
-        assert_eq!(classify(&json!({"managed_device_ids": []})), Trigger::Direct);
+        assert_eq!(classify(&rule), EventShape::ScheduleRule);
+        assert_eq!(classify(&json!({"managed_device_ids": []})), EventShape::Direct);
         // Look-alikes are payloads, and payload validation refuses them.
         let mixed = json!({"Records": [{"eventSource": "aws:sqs"}, {"eventSource": "aws:s3"}]});
-        assert_eq!(classify(&mixed), Trigger::Direct);
-        assert_eq!(classify(&json!({"Records": []})), Trigger::Direct);
+        assert_eq!(classify(&mixed), EventShape::Direct);
+        assert_eq!(classify(&json!({"Records": []})), EventShape::Direct);
         assert_eq!(
             classify(&json!({"source": "aws.events", "detail-type": "Other"})),
-            Trigger::Direct
+            EventShape::Direct
         );
     }
 }

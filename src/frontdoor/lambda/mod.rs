@@ -22,9 +22,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::core::outcome::{RunResult, bounded_document};
-use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger as Via, WebhookRequest};
+use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger, WebhookRequest};
 
-pub use events::{Trigger, classify};
+pub use events::{EventShape, classify};
 
 use crate::service::signature::SIGNATURE_HEADER;
 
@@ -98,16 +98,19 @@ impl LambdaApp {
     /// Handles one event, whatever its trigger.
     pub async fn handle(&self, event: Value, ctx: InvocationContext) -> Result<Value, Diagnostic> {
         match classify(&event) {
-            Trigger::Sqs(records) => Ok(self.sqs(records, &ctx).await),
-            Trigger::Http => Ok(self.webhook(&event, &ctx).await),
-            Trigger::ScheduleRule => {
+            EventShape::Sqs(records) => Ok(self.sqs(records, &ctx).await),
+            EventShape::Http => Ok(self.webhook(&event, &ctx).await),
+            EventShape::ScheduleRule => {
                 let id = event.get("id").and_then(Value::as_str).unwrap_or(&ctx.request_id);
-                let d = self.service.sweep(Via::Schedule, id, ctx.deadline).await;
+                let d = self.service.sweep(Trigger::Schedule, id, ctx.deadline).await;
                 self.answer(d, brief)
             }
-            Trigger::Direct => {
-                let payload = serde_json::to_vec(&event).unwrap_or_default();
-                let delivery = Delivery::new(Via::Direct, payload)
+            EventShape::Direct => {
+                let payload = match crate::core::encode::to_string(&event) {
+                    Ok(text) => text.into_bytes(),
+                    Err(e) => return Err((&ServiceError::from(e)).into()),
+                };
+                let delivery = Delivery::new(Trigger::Direct, payload)
                     .id(ctx.request_id.clone())
                     .deadline(ctx.deadline);
                 let d = self.service.deliver(delivery).await;
@@ -128,7 +131,7 @@ impl LambdaApp {
         let doc = match d {
             Disposition::Ran(result) => {
                 self.observe(&result);
-                serde_json::to_value(&*result).unwrap_or_default()
+                crate::core::encode::to_value(&*result).map_err(|e| Diagnostic::from(&ServiceError::from(e)))?
             }
             Disposition::Republished(doc) => *doc,
             Disposition::Repeat { delivery_id } => return Ok(json!({"repeat": true, "delivery_id": delivery_id})),
@@ -138,7 +141,10 @@ impl LambdaApp {
             Disposition::Dispatched(d) => return Ok(json!(d)),
             Disposition::Checked(v) => return Ok(v.brief()),
             Disposition::Deferred(d) => return Ok(json!(d)),
-            Disposition::Status(doc) => return Ok(crate::service::bounded_status(&doc, MAX_STATUS_ANSWER)),
+            Disposition::Status(doc) => {
+                return crate::service::bounded_status(&doc, MAX_STATUS_ANSWER)
+                    .map_err(|e| Diagnostic::from(&ServiceError::from(e)));
+            }
             Disposition::Rejected(r) => return Err(diagnostic(&r.error_type, r.message)),
             Disposition::Retry(e) => return Err((&e).into()),
         };
@@ -163,7 +169,7 @@ impl LambdaApp {
             };
             let body = record.get("body").and_then(Value::as_str).unwrap_or_default();
             ids.push(id.to_owned());
-            deliveries.push(Delivery::new(Via::Sqs, body).id(id).deadline(ctx.deadline));
+            deliveries.push(Delivery::new(Trigger::Sqs, body).id(id).deadline(ctx.deadline));
         }
         let mut failures = Vec::new();
         for (id, d) in ids.into_iter().zip(self.service.deliver_batch(deliveries).await) {
@@ -187,7 +193,7 @@ impl LambdaApp {
             request_id: Some(ctx.request_id.clone()),
             deadline: ctx.deadline,
         };
-        let (answer, result) = self.service.webhook(req, Via::Webhook).await;
+        let (answer, result) = self.service.webhook(req, Trigger::Webhook).await;
         if let Some(result) = result {
             self.observe(&result);
         }

@@ -30,13 +30,16 @@ pub const FULL_STATUS_AT: &str = "read every device with `intune-attest status -
 
 /// A status document bounded for a channel of `max_bytes`: every device
 /// when it fits, else those whose attestation is not done, as many as fit.
-pub fn bounded_status(doc: &StatusDocument, max_bytes: usize) -> serde_json::Value {
-    crate::core::outcome::bounded_listing(
-        &serde_json::to_value(doc).unwrap_or_default(),
+pub fn bounded_status(
+    doc: &StatusDocument,
+    max_bytes: usize,
+) -> Result<serde_json::Value, crate::core::encode::EncodeError> {
+    Ok(crate::core::outcome::bounded_listing(
+        &crate::core::encode::to_value(doc)?,
         max_bytes,
         FULL_STATUS_AT,
         |d| d["action_state"] != "done",
-    )
+    ))
 }
 
 /// When reads for a host deadline must end: a reserve before it, or a
@@ -232,7 +235,7 @@ impl AttestService {
         let correlation_id = req.correlation_id.clone().unwrap_or_default();
         let max_delay = self.check_delay_limit()?;
         if let Arrival::Hop(delay) = ticket.arrival(SystemTime::now(), max_delay) {
-            let message = WorkMessage::new(req.to_payload().to_json(), &correlation_id).delayed(delay);
+            let message = WorkMessage::new(req.to_payload().to_json()?, &correlation_id).delayed(delay);
             self.send(vec![message], delivery.deadline).await?;
             tracing::info!(
                 check = ticket.number,
@@ -299,7 +302,7 @@ impl AttestService {
             status: doc,
         };
         if let Some(sink) = &self.sink {
-            let json = serde_json::to_value(&verdict).unwrap_or_default();
+            let json = crate::core::encode::to_value(&verdict)?;
             sink.publish_verdict(&json, deadline)
                 .await
                 .map_err(|e| ServiceError::ResultDeliveryFailed(format!("verdict of check {}: {e}", ticket.number)))?;

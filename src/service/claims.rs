@@ -1,0 +1,160 @@
+//! Delivery claims: a delivery runs once across every instance; a repeat is
+//! acknowledged or its kept result republished; a claim is given back when
+//! its run fails or is cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{AttestService, Disposition, ServiceError};
+use crate::state::{Claim, StateStore};
+
+/// How long a claim outlives the host's deadline: a claim whose instance died
+/// is taken over after it, and never while its run may still be going.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+/// A claim's lease when the host gives no deadline (Lambda's longest run).
+const LEASE_WITHOUT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+impl AttestService {
+    /// When a claim taken now runs out.
+    pub(super) fn lease_until(&self, deadline: Option<Instant>) -> std::time::SystemTime {
+        let left = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(LEASE_WITHOUT_DEADLINE);
+        std::time::SystemTime::now() + left + CLAIM_MARGIN
+    }
+
+    /// Claims `key` for this instance: `Ok(None)` to go ahead, or the
+    /// disposition of a delivery that must not run here (done before, or
+    /// held by another instance).
+    pub(super) async fn claim(
+        &self,
+        key: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Disposition>, ServiceError> {
+        let found = self
+            .store
+            .claim(key, &self.instance, self.lease_until(deadline))
+            .await?;
+        self.on_claim(key, found, deadline).await
+    }
+
+    pub(super) async fn on_claim(
+        &self,
+        key: &str,
+        found: Claim,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Disposition>, ServiceError> {
+        match found {
+            Claim::Claimed => Ok(None),
+            Claim::HeldElsewhere => Err(ServiceError::InProgress(format!(
+                "{key} is being handled by another instance"
+            ))),
+            Claim::Done { undelivered: None } => {
+                tracing::info!(key, "repeat of a completed delivery; skipped");
+                Ok(Some(Disposition::Repeat {
+                    delivery_id: key.split_once('#').map_or(key, |(_, id)| id).to_owned(),
+                }))
+            }
+            Claim::Done {
+                undelivered: Some(kept),
+            } => {
+                tracing::info!(
+                    key,
+                    "repeat of a run whose result was not delivered; publishing the kept result"
+                );
+                let doc: serde_json::Value = serde_json::from_str(&kept).map_err(|_| {
+                    ServiceError::StateUnavailable(crate::state::StoreError::unreadable(
+                        key,
+                        "the kept result is unreadable",
+                    ))
+                })?;
+                self.publish(&doc, deadline).await?;
+                self.finished(key, None).await;
+                Ok(Some(Disposition::Republished(Box::new(doc))))
+            }
+        }
+    }
+
+    /// Gives a claim back after a run that failed, so a retry runs at once;
+    /// a failure is logged (the claim then runs out with its lease).
+    pub(super) async fn give_back(&self, key: Option<&str>) {
+        if let Some(key) = key
+            && let Err(e) = self.store.release(key, &self.instance).await
+        {
+            tracing::warn!(error = %e, "a claim could not be given back; it runs out with its lease");
+        }
+    }
+
+    /// Marks a claimed key done. A failure is logged, not raised: the run
+    /// is over, and a repeat would at worst run again (the action is
+    /// idempotent).
+    pub(super) async fn finished(&self, key: &str, undelivered: Option<&str>) {
+        if let Err(e) = self.store.finish(key, &self.instance, undelivered).await {
+            tracing::warn!(key, error = %e, "a finished delivery could not be recorded");
+        }
+    }
+}
+
+/// Work to do if a request's future is dropped before it ends (its caller
+/// went away and the host cancelled it): give back what the request holds
+/// (a claim, a used webhook signature) so that the retry runs at once.
+/// Disarmed when the request ended on its own and settled what it held.
+pub(super) struct OnCancel(Option<Box<dyn FnOnce() -> crate::core::BoxFuture<'static, ()> + Send>>);
+
+impl OnCancel {
+    /// Runs `give_back` in a task of its own if dropped armed.
+    pub(super) fn new(give_back: impl FnOnce() -> crate::core::BoxFuture<'static, ()> + Send + 'static) -> Self {
+        Self(Some(Box::new(give_back)))
+    }
+
+    /// The request settled what it held: nothing to do on drop.
+    pub(super) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for OnCancel {
+    fn drop(&mut self) {
+        if let Some(give_back) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back());
+        }
+    }
+}
+
+impl AttestService {
+    /// Forgets a webhook's used signature if the request it admitted is
+    /// cancelled, so the caller's identical retry is not taken for a replay.
+    pub(super) fn forget_on_cancel(&self, replay_key: Option<&str>) -> OnCancel {
+        let store: Arc<dyn StateStore> = self.store.clone();
+        let key = replay_key.map(str::to_owned);
+        OnCancel::new(move || {
+            Box::pin(async move {
+                if let Some(key) = key
+                    && let Err(e) = store.forget(&key).await
+                {
+                    tracing::warn!(error = %e, "a cancelled webhook's signature could not be forgotten");
+                }
+            })
+        })
+    }
+
+    /// Gives claim `key` back if the request holding it is cancelled.
+    pub(super) fn release_on_cancel(&self, key: Option<&str>) -> OnCancel {
+        let store: Arc<dyn StateStore> = self.store.clone();
+        let owner = self.instance.clone();
+        let key = key.map(str::to_owned);
+        OnCancel::new(move || {
+            Box::pin(async move {
+                let Some(key) = key else { return };
+                tracing::warn!(key, "the request was cancelled; giving its claim back");
+                if let Err(e) = store.release(&key, &owner).await {
+                    tracing::warn!(error = %e, "a cancelled request's claim could not be given back; it runs out with its lease");
+                }
+            })
+        })
+    }
+}
