@@ -137,6 +137,9 @@ pub enum GatewayError {
     },
 }
 
+/// Graph's limit on requests in one `$batch`.
+pub const MAX_BATCH: usize = 20;
+
 /// Cumulative traffic counters of a gateway.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {

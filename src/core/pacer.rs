@@ -297,6 +297,48 @@ impl Pacer {
     }
 }
 
+/// Permits one call holds in a shared pacer. [`Permit::complete`] records
+/// the call's end; dropping the permit without it (the task panicked, or
+/// the run was cancelled and its tasks aborted) records the end as now,
+/// with no answer, so the permits run out one window later instead of
+/// never.
+pub struct Permit {
+    pacer: std::sync::Arc<std::sync::Mutex<Pacer>>,
+    grant: Option<Grant>,
+}
+
+impl Permit {
+    /// Holds `grant`, taken from `pacer`.
+    pub fn new(pacer: std::sync::Arc<std::sync::Mutex<Pacer>>, grant: Grant) -> Self {
+        Self {
+            pacer,
+            grant: Some(grant),
+        }
+    }
+
+    /// Records that the call ended at `now`; `answered` when an HTTP answer
+    /// came back.
+    pub fn complete(mut self, now: Instant, answered: bool) {
+        if let Some(grant) = self.grant.take() {
+            self.pacer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .complete(grant, now, answered);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(grant) = self.grant.take() {
+            self.pacer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .complete(grant, Instant::now(), false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,8 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::device::{DeviceId, DeviceKind, DeviceRef};
-use super::engine::MAX_BATCH;
-use super::gateway::{FailureKind, ItemAnswer};
-use super::pacer::{Pacer, PacerConfig};
+use super::gateway::{FailureKind, ItemAnswer, MAX_BATCH};
+use super::pacer::{Pacer, Permit};
 
 /// The status document's schema version.
 pub const STATUS_SCHEMA_VERSION: &str = "1";
@@ -214,17 +213,31 @@ impl StatusDocument {
     }
 }
 
-/// Reads the status of `devices`, at most `pacing.budget` reads a window,
-/// retrying what can be retried until `deadline`.
+/// How status reads are paced and retried: the tenant's read pacer, shared
+/// with every other read (validation, other checks), and the engine's retry
+/// policy, `Retry-After` included.
+#[derive(Clone)]
+pub struct ReadPolicy {
+    /// The read pacer.
+    pub pacer: Arc<std::sync::Mutex<Pacer>>,
+    /// Delays and attempts when Graph gives no `Retry-After`.
+    pub backoff: Backoff,
+    /// The longest `Retry-After` honoured as given.
+    pub max_retry_after: Duration,
+}
+
+/// Reads the status of `devices` under `policy`, retrying what can be
+/// retried until `deadline`.
 pub async fn read<G: StatusGateway>(
     gateway: Arc<G>,
     devices: &[DeviceRef],
     correlation_id: Option<String>,
-    pacing: PacerConfig,
+    policy: &ReadPolicy,
     deadline: Instant,
 ) -> StatusDocument {
-    let mut pacer = Pacer::new(pacing, Instant::now());
-    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10), 6);
+    let pacer = &policy.pacer;
+    let lock = || pacer.lock().unwrap_or_else(|p| p.into_inner());
+    let backoff = policy.backoff;
     let mut detail = true;
     let mut warnings = Vec::new();
     let mut out: Vec<Option<DeviceStatus>> = vec![None; devices.len()];
@@ -232,18 +245,43 @@ pub async fn read<G: StatusGateway>(
     while !todo.is_empty() {
         let n = todo.len().min(MAX_BATCH);
         let grant = loop {
-            match pacer.try_acquire(n as u32, Instant::now()) {
+            let asked = lock().try_acquire(n as u32, Instant::now());
+            match asked {
                 Ok(g) => break Some(g),
                 Err(at) if at < deadline => tokio::time::sleep_until(at).await,
                 Err(_) => break None,
             }
         };
         let Some(grant) = grant else { break };
+        let permit = Permit::new(pacer.clone(), grant);
         let batch: Vec<(usize, u32)> = todo.drain(..n).collect();
         let refs: Vec<DeviceRef> = batch.iter().map(|(i, _)| devices[*i]).collect();
         let asked_detail = detail;
         let answers = gateway.read_status(&refs, asked_detail, deadline).await;
-        pacer.complete(grant, Instant::now(), true);
+        let now = Instant::now();
+        let answered = answers.iter().any(|a| match a {
+            ItemAnswer::Ok { .. } => true,
+            ItemAnswer::Failed(f) => f.status.is_some(),
+        });
+        permit.complete(now, answered);
+        let accepted = answers.iter().filter(|a| matches!(a, ItemAnswer::Ok { .. })).count();
+        lock().on_accepted(now, accepted as u32);
+        // What Graph asked for: the longest `Retry-After` of this batch.
+        let retry_after = answers
+            .iter()
+            .filter_map(|a| match a {
+                ItemAnswer::Failed(f) if f.kind.is_retryable() => f.retry_after,
+                _ => None,
+            })
+            .max()
+            .map(|ra| ra.min(policy.max_retry_after));
+        let throttled = answers
+            .iter()
+            .any(|a| matches!(a, ItemAnswer::Failed(f) if f.kind == FailureKind::Throttled));
+        if throttled {
+            let pause = retry_after.unwrap_or(backoff.base);
+            lock().on_throttled(now, pause);
+        }
         let mut retry = Vec::new();
         for ((i, tries), answer) in batch.into_iter().zip(answers) {
             let d = devices[i];
@@ -295,7 +333,7 @@ pub async fn read<G: StatusGateway>(
             }
         }
         if let Some(tries) = retry.iter().map(|(_, t)| *t).max().filter(|t| *t > 0)
-            && !Backoff::sleep_within(backoff.delay(tries), Some(deadline)).await
+            && !Backoff::sleep_within(retry_after.unwrap_or_else(|| backoff.delay(tries)), Some(deadline)).await
         {
             for (i, _) in retry.drain(..) {
                 out[i] = Some(unread(devices[i], "Graph kept failing until the deadline".into()));
@@ -346,6 +384,93 @@ fn unread(d: DeviceRef, why: String) -> DeviceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::gateway::CallFailure;
+    use crate::core::pacer::PacerConfig;
+
+    /// Answers the first call with 429 and `Retry-After: 3`, then reads
+    /// every device; records when each call came.
+    struct Throttling {
+        calls: std::sync::Mutex<Vec<Instant>>,
+    }
+
+    impl StatusGateway for Throttling {
+        async fn read_status(&self, devices: &[DeviceRef], _: bool, _: Instant) -> Vec<ItemAnswer<StatusReport>> {
+            let first = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(Instant::now());
+                calls.len() == 1
+            };
+            devices
+                .iter()
+                .map(|_| {
+                    if first {
+                        ItemAnswer::Failed(CallFailure {
+                            kind: FailureKind::Throttled,
+                            status: Some(429),
+                            code: Some("TooManyRequests".into()),
+                            message: None,
+                            request_id: None,
+                            retry_after: Some(Duration::from_secs(3)),
+                        })
+                    } else {
+                        ItemAnswer::Ok {
+                            value: StatusReport {
+                                action: Some((ActionState::Done, None, None)),
+                                attestation: None,
+                            },
+                            status: 200,
+                            request_id: None,
+                        }
+                    }
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_reads_share_the_read_pacer_and_honour_retry_after() {
+        let pacer = Arc::new(std::sync::Mutex::new(Pacer::new(
+            PacerConfig::new(1000, Duration::from_secs(20)),
+            Instant::now(),
+        )));
+        let policy = ReadPolicy {
+            pacer: pacer.clone(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1), 6),
+            max_retry_after: Duration::from_secs(60),
+        };
+        let gateway = Arc::new(Throttling {
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        let devices: Vec<DeviceRef> = (0..5)
+            .map(|i| DeviceRef {
+                id: DeviceId::parse(&format!("00000000-0000-0000-0000-{i:012x}")).unwrap(),
+                kind: DeviceKind::Managed,
+            })
+            .collect();
+        let doc = read(
+            gateway.clone(),
+            &devices,
+            None,
+            &policy,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(doc.summary.unread, 0, "{:?}", doc.devices);
+        let calls = gateway.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2);
+        assert!(
+            calls[1] - calls[0] >= Duration::from_secs(3),
+            "retried {:?} after a Retry-After of 3 s",
+            calls[1] - calls[0]
+        );
+        // The reads were counted in the pacer given, which the 429 paused.
+        let mut p = pacer.lock().unwrap();
+        assert!(p.in_window() >= 10, "{} permits held", p.in_window());
+        assert!(
+            p.try_acquire(1, calls[0] + Duration::from_secs(1)).is_err(),
+            "the 429 paused the shared pacer"
+        );
+    }
 
     #[test]
     fn graph_values_map_to_the_documents_words() {

@@ -115,14 +115,9 @@ impl AttestService {
         until: Instant,
         what: &str,
     ) -> Result<StatusDocument, ServiceError> {
-        let doc = status::read(
-            client,
-            devices,
-            req.correlation_id.clone(),
-            self.settings.engine.reads,
-            until,
-        )
-        .await;
+        let tenant = self.tenant(req.tenant.as_deref())?;
+        let policy = tenant.pacers.read_policy(&self.settings.engine);
+        let doc = status::read(client, devices, req.correlation_id.clone(), &policy, until).await;
         if !devices.is_empty() && doc.summary.unread == devices.len() {
             return Err(ServiceError::GraphUnavailable(format!(
                 "no device of {what} could be read"

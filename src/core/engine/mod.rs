@@ -20,14 +20,12 @@ use super::device::DeviceRef;
 use super::eligibility::{self, Eligibility, ReasonCode};
 use super::gateway::{CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, ItemAnswer};
 use super::outcome::{DeviceResult, Outcome, RunOptions, RunRecord, RunResult, RunStats, Timeouts};
-use super::pacer::{Pacer, PacerConfig};
+use super::pacer::{Pacer, PacerConfig, Permit};
 use super::progress::Progress;
 use super::request::AttestationRequest;
-use permit::{AbortOnDrop, Permit};
 use stage::{Joined, Launch, StageState, recv_or_pending};
 
-/// Graph's limit on requests in one `$batch`.
-pub const MAX_BATCH: usize = 20;
+pub use super::gateway::MAX_BATCH;
 
 /// The hint given with every `forbidden` outcome.
 pub const FORBIDDEN_HINT: &str = "the app registration lacks a Graph permission: grant \
@@ -111,6 +109,16 @@ pub struct Pacers {
 }
 
 impl Pacers {
+    /// How status reads draw on these pacers' read budget, with `cfg`'s
+    /// retry policy.
+    pub fn read_policy(&self, cfg: &EngineConfig) -> super::status::ReadPolicy {
+        super::status::ReadPolicy {
+            pacer: self.read.clone(),
+            backoff: cfg.backoff,
+            max_retry_after: cfg.max_retry_after,
+        }
+    }
+
     /// Fresh pacers for `cfg`.
     pub fn new(cfg: &EngineConfig) -> Self {
         let now = Instant::now();
@@ -745,6 +753,15 @@ fn log_finished(result: &RunResult) {
     );
 }
 
+/// A task that lives no longer than its owner: aborted on drop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -765,7 +782,6 @@ fn spawn_progress_log(progress: Arc<Progress>, every: Duration, correlation_id: 
     })
 }
 
-mod permit;
 mod stage;
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,7 @@ use tokio::time::Instant;
 
 use crate::core::duration::rfc3339;
 use crate::core::outcome::RunResult;
-use crate::core::pacer::PacerConfig;
-use crate::core::status::{self, StatusDocument, StatusGateway};
+use crate::core::status::{self, ReadPolicy, StatusDocument, StatusGateway};
 use crate::core::verify::{CheckTicket, VerifyPlan};
 
 /// The longest one check's reads may take.
@@ -24,7 +23,7 @@ pub(super) async fn follow<G: StatusGateway>(
     result: &RunResult,
     plan: VerifyPlan,
     started: SystemTime,
-    reads: PacerConfig,
+    reads: &ReadPolicy,
 ) -> Option<StatusDocument> {
     let devices = result.initiated_devices();
     if devices.is_empty() {

@@ -193,7 +193,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let creds = AppCredentials::from_env(env)?;
             let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
             let client = Arc::new(client);
-            let engine = Engine::new(client.clone(), settings.engine.clone());
+            // One read budget for the run's validation and its verdict's reads.
+            let pacers = crate::core::engine::Pacers::new(&settings.engine);
+            let engine = Engine::with_pacers(client.clone(), settings.engine.clone(), pacers.clone());
             let plan = req.verify;
             let started = std::time::SystemTime::now();
             let progress = Arc::new(Progress::new());
@@ -215,7 +217,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if let Some(plan) = plan {
-                result.verdict = follow::follow(client, &result, plan, started, settings.engine.reads).await;
+                result.verdict =
+                    follow::follow(client, &result, plan, started, &pacers.read_policy(&settings.engine)).await;
             }
             let doc = serde_json::to_string_pretty(&result)?;
             if let Some(path) = &result_file {

@@ -90,7 +90,8 @@ pub(super) async fn run(
         };
         devices = crate::core::device::with_selected(&devices, selected).0;
     }
-    let doc = status::read(client, &devices, correlation_id, settings.engine.reads, deadline).await;
+    let policy = crate::core::engine::Pacers::new(&settings.engine).read_policy(&settings.engine);
+    let doc = status::read(client, &devices, correlation_id, &policy, deadline).await;
     let json = serde_json::to_string_pretty(&doc)?;
     if let Some(path) = status_file {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
