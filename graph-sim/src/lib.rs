@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use fleet::{FleetSpec, SimDevice, generate, guid};
-pub use throttle::Limits;
+pub use throttle::{Limits, Windows};
 
 /// How `Retry-After` is written on 429 answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,8 @@ pub struct SimConfig {
     pub window: Duration,
     /// Whether throttled requests still count against the window.
     pub count_rejected: bool,
+    /// Sliding or fixed windows.
+    pub windows: Windows,
     /// `Retry-After` form on 429s.
     pub retry_after: RetryAfterForm,
     /// Lifetime of issued tokens.
@@ -156,6 +158,7 @@ impl Default for SimConfig {
             limits: Some(Limits::default()),
             window: Duration::from_secs(20),
             count_rejected: true,
+            windows: Windows::Sliding,
             retry_after: RetryAfterForm::Decimal,
             token_lifetime: Duration::from_secs(3599),
             token_expires_in: None,

@@ -26,6 +26,10 @@ struct Args {
     /// Throttling window in milliseconds (Intune's is 20000; 2000 runs ten times faster).
     #[arg(long, default_value_t = 20_000)]
     window_ms: u64,
+    /// How windows are counted: `sliding` (any interval of one window) or
+    /// `fixed` (the count resets at each window boundary).
+    #[arg(long, default_value = "sliding")]
+    windows: String,
     /// Writes allowed per window for one app (Intune: 200).
     #[arg(long, default_value_t = 200)]
     app_writes: usize,
@@ -73,6 +77,11 @@ async fn main() -> anyhow::Result<()> {
             ..FleetSpec::default()
         },
         window: Duration::from_millis(args.window_ms),
+        windows: match args.windows.as_str() {
+            "sliding" => graph_sim::Windows::Sliding,
+            "fixed" => graph_sim::Windows::Fixed,
+            other => anyhow::bail!("--windows takes sliding or fixed, not {other:?}"),
+        },
         action_delay: Duration::from_millis(args.action_delay_ms),
         retry_after,
         faults: Faults {

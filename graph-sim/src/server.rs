@@ -291,12 +291,18 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let write = method != "GET";
-    let (limits, window, count_rejected) = {
+    let (limits, window, count_rejected, windows) = {
         let cfg = lock(&state.cfg);
-        (cfg.limits, cfg.window, cfg.count_rejected)
+        (cfg.limits, cfg.window, cfg.count_rejected, cfg.windows)
     };
     if let Some(limits) = limits {
-        let wait = lock(&state.throttle).admit(app, write, &limits, window, Instant::now(), count_rejected);
+        let counting = crate::throttle::Counting {
+            limits,
+            window,
+            count_rejected,
+            windows,
+        };
+        let wait = lock(&state.throttle).admit(app, write, &counting, Instant::now());
         if let Some(wait) = wait {
             {
                 let mut s = lock(&state.stats);

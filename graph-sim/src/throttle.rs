@@ -1,5 +1,7 @@
-//! Intune's throttling windows: sliding windows per app and per tenant, for
-//! writes and for all requests.
+//! Intune's throttling windows per app and per tenant, for writes and for
+//! all requests: sliding (every interval of one window length holds at most
+//! the limit) or fixed (the count resets at each window boundary, as many
+//! clients' test fakes count).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -30,46 +32,86 @@ impl Default for Limits {
     }
 }
 
+/// How requests are counted against a limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Windows {
+    /// No interval one window long holds more than the limit.
+    #[default]
+    Sliding,
+    /// Windows start at fixed boundaries (from the first request); the
+    /// count resets at each.
+    Fixed,
+}
+
 #[derive(Default)]
 struct Log(VecDeque<Instant>);
 
 impl Log {
-    fn trim(&mut self, now: Instant, window: Duration) {
-        while self
-            .0
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
-        {
+    fn trim(&mut self, now: Instant, window: Duration, fixed: Option<Instant>) {
+        let start = match fixed {
+            Some(epoch) => window_start(epoch, now, window),
+            None => now.checked_sub(window).unwrap_or(now),
+        };
+        let keep = |t: &Instant| match fixed {
+            Some(_) => *t >= start,
+            None => now.saturating_duration_since(*t) < window,
+        };
+        while self.0.front().is_some_and(|t| !keep(t)) {
             self.0.pop_front();
         }
     }
-    fn wait(&self, limit: usize, now: Instant, window: Duration) -> Option<Duration> {
-        (self.0.len() >= limit).then(|| {
-            let idx = self.0.len() - limit;
-            (self.0[idx] + window).saturating_duration_since(now)
+    fn wait(&self, limit: usize, now: Instant, window: Duration, fixed: Option<Instant>) -> Option<Duration> {
+        (self.0.len() >= limit).then(|| match fixed {
+            Some(epoch) => (window_start(epoch, now, window) + window).saturating_duration_since(now),
+            None => {
+                let idx = self.0.len() - limit;
+                (self.0[idx] + window).saturating_duration_since(now)
+            }
         })
     }
+}
+
+/// The start of the fixed window holding `now`.
+fn window_start(epoch: Instant, now: Instant, window: Duration) -> Instant {
+    let nanos = window.as_nanos().max(1);
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    epoch + Duration::from_nanos(((since / nanos) * nanos) as u64)
+}
+
+/// How one request is counted.
+#[derive(Clone, Copy, Debug)]
+pub struct Counting {
+    /// The limits per window.
+    pub limits: Limits,
+    /// The window.
+    pub window: Duration,
+    /// Whether throttled requests count too (Graph's do).
+    pub count_rejected: bool,
+    /// Sliding or fixed windows.
+    pub windows: Windows,
 }
 
 /// The throttling state of one simulated tenant.
 #[derive(Default)]
 pub struct Throttle {
     logs: HashMap<(String, &'static str), Log>,
+    /// The first request: where fixed windows start.
+    epoch: Option<Instant>,
 }
 
 impl Throttle {
     /// Counts one request; returns how long to wait if it is over a limit.
     /// Rejected requests are counted too, as Graph keeps counting while a
     /// client is throttled.
-    pub fn admit(
-        &mut self,
-        app: &str,
-        write: bool,
-        limits: &Limits,
-        window: Duration,
-        now: Instant,
-        count_rejected: bool,
-    ) -> Option<Duration> {
+    pub fn admit(&mut self, app: &str, write: bool, counting: &Counting, now: Instant) -> Option<Duration> {
+        let Counting {
+            ref limits,
+            window,
+            count_rejected,
+            windows,
+        } = *counting;
+        let epoch = *self.epoch.get_or_insert(now);
+        let fixed = (windows == Windows::Fixed).then_some(epoch);
         let mut checks: Vec<((String, &'static str), usize)> = vec![
             ((app.to_owned(), "any"), limits.app_any),
             ((String::new(), "any"), limits.tenant_any),
@@ -81,8 +123,8 @@ impl Throttle {
         let mut wait: Option<Duration> = None;
         for (key, limit) in &checks {
             let log = self.logs.entry(key.clone()).or_default();
-            log.trim(now, window);
-            if let Some(w) = log.wait(*limit, now, window) {
+            log.trim(now, window, fixed);
+            if let Some(w) = log.wait(*limit, now, window, fixed) {
                 wait = Some(wait.map_or(w, |x| x.max(w)));
             }
         }
@@ -92,5 +134,43 @@ impl Throttle {
             }
         }
         wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(t: &mut Throttle, app: &str, at: Instant, windows: Windows) -> bool {
+        let limits = Limits {
+            app_writes: 3,
+            ..Limits::default()
+        };
+        let counting = Counting {
+            limits,
+            window: Duration::from_secs(1),
+            count_rejected: false,
+            windows,
+        };
+        t.admit(app, true, &counting, at).is_none()
+    }
+
+    #[test]
+    fn fixed_windows_reset_at_their_boundary_and_sliding_ones_do_not() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        for windows in [Windows::Sliding, Windows::Fixed] {
+            let mut t = Throttle::default();
+            // Another app's request starts the first window; three writes
+            // late in it fill the app's limit, then one comes just after the
+            // boundary.
+            assert!(admitted(&mut t, "other", ms(0), windows));
+            for at in [600, 900, 950, 990] {
+                let ok = admitted(&mut t, "app", ms(at), windows);
+                assert_eq!(ok, at != 990, "{windows:?} at {at} ms");
+            }
+            let after = admitted(&mut t, "app", ms(1_010), windows);
+            assert_eq!(after, windows == Windows::Fixed, "{windows:?} just after the boundary");
+        }
     }
 }

@@ -217,6 +217,15 @@ impl BudgetState {
         self.grant_from(ask, now, ms(ask.not_before), holder, rules)
     }
 
+    /// Ends lease `id` at `until` when that is earlier: its call's answer
+    /// came, so Graph counted the call no later than the answer. Never
+    /// before the lease's start.
+    pub(crate) fn trim(&mut self, id: &str, until: u64) {
+        if let Some(l) = self.leases.iter_mut().find(|l| l.id == id) {
+            l.until = l.until.min(until).max(l.start);
+        }
+    }
+
     pub(crate) fn on_throttled(&mut self, now: u64, pause_until: u64, rules: &BudgetRules) {
         self.prune(now, rules);
         self.paused_until = self.paused_until.max(pause_until);
@@ -304,6 +313,29 @@ mod tests {
                 .sum();
             assert!(held <= 190, "{held} permits held at {at}");
         }
+    }
+
+    #[test]
+    fn a_trimmed_lease_frees_its_permits_earlier_and_never_before_it_started() {
+        let r = rules();
+        let mut s = BudgetState::default();
+        let t = 1_000_000;
+        let whole = s.grant(&ask(190, t), t, "a", &r).unwrap();
+        let skew = r.skew.as_millis() as u64;
+        assert_eq!(
+            s.grant(&ask(19, t + 60_000), t, "b", &r).unwrap().start_ms,
+            whole.until_ms + skew
+        );
+        s.trim(&whole.id, t + 5_000);
+        assert_eq!(
+            s.grant(&ask(19, t + 60_000), t, "b", &r).unwrap().start_ms,
+            t + 5_000 + skew
+        );
+        // A later end, or one before the start, changes nothing unsafe.
+        s.trim(&whole.id, t + 50_000);
+        assert_eq!(s.leases[0].until, t + 5_000);
+        s.trim(&whole.id, 0);
+        assert_eq!(s.leases[0].until, t);
     }
 
     #[test]

@@ -116,6 +116,16 @@ impl Shared {
         deadline.checked_sub(graph * 2).unwrap_or_else(Instant::now)
     }
 
+    /// The smallest recent round trip, trusted once five are known and
+    /// never more than a quarter window (as the local pacer has it).
+    fn min_rtt(&self, rules: &BudgetRules) -> Duration {
+        let samples = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() < 5 {
+            return Duration::ZERO;
+        }
+        samples.iter().copied().min().unwrap_or_default().min(rules.window / 4)
+    }
+
     fn record_rtt(&self, rtt: Duration) {
         remember(&self.rtts, rtt);
     }
@@ -267,6 +277,13 @@ impl Shared {
         });
         if answered {
             self.record_rtt(sent.elapsed());
+            // The local pacer's rule: Graph counted the call no later than
+            // a round trip before the answer, so it holds one window from
+            // then. A read lease serves several calls and is not trimmed.
+            if std::ptr::eq(which, &self.writes) {
+                let until = SystemTime::now() + which.rules.window.saturating_sub(self.min_rtt(&which.rules));
+                self.budget.trim(&which.key, lease, until);
+            }
         }
         let needed = SystemTime::now() + which.rules.window;
         if crate::state::epoch_ms(needed) > lease.until_ms

@@ -56,6 +56,11 @@ pub trait SharedBudget: Send + Sync {
         pause_until: SystemTime,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Ends a lease earlier once its call's answer came (see
+    /// [`BudgetState`]'s rule); applied with this instance's next write of
+    /// the budget, so it costs no table request of its own.
+    fn trim(&self, key: &str, lease: &Lease, until: SystemTime);
+
     /// Table requests made so far.
     fn requests(&self) -> u64;
 }
@@ -69,6 +74,8 @@ pub struct DynamoBudget {
     requests: AtomicU64,
     /// Reads of an item that could not be decoded.
     unreadable: AtomicU64,
+    /// Trims of this instance's leases not yet written, per key.
+    trims: Mutex<HashMap<String, Vec<(String, u64)>>>,
     /// Names this instance in its leases.
     holder: String,
 }
@@ -82,6 +89,7 @@ impl DynamoBudget {
             cache: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
+            trims: Mutex::new(HashMap::new()),
             holder: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -224,6 +232,17 @@ impl DynamoBudget {
         };
         for _ in 0..16 {
             let mut next = state.clone();
+            // This instance's trims ride along with the write.
+            let trims = self
+                .trims
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .cloned()
+                .unwrap_or_default();
+            for (id, until) in &trims {
+                next.trim(id, *until);
+            }
             let Some(out) = change(&mut next) else {
                 self.remember(key, version, state);
                 return Ok(None);
@@ -231,6 +250,9 @@ impl DynamoBudget {
             match self.write(key, version, &next).await? {
                 Ok(()) => {
                     self.remember(key, version + 1, next);
+                    if let Some(pending) = self.trims.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key) {
+                        pending.retain(|t| !trims.contains(t));
+                    }
                     return Ok(Some(out));
                 }
                 Err((v, s)) => (version, state) = (v, s),
@@ -321,6 +343,18 @@ impl SharedBudget for DynamoBudget {
             .await?;
             Ok(())
         })
+    }
+
+    fn trim(&self, key: &str, lease: &Lease, until: SystemTime) {
+        let until = ms(until);
+        if until < lease.until_ms {
+            let mut trims = self.trims.lock().unwrap_or_else(|p| p.into_inner());
+            let pending = trims.entry(key.to_owned()).or_default();
+            // Past leases need no trim; keep the list short.
+            let now = ms(SystemTime::now());
+            pending.retain(|(_, u)| *u + 60_000 > now);
+            pending.push((lease.id.clone(), until));
+        }
     }
 
     fn requests(&self) -> u64 {

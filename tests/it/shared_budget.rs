@@ -589,3 +589,64 @@ async fn no_lease_starts_too_late_for_its_answer_to_come_before_the_cutoff() {
     assert!(matches!(&answers[..], [ItemAnswer::Ok { .. }]));
     assert_eq!(inner.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// One instance attesting `devices` at x10 time (2 s windows, and Graph's
+/// usual 80-250 ms latency scaled alike, as the throughput benchmark has
+/// it) against a simulator counting `windows` as given: with the shared
+/// state table (`shared`) or pacing alone.
+/// Mean writes per full window, the most in any sliding window, 429s and
+/// table requests per device.
+async fn one_instance_run(devices: usize, shared: bool, windows: graph_sim::Windows) -> (f64, usize, u64, f64) {
+    let window = Duration::from_secs(2);
+    let mut cfg = attestable_fleet(devices);
+    cfg.window = window;
+    cfg.windows = windows;
+    cfg.faults.latency_ms = (8, 25);
+    let w = world(cfg).await;
+    let table = w.aws.state_table(&format!("one-{shared}-{windows:?}")).await;
+    let budget = std::sync::Arc::new(DynamoBudget::new(w.aws.dynamodb.clone(), table.clone()));
+    let app = w.app(AppOptions {
+        state_table: shared.then(|| table.clone()),
+        budget: shared.then(|| budget.clone() as std::sync::Arc<dyn SharedBudget>),
+        extra_env: vec![("ATTEST_THROTTLE_WINDOW", "2000ms")],
+        ..Default::default()
+    });
+    for answer in run_apps(&w, std::slice::from_ref(&app), devices, false).await {
+        assert_eq!(answer["summary"]["initiated"], devices, "{answer}");
+    }
+    let per_window: Vec<usize> = w.sim.writes_per_window(window).into_iter().filter(|&n| n > 0).collect();
+    let inner = &per_window[1..per_window.len().saturating_sub(1).max(1)];
+    let mean = inner.iter().sum::<usize>() as f64 / inner.len().max(1) as f64;
+    (
+        mean,
+        w.sim.max_writes_in_any_window(window),
+        w.sim.stats().throttled_writes,
+        budget.requests() as f64 / devices as f64,
+    )
+}
+
+/// One instance with the shared store against one pacing alone, on fixed
+/// and sliding windows (the benchmark rows in BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo test --test it -- --ignored --nocapture one_instance_scenario"]
+async fn one_instance_scenario() {
+    println!(
+        "| one instance, x10 time | windows | writes per window (mean of full windows) | % of the budget | most in any sliding window | 429s | table requests per device |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for windows in [graph_sim::Windows::Fixed, graph_sim::Windows::Sliding] {
+        for shared in [false, true] {
+            let (mean, most, throttled, per_device) = one_instance_run(3000, shared, windows).await;
+            let name = if shared {
+                "shared state table"
+            } else {
+                "in-process pacer"
+            };
+            println!(
+                "| {name} | {windows:?} | {mean:.1} | {:.1}% | {most} | {throttled} | {per_device:.3} |",
+                mean * 100.0 / BUDGET as f64
+            );
+            assert!(most <= BUDGET, "{most} writes in one window");
+        }
+    }
+}
