@@ -6,13 +6,14 @@
 //! branches (later branches qualify). Read from the device's own report in
 //! the validation GET; a device found ineligible costs no write.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::gateway::{DeviceInfo, TpmReport};
 
 /// Why a device ended as it did, for machines (the `reason` is for people).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// [`ReasonCode::as_str`] is the one source of its name: the JSON documents,
+/// the table and the docs use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReasonCode {
     /// Graph has no such device.
     NotFound,
@@ -34,7 +35,19 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    /// The snake_case name used in the result document.
+    /// Every reason code, in the order the docs list them.
+    pub const ALL: [ReasonCode; 8] = [
+        ReasonCode::NotFound,
+        ReasonCode::NotWindows,
+        ReasonCode::NoTpm,
+        ReasonCode::TpmBelow20,
+        ReasonCode::VirtualMachine,
+        ReasonCode::CloudPc,
+        ReasonCode::OsBuildTooOld,
+        ReasonCode::TpmUnknown,
+    ];
+
+    /// The name used in every document and view.
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonCode::NotFound => "not_found",
@@ -46,6 +59,12 @@ impl ReasonCode {
             ReasonCode::OsBuildTooOld => "os_build_too_old",
             ReasonCode::TpmUnknown => "tpm_unknown",
         }
+    }
+}
+
+impl Serialize for ReasonCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -193,6 +212,15 @@ mod tests {
             Eligibility::Eligible => None,
             Eligibility::Unconfirmed(c, _) | Eligibility::Ineligible(c, _) => Some(c),
         }
+    }
+
+    #[test]
+    fn the_json_name_is_the_one_as_str_gives() {
+        for code in ReasonCode::ALL {
+            let json = serde_json::to_value(code).unwrap_or_default();
+            assert_eq!(json.as_str(), Some(code.as_str()), "{code:?}");
+        }
+        assert_eq!(ReasonCode::TpmBelow20.as_str(), "tpm_below_2_0");
     }
 
     #[test]

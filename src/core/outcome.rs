@@ -1,7 +1,7 @@
 //! What happened: one outcome per device, the run's status, and the result
 //! document (a public contract, described by `schema/result.schema.json`).
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::device::{DeviceId, DeviceKind};
 pub use super::eligibility::ReasonCode;
@@ -9,9 +9,9 @@ pub use super::eligibility::ReasonCode;
 /// The result document's schema version. Bump on any breaking change.
 pub const SCHEMA_VERSION: &str = "1";
 
-/// What finally happened to one device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What finally happened to one device ([`Outcome::as_str`] names it in
+/// every document and view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Graph accepted the request; the device will report later.
     Initiated,
@@ -69,6 +69,12 @@ impl Outcome {
             Outcome::Continued => "continued",
             Outcome::WouldInitiate => "would_initiate",
         }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
