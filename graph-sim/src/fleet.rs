@@ -27,6 +27,17 @@ pub struct SimDevice {
     /// `lastSyncDateTime` (the fleet synced over the four weeks to
     /// 2026-11-28, one device a day in turn).
     pub last_sync: String,
+    /// `enrolledDateTime` (enrolled over the twelve months of 2025).
+    pub enrolled: String,
+    /// `deviceCategoryDisplayName`: `Lab`, `Office` or `Unknown`, in turn.
+    pub category: &'static str,
+    /// `jailBroken` (`Unknown` on Windows, `False` elsewhere; every
+    /// thirtieth non-Windows device `True`).
+    pub jailbroken: &'static str,
+    /// `complianceState`: `compliant`, every fifth `noncompliant`.
+    pub compliance: &'static str,
+    /// `userPrincipalName`: one of ten users, `user<n>@contoso.com`.
+    pub user: String,
 }
 
 impl SimDevice {
@@ -57,6 +68,11 @@ impl SimDevice {
             "manufacturer": self.manufacturer,
             "deviceType": self.device_type,
             "lastSyncDateTime": self.last_sync,
+            "enrolledDateTime": self.enrolled,
+            "deviceCategoryDisplayName": self.category,
+            "jailBroken": self.jailbroken,
+            "complianceState": self.compliance,
+            "userPrincipalName": self.user,
             "hardwareInformation": hardware,
         })
     }
@@ -204,6 +220,15 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
                 manufacturer,
                 device_type,
                 last_sync: format!("2026-11-{:02}T{:02}:00:00Z", i % 28 + 1, i % 24),
+                enrolled: format!("2025-{:02}-{:02}T08:30:00.1234567Z", i % 12 + 1, i % 27 + 1),
+                category: ["Lab", "Office", "Unknown"][i % 3],
+                jailbroken: match (os, i % 30) {
+                    ("Windows", _) => "Unknown",
+                    (_, 0) => "True",
+                    _ => "False",
+                },
+                compliance: if i % 5 == 0 { "noncompliant" } else { "compliant" },
+                user: format!("user{}@contoso.com", i % 10),
             }
         })
         .collect()

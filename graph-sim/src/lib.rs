@@ -91,6 +91,31 @@ pub struct Faults {
     pub token_invalid_client: bool,
 }
 
+/// The `managedDevice` properties Graph's generated model documentation
+/// says `$filter` supports, and `operatingSystem` (in Microsoft's examples).
+pub const DOCUMENTED_FILTER_PROPERTIES: [&str; 6] = [
+    "deviceName",
+    "deviceCategoryDisplayName",
+    "jailBroken",
+    "enrolledDateTime",
+    "lastSyncDateTime",
+    "operatingSystem",
+];
+
+/// How the device list treats `$filter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FilterSupport {
+    /// As users report Graph does: a `$filter` that names a property
+    /// outside [`DOCUMENTED_FILTER_PROPERTIES`] is silently ignored (every
+    /// device comes back); one on those properties only is applied.
+    #[default]
+    Documented,
+    /// Every `$filter` is applied, whatever it names.
+    Strict,
+    /// Every `$filter` is silently ignored (the worst a client must survive).
+    Ignored,
+}
+
 /// Everything about a simulated tenant.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -112,6 +137,8 @@ pub struct SimConfig {
     pub token_lifetime: Duration,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
+    /// How the device list treats `$filter`.
+    pub filter_support: FilterSupport,
     /// How long an accepted attestation takes to finish (`pending` for the
     /// first third, then `active`, then `done`, or `failed` / `notSupported`
     /// for devices that cannot attest).
@@ -156,6 +183,7 @@ impl Default for SimConfig {
             retry_after: RetryAfterForm::Decimal,
             token_lifetime: Duration::from_secs(3599),
             max_page: 1000,
+            filter_support: FilterSupport::default(),
             action_delay: Duration::from_secs(3),
             refuse_attestation_detail: false,
             platform_error_message: PLATFORM_ERROR_MESSAGE.to_string(),

@@ -490,7 +490,19 @@ fn list(state: &State, query: &str) -> Answer {
         },
         None => None,
     };
-    let max_page = lock(&state.cfg).max_page;
+    let (max_page, support) = {
+        let cfg = lock(&state.cfg);
+        (cfg.max_page, cfg.filter_support)
+    };
+    let filter = filter.filter(|f| match support {
+        crate::FilterSupport::Strict => true,
+        crate::FilterSupport::Ignored => false,
+        crate::FilterSupport::Documented => crate::odata::properties(f).iter().all(|p| {
+            crate::DOCUMENTED_FILTER_PROPERTIES
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(p))
+        }),
+    });
     let top = query_param(query, "$top")
         .and_then(|t| t.parse::<usize>().ok())
         .unwrap_or(100)

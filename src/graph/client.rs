@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use crate::core::backoff::Backoff;
 use crate::core::device::{DeviceId, DeviceRef};
-use crate::core::filter::DeviceFilter;
+use crate::core::filter::{DeviceFilter, Listed};
 use crate::core::gateway::{
-    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer, TpmReport,
+    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer, Listing, TpmReport,
 };
 use crate::core::status::{ActionState, AttestationStatus, StatusGateway, StatusReport};
 use crate::core::text::bounded;
@@ -401,6 +401,17 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
     }
 }
 
+/// A listed property's value as text, for the client-side filter check
+/// (`None` when absent or null).
+fn listed_value(item: &Value, name: &str) -> Option<String> {
+    match item.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 fn status_report(body: Option<&Value>) -> StatusReport {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(|s| bounded(s, 64));
     let action = body
@@ -469,23 +480,39 @@ impl DeviceGateway for GraphClient {
         filter: &DeviceFilter,
         limit: usize,
         deadline: Instant,
-    ) -> Result<Vec<DeviceId>, GatewayError> {
+    ) -> Result<Listing, GatewayError> {
         let mut url = Url::parse(&format!("{}/deviceManagement/managedDevices", self.beta))
             .map_err(|e| GatewayError::Refused(format!("bad Graph URL: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("$filter", &filter.to_string())
-            .append_pair("$select", "id,operatingSystem")
-            .append_pair("$top", &self.cfg.page_size.to_string());
-        let mut ids = Vec::new();
+        let mut select = vec!["id", "deviceName", "operatingSystem"];
+        for p in filter.properties() {
+            if !select.contains(&p) {
+                select.push(p);
+            }
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(sent) = filter.graph_filter() {
+                query.append_pair("$filter", &sent);
+            }
+            query
+                .append_pair("$select", &select.join(","))
+                .append_pair("$top", &self.cfg.page_size.to_string());
+        }
+        let mut listing = Listing::default();
         let mut next = Some(url);
         while let Some(page_url) = next.take() {
             let page = self.get_page(&page_url, deadline).await?;
             for item in page.get("value").and_then(Value::as_array).into_iter().flatten() {
-                match item.get("id").and_then(Value::as_str).and_then(DeviceId::parse) {
-                    Some(id) => ids.push(id),
-                    None => tracing::warn!("a listed device had no GUID id; skipped"),
+                let Some(id) = item.get("id").and_then(Value::as_str).and_then(DeviceId::parse) else {
+                    tracing::warn!("a listed device had no GUID id; skipped");
+                    continue;
+                };
+                match filter.classify(&|name| listed_value(item, name)) {
+                    Listed::Matches => listing.devices.push(id),
+                    Listed::NotAppliedByGraph => listing.not_applied_by_graph += 1,
+                    Listed::LeftOutByClient => listing.left_out_by_client += 1,
                 }
-                if ids.len() > limit {
+                if listing.devices.len() > limit {
                     return Err(GatewayError::TooManyDevices { limit });
                 }
             }
@@ -500,7 +527,7 @@ impl DeviceGateway for GraphClient {
                 next = Some(link);
             }
         }
-        Ok(ids)
+        Ok(listing)
     }
 
     async fn read_devices(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::core::device::{DeviceId, DeviceRef};
+use crate::core::device::DeviceRef;
 use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{
     CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
@@ -359,7 +359,7 @@ impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
         filter: &DeviceFilter,
         limit: usize,
         deadline: Instant,
-    ) -> Result<Vec<DeviceId>, GatewayError> {
+    ) -> Result<crate::core::gateway::Listing, GatewayError> {
         self.inner.list_devices(filter, limit, deadline).await
     }
 

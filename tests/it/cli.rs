@@ -244,6 +244,46 @@ async fn check_prints_the_normalised_request_without_calling_graph() {
 }
 
 #[tokio::test]
+async fn check_says_which_parts_of_the_filter_graph_applies_and_which_the_client_does() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let payload = br#"{"device_filter": "operatingSystem eq 'Windows' and model eq 'Surface Laptop 5' and (jailBroken eq 'False' or imei eq '1')"}"#.to_vec();
+    let out = invoke(&sim, &[], &["check", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &doc["device_filter_plan"];
+    assert_eq!(plan["sent_to_graph"], "operatingSystem eq 'Windows'");
+    assert_eq!(
+        plan["client_only"],
+        serde_json::json!(["model eq 'Surface Laptop 5'", "jailBroken eq 'False'", "imei eq '1'"])
+    );
+    assert_eq!(plan["client_checks_every_listed_device"], true);
+    let table = invoke(
+        &sim,
+        &[],
+        &["check", "--output", "table", "--event", "-"],
+        Some(payload),
+    )
+    .await;
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("Graph applies ($filter)")
+            && text.contains("only the client applies")
+            && text.contains("model eq 'Surface Laptop 5'"),
+        "{text}"
+    );
+    let none = invoke(
+        &sim,
+        &[],
+        &["check", "--event", "-"],
+        Some(br#"{"device_filter": "model eq 'Surface Laptop 5'"}"#.to_vec()),
+    )
+    .await;
+    let doc: Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert!(doc["device_filter_plan"]["sent_to_graph"].is_null(), "{doc}");
+    assert_eq!(sim.stats().http_requests, 0);
+}
+
+#[tokio::test]
 async fn the_table_view_shows_status_counts_and_the_devices_that_were_not_initiated() {
     let sim = Sim::start(sim_config()).await.unwrap();
     let good: Vec<String> = sim

@@ -434,8 +434,12 @@ impl<G: DeviceGateway> Engine<G> {
             return Ok(req.devices.clone());
         };
         let limit = self.cfg.max_devices.saturating_sub(req.devices.len());
-        let selected = self.gateway.list_devices(filter, limit, cutoff).await?;
-        let (devices, overlap) = super::device::with_selected(&req.devices, selected);
+        let listing = self.gateway.list_devices(filter, limit, cutoff).await?;
+        for warning in listing.warnings() {
+            tracing::warn!(filter = %filter, "{warning}");
+            warnings.push(warning);
+        }
+        let (devices, overlap) = super::device::with_selected(&req.devices, listing.devices);
         if overlap > 0 {
             warnings.push(format!(
                 "{overlap} device(s) selected by device_filter were also listed in managed_device_ids"
