@@ -82,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
             virtual_machines: 0.03,
             cloud_pcs: 0.02,
             old_builds: 0.03,
+            not_mdm: 0.02,
+            servers: 0.02,
+            unlisted_builds: 0.05,
             ..FleetSpec::default()
         },
         window: Duration::from_millis(args.window_ms),

@@ -115,6 +115,15 @@ pub struct DeviceInfo {
     pub device_type: Option<String>,
     /// `hardwareInformation.tpmSpecificationVersion`.
     pub tpm: TpmReport,
+    /// `managementAgent` (enum `managementAgentType`, as Graph spells it).
+    pub management_agent: Option<String>,
+    /// `skuFamily`.
+    pub sku_family: Option<String>,
+    /// `hardwareInformation.operatingSystemEdition`.
+    pub os_edition: Option<String>,
+    /// `hardwareInformation.operatingSystemProductType` (Windows'
+    /// `GetProductInfo` product type).
+    pub os_product_type: Option<u32>,
 }
 
 /// What a filtered listing found. Every device Graph listed was checked

@@ -89,9 +89,8 @@ pub struct DeviceResult {
     pub outcome: Outcome,
     /// Why, for `unsupported` and for failures decided without Graph's word.
     pub reason: Option<String>,
-    /// Why, for machines: `not_found`, `not_windows`, `no_tpm`,
-    /// `tpm_below_2_0`, `virtual_machine`, `cloud_pc`, `os_build_too_old`,
-    /// or `tpm_unknown` (attempted, with a warning).
+    /// Why, for machines: one of [`ReasonCode::ALL`]; `tpm_unknown` and
+    /// `os_build_unlisted` mark a device attempted with a warning.
     pub reason_code: Option<ReasonCode>,
     /// The last HTTP status Graph gave for this device.
     pub http_status: Option<u16>,

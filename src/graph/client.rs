@@ -391,6 +391,7 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
         Some(Value::String(s)) => TpmReport::Present(s.clone()),
         _ => TpmReport::Unknown,
     };
+    let hardware = body.and_then(|b| b.get("hardwareInformation"));
     DeviceInfo {
         operating_system: text("operatingSystem"),
         os_version: text("osVersion"),
@@ -398,6 +399,18 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
         manufacturer: text("manufacturer"),
         device_type: text("deviceType"),
         tpm,
+        management_agent: text("managementAgent"),
+        sku_family: text("skuFamily"),
+        os_edition: hardware
+            .and_then(|h| h.get("operatingSystemEdition"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| bounded(s, 64)),
+        os_product_type: hardware
+            .and_then(|h| h.get("operatingSystemProductType"))
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n != 0),
     }
 }
 

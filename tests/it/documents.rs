@@ -30,7 +30,7 @@ pub(crate) fn every_kind_fleet() -> SimConfig {
     let mut cfg = sim_config();
     cfg.action_delay = std::time::Duration::from_millis(300);
     cfg.fleet = FleetSpec {
-        size: 160,
+        size: 200,
         seed: 23,
         non_windows: 0.1,
         windows_no_tpm: 0.08,
@@ -39,6 +39,9 @@ pub(crate) fn every_kind_fleet() -> SimConfig {
         virtual_machines: 0.08,
         cloud_pcs: 0.08,
         old_builds: 0.08,
+        not_mdm: 0.06,
+        servers: 0.06,
+        unlisted_builds: 0.06,
         comanaged: 0.3,
     };
     cfg

@@ -462,7 +462,7 @@ async fn unused_sim_config_is_default() {
 async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no_write() {
     let mut cfg = sim_config();
     cfg.fleet = FleetSpec {
-        size: 400,
+        size: 500,
         seed: 11,
         non_windows: 0.1,
         windows_no_tpm: 0.1,
@@ -471,6 +471,9 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
         virtual_machines: 0.1,
         cloud_pcs: 0.1,
         old_builds: 0.1,
+        not_mdm: 0.06,
+        servers: 0.06,
+        unlisted_builds: 0.06,
         comanaged: 0.0,
     };
     let h = harness(cfg).await;
@@ -485,10 +488,14 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
     for (d, out) in fleet.iter().zip(&r.devices) {
         let expected = if !d.is_windows() {
             Some("not_windows")
+        } else if !d.has_mdm_channel() {
+            Some("not_mdm_managed")
         } else if d.device_type == "cloudPC" {
             Some("cloud_pc")
         } else if d.model == "Virtual Machine" {
             Some("virtual_machine")
+        } else if d.is_server() {
+            Some("windows_server")
         } else if d.os_version.starts_with("10.0.19044") {
             Some("os_build_too_old")
         } else if d.tpm == Some("") {
@@ -510,8 +517,17 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
             None => {
                 assert_eq!(out.outcome, Outcome::Initiated, "{}: {out:?}", d.id);
                 assert!(written);
-                let unknown = d.tpm.is_none();
-                assert_eq!(code, unknown.then_some("tpm_unknown"), "{}", d.id);
+                let warning = if d.tpm.is_none() {
+                    Some("tpm_unknown")
+                } else if ["10.0.26100.", "10.0.26200."]
+                    .iter()
+                    .any(|b| d.os_version.starts_with(b))
+                {
+                    Some("os_build_unlisted")
+                } else {
+                    None
+                };
+                assert_eq!(code, warning, "{d:?}");
             }
         }
         *seen.entry(code.unwrap_or("eligible")).or_insert(0) += 1;
@@ -524,6 +540,9 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
         "no_tpm",
         "tpm_below_2_0",
         "tpm_unknown",
+        "not_mdm_managed",
+        "windows_server",
+        "os_build_unlisted",
         "eligible",
     ] {
         assert!(
