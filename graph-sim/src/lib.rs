@@ -143,9 +143,14 @@ pub struct SimConfig {
     /// first third, then `active`, then `done`, or `failed` / `notSupported`
     /// for devices that cannot attest).
     pub action_delay: Duration,
-    /// Answer 400 when `deviceIdentityAttestationDetail` is selected, as
-    /// recent Graph does.
-    pub refuse_attestation_detail: bool,
+    /// Serve `deviceIdentityAttestationDetail`, as an older Graph and a docs
+    /// page show it. Off by default, as in the current beta schema (the
+    /// property is not on `managedDevice`): a `$select` naming it answers
+    /// 400 `BadRequest`, and no answer carries it.
+    pub serve_attestation_detail: bool,
+    /// Report this `actionState` (a value Graph may add later) for every
+    /// attestation still in progress, instead of `pending` / `active`.
+    pub future_action_state: Option<String>,
     /// The error message of the 400 Graph gives for an action on a device
     /// whose platform cannot take it. Opaque text: tests put markup here to
     /// check that every reader shows it as text.
@@ -185,7 +190,8 @@ impl Default for SimConfig {
             max_page: 1000,
             filter_support: FilterSupport::default(),
             action_delay: Duration::from_secs(3),
-            refuse_attestation_detail: false,
+            serve_attestation_detail: false,
+            future_action_state: None,
             platform_error_message: PLATFORM_ERROR_MESSAGE.to_string(),
             faults: Faults::default(),
             seed: 1,

@@ -37,6 +37,10 @@ pub struct ClientConfig {
     pub page_backoff: Backoff,
     /// Retry delays and attempts of the token request.
     pub token_backoff: Backoff,
+    /// Whether status reads select `deviceIdentityAttestationDetail`
+    /// (`ATTEST_ATTESTATION_DETAIL`; off by default: the current beta
+    /// schema no longer has it on `managedDevice`).
+    pub attestation_detail: bool,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +50,7 @@ impl Default for ClientConfig {
             page_size: 999,
             page_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(32), 6),
             token_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 4),
+            attestation_detail: false,
         }
     }
 }
@@ -59,6 +64,7 @@ pub struct GraphClient {
     cfg: ClientConfig,
     requests: Arc<AtomicU64>,
     throttled: AtomicU64,
+    detail_refused: std::sync::atomic::AtomicBool,
 }
 
 /// A raw item answer: status, headers and body, or a transport failure.
@@ -95,6 +101,7 @@ impl GraphClient {
             cfg,
             requests,
             throttled: AtomicU64::new(0),
+            detail_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -476,6 +483,14 @@ impl StatusGateway for GraphClient {
             })
             .collect();
         self.reads(items, deadline, status_report).await
+    }
+
+    fn detail_wanted(&self) -> bool {
+        self.cfg.attestation_detail && !self.detail_refused.load(Ordering::Relaxed)
+    }
+
+    fn detail_refused(&self) {
+        self.detail_refused.store(true, Ordering::Relaxed);
     }
 }
 

@@ -403,4 +403,12 @@ impl<G: DeviceGateway + StatusGateway> StatusGateway for BudgetedGateway<G> {
         )
         .await
     }
+
+    fn detail_wanted(&self) -> bool {
+        self.inner.detail_wanted()
+    }
+
+    fn detail_refused(&self) {
+        self.inner.detail_refused();
+    }
 }

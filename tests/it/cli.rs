@@ -358,10 +358,14 @@ pub(crate) fn status_doc(stdout: &[u8]) -> Value {
     doc
 }
 
+/// The setting that opts in to the attestation detail.
+const DETAIL: &[(&str, &str)] = &[("ATTEST_ATTESTATION_DETAIL", "true")];
+
 #[tokio::test]
 async fn status_follows_the_action_to_its_verdict() {
     let mut cfg = sim_config();
     cfg.action_delay = std::time::Duration::from_millis(1500);
+    cfg.serve_attestation_detail = true;
     cfg.fleet = graph_sim::FleetSpec {
         size: 200,
         non_windows: 0.0,
@@ -387,7 +391,7 @@ async fn status_follows_the_action_to_its_verdict() {
     let run = invoke_to_file(&sim, payload, &result).await;
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
 
-    let early = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let early = invoke(&sim, DETAIL, &["status", "--result", result.to_str().unwrap()], None).await;
     assert_eq!(
         early.status.code(),
         Some(0),
@@ -406,7 +410,7 @@ async fn status_follows_the_action_to_its_verdict() {
     }
 
     tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
-    let late = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let late = invoke(&sim, DETAIL, &["status", "--result", result.to_str().unwrap()], None).await;
     let doc = status_doc(&late.stdout);
     let of = |id: &str| {
         doc["devices"]
@@ -434,7 +438,7 @@ async fn status_follows_the_action_to_its_verdict() {
         "managed_device_ids": [&good, &untouched, "00000000-dead-4bad-8bad-000000000009"]
     }))
     .unwrap();
-    let out = invoke(&sim, &[], &["status", "--event", "-"], Some(by_event)).await;
+    let out = invoke(&sim, DETAIL, &["status", "--event", "-"], Some(by_event)).await;
     assert_eq!(out.status.code(), Some(1));
     let doc = status_doc(&out.stdout);
     let devices = doc["devices"].as_array().unwrap();
@@ -445,10 +449,17 @@ async fn status_follows_the_action_to_its_verdict() {
 
     // Recent Graph refuses the attestation detail: the read goes on without
     // it, with one warning.
-    sim.configure(|c| c.refuse_attestation_detail = true);
+    // Without the opt-in the property is not selected, and no warning.
+    let plain = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let plain = status_doc(&plain.stdout);
+    assert!(plain["warnings"].as_array().unwrap().is_empty(), "{plain}");
+    assert_eq!(plain["summary"]["attestation_statuses"], serde_json::json!({"null": 3}));
+    assert_eq!(plain["summary"]["action_states"]["done"], 1);
+
+    sim.configure(|c| c.serve_attestation_detail = false);
     let out = invoke(
         &sim,
-        &[],
+        DETAIL,
         &["status", "--result", result.to_str().unwrap(), "--output", "json"],
         None,
     )
@@ -608,4 +619,49 @@ async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("id=\"verdict\"") && html.contains(">not_supported<"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_action_state_graph_adds_later_is_unknown_logged_once_and_checked_again() {
+    let mut cfg = sim_config();
+    cfg.action_delay = std::time::Duration::from_secs(60);
+    cfg.future_action_state = Some("queuedForDevice".into());
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 40,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().take(4).map(|d| d.id.clone()).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": ids, "validate_device_exists": false,
+        "verify": {"after": "1s", "until": "3s"}
+    }))
+    .unwrap();
+    let run = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload)).await;
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let doc = assert_valid_result(&run.stdout);
+    let verdict = &doc["verdict"];
+    assert_eq!(verdict["summary"]["action_states"], serde_json::json!({"unknown": 4}));
+    assert!(
+        verdict["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["action_state"] == "unknown")
+    );
+    let errors: Vec<String> = status_schema().iter_errors(verdict).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        log.matches("verify: check done").count() >= 2,
+        "an unknown state is not terminal: the schedule went on: {log}"
+    );
+    assert_eq!(
+        log.matches("does not know").count(),
+        1,
+        "logged once for the value, over every device and check: {log}"
+    );
 }
