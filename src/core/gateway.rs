@@ -103,6 +103,8 @@ pub enum TpmReport {
 /// [`eligibility`](super::eligibility)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
+    /// `deviceName`.
+    pub device_name: Option<String>,
     /// `operatingSystem`.
     pub operating_system: Option<String>,
     /// `osVersion` (`10.0.<build>.<revision>` on Windows).

@@ -85,6 +85,9 @@ pub struct DeviceResult {
     pub device_id: DeviceId,
     /// Which endpoint it was addressed through.
     pub kind: DeviceKind,
+    /// Graph's `deviceName`, when the validation read found the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     /// What happened.
     pub outcome: Outcome,
     /// Why, for `unsupported` and for failures decided without Graph's word.
@@ -121,6 +124,7 @@ impl DeviceResult {
         Self {
             device_id,
             kind,
+            device_name: None,
             outcome,
             reason: None,
             reason_code: None,

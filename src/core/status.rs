@@ -165,6 +165,8 @@ impl AttestationStatus {
 /// What Graph reported of one device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusReport {
+    /// Graph's `deviceName`.
+    pub device_name: Option<String>,
     /// The `initiateDeviceAttestation` entry: state, start, last update.
     pub action: Option<(ActionState, Option<String>, Option<String>)>,
     /// The attestation status, when Graph served it.
@@ -208,6 +210,9 @@ pub struct DeviceStatus {
     pub device_id: DeviceId,
     /// Which endpoint it was attested through.
     pub kind: DeviceKind,
+    /// Graph's `deviceName`, when the read found the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     /// Where the action stands (`none` when Graph has no entry for it).
     pub action_state: ActionState,
     /// When the action started (RFC 3339, as Graph gave it).
@@ -300,6 +305,7 @@ pub async fn read<G: StatusGateway>(
                     out[i] = Some(DeviceStatus {
                         device_id: d.id,
                         kind: d.kind,
+                        device_name: value.device_name,
                         action_state: state,
                         action_started_at: started,
                         action_updated_at: updated,
@@ -378,6 +384,7 @@ fn unread(d: DeviceRef, why: String) -> DeviceStatus {
     DeviceStatus {
         device_id: d.id,
         kind: d.kind,
+        device_name: None,
         action_state: ActionState::None,
         action_started_at: None,
         action_updated_at: None,

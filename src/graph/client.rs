@@ -400,6 +400,7 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
     };
     let hardware = body.and_then(|b| b.get("hardwareInformation"));
     DeviceInfo {
+        device_name: text("deviceName").map(|n| bounded(&n, 256)),
         operating_system: text("operatingSystem"),
         os_version: text("osVersion"),
         model: text("model"),
@@ -458,7 +459,15 @@ fn status_report(body: Option<&Value>) -> StatusReport {
         .and_then(|d| d.get("deviceIdentityAttestationStatus"))
         .and_then(Value::as_str)
         .map(AttestationStatus::from_graph);
-    StatusReport { action, attestation }
+    StatusReport {
+        device_name: body
+            .and_then(|b| b.get("deviceName"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| bounded(s, 256)),
+        action,
+        attestation,
+    }
 }
 
 impl StatusGateway for GraphClient {
@@ -469,9 +478,9 @@ impl StatusGateway for GraphClient {
         deadline: Instant,
     ) -> Vec<ItemAnswer<StatusReport>> {
         let select = if detail {
-            "id,deviceActionResults,deviceIdentityAttestationDetail"
+            "id,deviceName,deviceActionResults,deviceIdentityAttestationDetail"
         } else {
-            "id,deviceActionResults"
+            "id,deviceName,deviceActionResults"
         };
         let items = devices
             .iter()

@@ -443,6 +443,13 @@ async fn status_follows_the_action_to_its_verdict() {
     let doc = status_doc(&out.stdout);
     let devices = doc["devices"].as_array().unwrap();
     assert_eq!(devices[0]["action_state"], "done");
+    let name_of = |id: &str| sim.fleet().iter().find(|d| d.id == id).unwrap().name.clone();
+    assert_eq!(
+        devices[0]["device_name"],
+        name_of(&good).as_str(),
+        "the status read selects deviceName"
+    );
+    assert!(devices[2].get("device_name").is_none());
     assert_eq!(devices[1]["action_state"], "none");
     assert!(devices[2]["read_error"].as_str().unwrap().contains("no such device"));
     assert_eq!(doc["summary"]["unread"], 1);
@@ -484,6 +491,7 @@ async fn status_follows_the_action_to_its_verdict() {
     .await;
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("not_supported") && text.contains(&vm), "{text}");
+    assert!(text.contains("device name") && text.contains(&name_of(&vm)), "{text}");
     let _ = std::fs::remove_file(&result);
 }
 

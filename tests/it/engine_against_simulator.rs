@@ -715,3 +715,35 @@ async fn graph_is_sent_only_the_documented_part_of_a_filter() {
     );
     assert_eq!(h.sim.stats().list_pages, 1);
 }
+
+#[tokio::test]
+async fn devices_the_validation_read_found_carry_their_name_in_the_result_and_status() {
+    let h = harness(sim_config()).await;
+    let fleet = h.sim.fleet().to_vec();
+    let mut ids: Vec<String> = fleet.iter().take(6).map(|d| d.id.clone()).collect();
+    ids.push(MISSING.into());
+    let r = h
+        .run(json!({"managed_device_ids": ids, "dry_run": true}))
+        .await
+        .unwrap();
+    for (d, out) in fleet.iter().take(6).zip(&r.devices) {
+        assert_eq!(out.device_name.as_deref(), Some(d.name.as_str()), "{out:?}");
+    }
+    let missing = r.devices.last().unwrap();
+    assert_eq!(
+        (missing.outcome, missing.device_name.clone()),
+        (Outcome::NotFound, None)
+    );
+    let doc = serde_json::to_value(&r).unwrap();
+    assert_eq!(doc["devices"][0]["device_name"], fleet[0].name.as_str());
+    assert!(
+        doc["devices"][6].get("device_name").is_none(),
+        "additive: absent when unknown"
+    );
+    // Without a read there is no name to give.
+    let r = h
+        .run(json!({"managed_device_ids": [&fleet[0].id], "dry_run": true, "validate_device_exists": false}))
+        .await
+        .unwrap();
+    assert_eq!(r.devices[0].device_name, None);
+}

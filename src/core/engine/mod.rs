@@ -146,6 +146,8 @@ struct Work {
     /// What validation found worth saying (`tpm_unknown`, or why the device
     /// cannot attest).
     code: Option<(ReasonCode, String)>,
+    /// Graph's `deviceName`, once the validation read found the device.
+    name: Option<String>,
 }
 
 enum Reply {
@@ -237,6 +239,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Run {
     fn finish(&self, w: &Work, outcome: Outcome, reason: Option<String>, answer: Option<(u16, Option<String>)>) {
         let mut r = DeviceResult::new(w.dev.id, w.dev.kind, outcome);
+        r.device_name = w.name.clone();
         r.reason = reason;
         r.reason_code = match outcome {
             Outcome::NotFound => Some(ReasonCode::NotFound),
@@ -464,6 +467,7 @@ impl<G: DeviceGateway> Engine<G> {
                 stage_attempts: 0,
                 last: None,
                 code: None,
+                name: None,
             })
             .collect();
         if req.dry_run && !req.validate_device_exists {
@@ -656,6 +660,7 @@ impl<G: DeviceGateway> Engine<G> {
                 Reply::Read(ItemAnswer::Ok { value, .. }) => {
                     accepted += 1;
                     w.last = None;
+                    w.name = value.device_name.clone();
                     let eligibility = eligibility::check(&value);
                     if let Eligibility::Ineligible(code, why) = eligibility {
                         w.code = Some((code, why));
