@@ -75,8 +75,19 @@ impl Settings {
         engine.max_retry_after = duration(get, "ATTEST_MAX_RETRY_AFTER", engine.max_retry_after)?;
         let max_devices = number(get, "ATTEST_MAX_DEVICES", crate::core::request::DEFAULT_MAX_DEVICES, 1)?;
         engine.max_devices = max_devices;
+        let attestation_detail = match get("ATTEST_ATTESTATION_DETAIL").as_deref().map(str::trim) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "ATTEST_ATTESTATION_DETAIL: {:?}; expected true or false",
+                    crate::core::text::bounded(other, 40)
+                )));
+            }
+        };
         let client = ClientConfig {
             request_timeout: duration(get, "ATTEST_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            attestation_detail,
             ..ClientConfig::default()
         };
         let endpoint_overrides = (

@@ -27,20 +27,49 @@ pub struct SimDevice {
     /// `lastSyncDateTime` (the fleet synced over the four weeks to
     /// 2026-11-28, one device a day in turn).
     pub last_sync: String,
+    /// `enrolledDateTime` (enrolled over the twelve months of 2025).
+    pub enrolled: String,
+    /// `deviceCategoryDisplayName`: `Lab`, `Office` or `Unknown`, in turn.
+    pub category: &'static str,
+    /// `jailBroken` (`Unknown` on Windows, `False` elsewhere; every
+    /// thirtieth non-Windows device `True`).
+    pub jailbroken: &'static str,
+    /// `complianceState`: `compliant`, every fifth `noncompliant`.
+    pub compliance: &'static str,
+    /// `userPrincipalName`: one of ten users, `user<n>@contoso.com`.
+    pub user: String,
+    /// `managementAgent`: `mdm`, `configurationManagerClientMdm` when
+    /// co-managed, or an agent with no MDM channel.
+    pub agent: &'static str,
+    /// `skuFamily` (`Enterprise` on Windows clients).
+    pub sku_family: &'static str,
+    /// `hardwareInformation.operatingSystemProductType` (48, Professional,
+    /// on clients; a server product type on Windows Server).
+    pub product_type: Option<u32>,
 }
+
+/// The `managementAgentType` members with no Intune MDM channel the fleet
+/// uses, in turn.
+pub const NON_MDM_AGENTS: [&str; 5] = [
+    "msSense",
+    "configurationManagerClient",
+    "eas",
+    "intuneClient",
+    "unknown",
+];
 
 impl SimDevice {
     /// The device as Graph's managedDevice entity.
     pub fn to_json(&self, with_hardware: bool) -> Value {
-        let agent = if self.comanaged {
-            "configurationManagerClientMdm"
-        } else {
-            "mdm"
-        };
+        let agent = self.agent;
         let hardware = if with_hardware {
             match self.tpm {
                 Some(spec) => {
-                    json!({"tpmSpecificationVersion": spec, "tpmVersion": if spec.is_empty() {""} else {"2.0"}, "tpmManufacturer": if spec.is_empty() {""} else {"IFX"}})
+                    let mut h = json!({"tpmSpecificationVersion": spec, "tpmVersion": if spec.is_empty() {""} else {"2.0"}, "tpmManufacturer": if spec.is_empty() {""} else {"IFX"}});
+                    if let Some(t) = self.product_type {
+                        h["operatingSystemProductType"] = json!(t);
+                    }
+                    h
                 }
                 None => Value::Null,
             }
@@ -57,6 +86,12 @@ impl SimDevice {
             "manufacturer": self.manufacturer,
             "deviceType": self.device_type,
             "lastSyncDateTime": self.last_sync,
+            "enrolledDateTime": self.enrolled,
+            "deviceCategoryDisplayName": self.category,
+            "jailBroken": self.jailbroken,
+            "complianceState": self.compliance,
+            "userPrincipalName": self.user,
+            "skuFamily": self.sku_family,
             "hardwareInformation": hardware,
         })
     }
@@ -65,7 +100,11 @@ impl SimDevice {
     /// `failed` (no usable TPM, an old build) or `notSupported` (a virtual
     /// machine or Cloud PC), with the attestation status Intune then shows.
     pub fn attestation_end(&self) -> (&'static str, &'static str) {
-        if self.device_type == "cloudPC" || self.model == "Virtual Machine" {
+        if self.device_type == "cloudPC"
+            || self.model == "Virtual Machine"
+            || self.is_server()
+            || !self.has_mdm_channel()
+        {
             ("notSupported", "notSupported")
         } else if self.tpm == Some("")
             || self.tpm.is_some_and(|t| t.starts_with("1."))
@@ -80,6 +119,16 @@ impl SimDevice {
     /// Whether attestation can be initiated on it.
     pub fn is_windows(&self) -> bool {
         self.os == "Windows"
+    }
+
+    /// Whether it runs Windows Server.
+    pub fn is_server(&self) -> bool {
+        self.sku_family.starts_with("Server")
+    }
+
+    /// Whether Intune manages it through MDM (and so can send it actions).
+    pub fn has_mdm_channel(&self) -> bool {
+        !NON_MDM_AGENTS.contains(&self.agent)
     }
 }
 
@@ -107,6 +156,15 @@ pub struct FleetSpec {
     pub cloud_pcs: f64,
     /// Windows 10 devices on a build older than attestation needs.
     pub old_builds: f64,
+    /// Windows devices whose `managementAgent` has no MDM channel
+    /// (Defender for Endpoint, Configuration Manager only, EAS, the retired
+    /// PC agent, unknown; in turn).
+    pub not_mdm: f64,
+    /// Windows Server 2022, 2019 and 2025 (in turn; the last two on builds
+    /// clients share, told apart by product type and SKU family).
+    pub servers: f64,
+    /// Windows 11 on builds newer than Microsoft's list names (24H2, 25H2).
+    pub unlisted_builds: f64,
 }
 
 impl Default for FleetSpec {
@@ -122,6 +180,9 @@ impl Default for FleetSpec {
             virtual_machines: 0.0,
             cloud_pcs: 0.0,
             old_builds: 0.0,
+            not_mdm: 0.0,
+            servers: 0.0,
+            unlisted_builds: 0.0,
         }
     }
 }
@@ -140,6 +201,14 @@ pub fn guid(rng: &mut fastrand::Rng) -> String {
     )
 }
 
+/// The kinds the generator marks beyond platform and build.
+#[derive(Clone, Copy)]
+enum Kind {
+    NotMdm,
+    Server,
+    Other,
+}
+
 /// Generates the fleet.
 pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
     let mut rng = fastrand::Rng::with_seed(spec.seed);
@@ -155,6 +224,7 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
             let roll = rng.f64();
             // (os, osVersion, TPM, model, manufacturer, deviceType)
             let physical = ("Latitude 7440", "Dell Inc.", "windowsRT");
+            let mut kind = Kind::Other;
             let mut bucket = roll;
             let mut take = |share: f64| {
                 bucket -= share;
@@ -189,10 +259,40 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
                 )
             } else if take(spec.old_builds) {
                 ("Windows", "10.0.19044.3086", Some("2.0, 0, 1.59"), physical)
+            } else if take(spec.not_mdm) {
+                kind = Kind::NotMdm;
+                ("Windows", "10.0.22631.3737", Some("2.0, 0, 1.59"), physical)
+            } else if take(spec.servers) {
+                kind = Kind::Server;
+                let version = ["10.0.20348.2527", "10.0.17763.5936", "10.0.26100.1742"][i % 3];
+                (
+                    "Windows",
+                    version,
+                    Some("2.0, 0, 1.59"),
+                    ("PowerEdge R650", "Dell Inc.", "windowsRT"),
+                )
+            } else if take(spec.unlisted_builds) {
+                (
+                    "Windows",
+                    ["10.0.26100.1742", "10.0.26200.6584"][i % 2],
+                    Some("2.0, 0, 1.59"),
+                    physical,
+                )
             } else {
                 ("Windows", "10.0.22631.3737", Some("2.0, 0, 1.59"), physical)
             };
             let comanaged = os == "Windows" && rng.f64() < spec.comanaged;
+            let (agent, sku_family, product_type) = match kind {
+                Kind::NotMdm => (NON_MDM_AGENTS[i % NON_MDM_AGENTS.len()], "Enterprise", Some(48)),
+                Kind::Server => (
+                    "mdm",
+                    ["ServerStandard", "ServerDatacenter"][i % 2],
+                    Some([7, 8][i % 2]),
+                ),
+                Kind::Other if os != "Windows" => ("mdm", "", None),
+                Kind::Other if comanaged => ("configurationManagerClientMdm", "Enterprise", Some(48)),
+                Kind::Other => ("mdm", "Enterprise", Some(48)),
+            };
             SimDevice {
                 id,
                 name: format!("DEV-{i:06}"),
@@ -204,6 +304,18 @@ pub fn generate(spec: &FleetSpec) -> Vec<SimDevice> {
                 manufacturer,
                 device_type,
                 last_sync: format!("2026-11-{:02}T{:02}:00:00Z", i % 28 + 1, i % 24),
+                enrolled: format!("2025-{:02}-{:02}T08:30:00.1234567Z", i % 12 + 1, i % 27 + 1),
+                category: ["Lab", "Office", "Unknown"][i % 3],
+                jailbroken: match (os, i % 30) {
+                    ("Windows", _) => "Unknown",
+                    (_, 0) => "True",
+                    _ => "False",
+                },
+                compliance: if i % 5 == 0 { "noncompliant" } else { "compliant" },
+                user: format!("user{}@contoso.com", i % 10),
+                agent,
+                sku_family,
+                product_type,
             }
         })
         .collect()

@@ -91,6 +91,31 @@ pub struct Faults {
     pub token_invalid_client: bool,
 }
 
+/// The `managedDevice` properties Graph's generated model documentation
+/// says `$filter` supports, and `operatingSystem` (in Microsoft's examples).
+pub const DOCUMENTED_FILTER_PROPERTIES: [&str; 6] = [
+    "deviceName",
+    "deviceCategoryDisplayName",
+    "jailBroken",
+    "enrolledDateTime",
+    "lastSyncDateTime",
+    "operatingSystem",
+];
+
+/// How the device list treats `$filter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FilterSupport {
+    /// As users report Graph does: a `$filter` that names a property
+    /// outside [`DOCUMENTED_FILTER_PROPERTIES`] is silently ignored (every
+    /// device comes back); one on those properties only is applied.
+    #[default]
+    Documented,
+    /// Every `$filter` is applied, whatever it names.
+    Strict,
+    /// Every `$filter` is silently ignored (the worst a client must survive).
+    Ignored,
+}
+
 /// Everything about a simulated tenant.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -117,13 +142,20 @@ pub struct SimConfig {
     pub token_expires_in: Option<serde_json::Value>,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
+    /// How the device list treats `$filter`.
+    pub filter_support: FilterSupport,
     /// How long an accepted attestation takes to finish (`pending` for the
     /// first third, then `active`, then `done`, or `failed` / `notSupported`
     /// for devices that cannot attest).
     pub action_delay: Duration,
-    /// Answer 400 when `deviceIdentityAttestationDetail` is selected, as
-    /// recent Graph does.
-    pub refuse_attestation_detail: bool,
+    /// Serve `deviceIdentityAttestationDetail`, as an older Graph and a docs
+    /// page show it. Off by default, as in the current beta schema (the
+    /// property is not on `managedDevice`): a `$select` naming it answers
+    /// 400 `BadRequest`, and no answer carries it.
+    pub serve_attestation_detail: bool,
+    /// Report this `actionState` (a value Graph may add later) for every
+    /// attestation still in progress, instead of `pending` / `active`.
+    pub future_action_state: Option<String>,
     /// The error message of the 400 Graph gives for an action on a device
     /// whose platform cannot take it. Opaque text: tests put markup here to
     /// check that every reader shows it as text.
@@ -163,8 +195,10 @@ impl Default for SimConfig {
             token_lifetime: Duration::from_secs(3599),
             token_expires_in: None,
             max_page: 1000,
+            filter_support: FilterSupport::default(),
             action_delay: Duration::from_secs(3),
-            refuse_attestation_detail: false,
+            serve_attestation_detail: false,
+            future_action_state: None,
             platform_error_message: PLATFORM_ERROR_MESSAGE.to_string(),
             faults: Faults::default(),
             seed: 1,

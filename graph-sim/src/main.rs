@@ -46,6 +46,11 @@ struct Args {
     /// (Intune says up to 15 minutes).
     #[arg(long, default_value_t = 3000)]
     action_delay_ms: u64,
+    /// How `$filter` on the device list is treated: `documented` (a filter
+    /// naming a property outside the documented ones is ignored, as users
+    /// report Graph does), `strict` (every filter applied) or `ignored`.
+    #[arg(long, default_value = "documented")]
+    filter: String,
     /// Write `KEY=VALUE` lines for intune-attest to this file.
     #[arg(long)]
     env_file: Option<std::path::PathBuf>,
@@ -64,7 +69,14 @@ async fn main() -> anyhow::Result<()> {
         "rotate" => RetryAfterForm::Rotate,
         other => anyhow::bail!("unknown --retry-after {other:?}"),
     };
+    let filter_support = match args.filter.as_str() {
+        "documented" => graph_sim::FilterSupport::Documented,
+        "strict" => graph_sim::FilterSupport::Strict,
+        "ignored" => graph_sim::FilterSupport::Ignored,
+        other => anyhow::bail!("unknown --filter {other:?}"),
+    };
     let mut cfg = SimConfig {
+        filter_support,
         // A realistic mix, so the quick start shows every kind of device
         // that cannot attest.
         fleet: FleetSpec {
@@ -74,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
             virtual_machines: 0.03,
             cloud_pcs: 0.02,
             old_builds: 0.03,
+            not_mdm: 0.02,
+            servers: 0.02,
+            unlisted_builds: 0.05,
             ..FleetSpec::default()
         },
         window: Duration::from_millis(args.window_ms),

@@ -256,6 +256,27 @@ pub fn parse(text: &str) -> Result<Expr, String> {
     Ok(e)
 }
 
+/// The properties an expression names, each once, in order.
+pub fn properties(e: &Expr) -> Vec<String> {
+    fn walk(e: &Expr, out: &mut Vec<String>) {
+        match e {
+            Expr::Cmp(p, ..) | Expr::Func(_, p, _) => {
+                if !out.iter().any(|o| o.eq_ignore_ascii_case(p)) {
+                    out.push(p.clone());
+                }
+            }
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            Expr::Not(a) => walk(a, out),
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
+}
+
 /// Seconds since the epoch of an RFC 3339 date-time (`Z` or `±hh:mm`).
 pub fn datetime(s: &str) -> Option<f64> {
     let b = s.as_bytes();

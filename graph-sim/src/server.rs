@@ -332,11 +332,11 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                 Some(&i) => {
                     let select = query_param(query, "$select");
                     let selects = |f: &str| select.as_deref().is_some_and(|s| s.split(',').any(|x| x == f));
-                    let (delay, refuse) = {
+                    let (delay, serve) = {
                         let cfg = lock(&state.cfg);
-                        (cfg.action_delay, cfg.refuse_attestation_detail)
+                        (cfg.action_delay, cfg.serve_attestation_detail)
                     };
-                    if refuse && selects("deviceIdentityAttestationDetail") {
+                    if !serve && selects("deviceIdentityAttestationDetail") {
                         return Answer::error(
                             400,
                             "BadRequest",
@@ -347,7 +347,9 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                     let mut body = state.fleet[i].to_json(with_hw);
                     let (results, detail) = action_life(state, &state.fleet[i], delay);
                     body["deviceActionResults"] = results;
-                    body["deviceIdentityAttestationDetail"] = detail;
+                    if serve {
+                        body["deviceIdentityAttestationDetail"] = detail;
+                    }
                     if let (Some(sel), Some(obj)) = (select, body.as_object_mut()) {
                         let keep: Vec<&str> = sel.split(',').collect();
                         obj.retain(|k, _| k == "id" || keep.contains(&k.as_str()));
@@ -428,12 +430,13 @@ fn action_life(state: &State, d: &crate::SimDevice, delay: std::time::Duration) 
     };
     let elapsed = at.elapsed();
     let (end, status) = d.attestation_end();
+    let future = lock(&state.cfg).future_action_state.clone();
     let (action, status) = if elapsed < delay / 3 {
-        ("pending", "unknown")
+        (future.unwrap_or_else(|| "pending".into()), "unknown")
     } else if elapsed < delay {
-        ("active", "unknown")
+        (future.unwrap_or_else(|| "active".into()), "unknown")
     } else {
-        (end, status)
+        (end.to_owned(), status)
     };
     let stamp = |ago: std::time::Duration| {
         let t = std::time::SystemTime::now() - ago;
@@ -496,7 +499,19 @@ fn list(state: &State, query: &str) -> Answer {
         },
         None => None,
     };
-    let max_page = lock(&state.cfg).max_page;
+    let (max_page, support) = {
+        let cfg = lock(&state.cfg);
+        (cfg.max_page, cfg.filter_support)
+    };
+    let filter = filter.filter(|f| match support {
+        crate::FilterSupport::Strict => true,
+        crate::FilterSupport::Ignored => false,
+        crate::FilterSupport::Documented => crate::odata::properties(f).iter().all(|p| {
+            crate::DOCUMENTED_FILTER_PROPERTIES
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(p))
+        }),
+    });
     let top = query_param(query, "$top")
         .and_then(|t| t.parse::<usize>().ok())
         .unwrap_or(100)

@@ -165,3 +165,52 @@ async fn tokens_are_checked() {
     sim.revoke_tokens();
     assert_eq!(batch(&sim, &t, json!({"requests": []})).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_filter_outside_the_documented_properties_is_ignored_unless_strict() {
+    let sim = Sim::start(SimConfig {
+        fleet: graph_sim::FleetSpec {
+            size: 60,
+            virtual_machines: 0.3,
+            ..graph_sim::FleetSpec::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let t = token(&sim).await;
+    let count = |filter: &'static str| {
+        let (url, t) = (sim.url(), t.clone());
+        async move {
+            let list = url::Url::parse_with_params(
+                &format!("{url}/beta/deviceManagement/managedDevices"),
+                [("$filter", filter), ("$top", "999")],
+            )
+            .unwrap();
+            let body: Value = reqwest::Client::new()
+                .get(list)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["value"].as_array().unwrap().len()
+        }
+    };
+    let vms = sim.fleet().iter().filter(|d| d.model == "Virtual Machine").count();
+    let windows = sim.fleet().iter().filter(|d| d.is_windows()).count();
+    assert!(vms > 0 && vms < 60 && windows < 60);
+    assert_eq!(count("model eq 'Virtual Machine'").await, 60, "ignored: every device");
+    assert_eq!(
+        count("operatingSystem eq 'Windows' and model eq 'Virtual Machine'").await,
+        60,
+        "one undocumented property and the whole filter is ignored"
+    );
+    assert_eq!(count("operatingSystem eq 'Windows'").await, windows);
+    sim.configure(|c| c.filter_support = graph_sim::FilterSupport::Strict);
+    assert_eq!(count("model eq 'Virtual Machine'").await, vms);
+    sim.configure(|c| c.filter_support = graph_sim::FilterSupport::Ignored);
+    assert_eq!(count("operatingSystem eq 'Windows'").await, 60);
+}

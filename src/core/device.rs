@@ -99,7 +99,7 @@ impl DeviceRef {
     /// not serve a GET on `comanagedDevices/{id}`.
     pub fn read_path(&self) -> String {
         format!(
-            "/deviceManagement/managedDevices/{}?$select=id,deviceName,operatingSystem,osVersion,managementAgent,model,manufacturer,deviceType,hardwareInformation",
+            "/deviceManagement/managedDevices/{}?$select=id,deviceName,operatingSystem,osVersion,managementAgent,model,manufacturer,deviceType,skuFamily,hardwareInformation",
             self.id
         )
     }

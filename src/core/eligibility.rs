@@ -3,16 +3,21 @@
 //! Azure virtual machine, Azure Virtual Desktop, a Windows 365 Cloud PC or
 //! Dev Box), at Windows 10 build 10.0.19045.3996 or later, or Windows 11 at
 //! 10.0.22000.2713 / 10.0.22621.2792 / 10.0.22631.2792 or later on those
-//! branches (later branches qualify). Read from the device's own report in
-//! the validation GET; a device found ineligible costs no write.
+//! branches. Intune sends the action only through its MDM channel, so a
+//! device whose `managementAgent` has none cannot take it; Windows Server is
+//! not a client release the page lists; a client build newer than (or
+//! between) the listed ones is attempted with a warning. Read from the
+//! device's own report in the validation GET; a device found ineligible
+//! costs no write.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::gateway::{DeviceInfo, TpmReport};
 
 /// Why a device ended as it did, for machines (the `reason` is for people).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// [`ReasonCode::as_str`] is the one source of its name: the JSON documents,
+/// the table and the docs use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReasonCode {
     /// Graph has no such device.
     NotFound,
@@ -31,10 +36,34 @@ pub enum ReasonCode {
     OsBuildTooOld,
     /// The device did not report its TPM: attempted, with this warning.
     TpmUnknown,
+    /// Its `managementAgent` has no Intune MDM channel (Defender for
+    /// Endpoint security settings management, Configuration Manager only,
+    /// EAS, Jamf, the retired PC agent...): Intune cannot send the action.
+    NotMdmManaged,
+    /// Windows Server, which is not a client release attestation lists.
+    WindowsServer,
+    /// A Windows build Microsoft's list does not name (newer than, or
+    /// between, the listed ones): attempted, with this warning.
+    OsBuildUnlisted,
 }
 
 impl ReasonCode {
-    /// The snake_case name used in the result document.
+    /// Every reason code, in the order the docs list them.
+    pub const ALL: [ReasonCode; 11] = [
+        ReasonCode::NotFound,
+        ReasonCode::NotWindows,
+        ReasonCode::NotMdmManaged,
+        ReasonCode::NoTpm,
+        ReasonCode::TpmBelow20,
+        ReasonCode::VirtualMachine,
+        ReasonCode::CloudPc,
+        ReasonCode::WindowsServer,
+        ReasonCode::OsBuildTooOld,
+        ReasonCode::TpmUnknown,
+        ReasonCode::OsBuildUnlisted,
+    ];
+
+    /// The name used in every document and view.
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonCode::NotFound => "not_found",
@@ -45,7 +74,16 @@ impl ReasonCode {
             ReasonCode::CloudPc => "cloud_pc",
             ReasonCode::OsBuildTooOld => "os_build_too_old",
             ReasonCode::TpmUnknown => "tpm_unknown",
+            ReasonCode::NotMdmManaged => "not_mdm_managed",
+            ReasonCode::WindowsServer => "windows_server",
+            ReasonCode::OsBuildUnlisted => "os_build_unlisted",
         }
+    }
+}
+
+impl Serialize for ReasonCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -63,6 +101,30 @@ pub enum Eligibility {
 
 /// The first build of each branch that can attest, with its revision.
 const MIN_BUILDS: [(u32, u32); 4] = [(19045, 3996), (22000, 2713), (22621, 2792), (22631, 2792)];
+
+/// The `managementAgentType` members through which Intune manages a device
+/// by MDM, and so can send it a remote action. Every other member
+/// (`msSense`, `configurationManagerClient`, `eas`, `easIntuneClient`,
+/// `jamf`, `google`, `googleCloudDevicePolicyController`, `intuneClient`,
+/// `intuneAosp`, `unknown`, `unknownFutureValue`) and any value Graph adds
+/// later is not one.
+const MDM_AGENTS: [&str; 5] = [
+    "mdm",
+    "easMdm",
+    "configurationManagerClientMdm",
+    "configurationManagerClientMdmEas",
+    "microsoft365ManagedMdm",
+];
+
+/// Windows Server 2022's build: no client release has it.
+const SERVER_ONLY_BUILD: u32 = 20348;
+
+/// `GetProductInfo` product types of Windows Server editions (standard,
+/// datacenter, enterprise, web, cluster, their core, Hyper-V-less and
+/// evaluation forms, and the Azure editions).
+const SERVER_PRODUCT_TYPES: [u32; 21] = [
+    7, 8, 10, 12, 13, 14, 15, 17, 18, 29, 36, 37, 38, 39, 40, 41, 42, 79, 80, 145, 146,
+];
 
 /// Models and manufacturers of virtual machines, lower case.
 const VM_MARKERS: [&str; 8] = [
@@ -94,6 +156,16 @@ pub fn check(info: &DeviceInfo) -> Eligibility {
             );
         }
     }
+    if let Some(agent) = info.management_agent.as_deref()
+        && !MDM_AGENTS.iter().any(|a| a.eq_ignore_ascii_case(agent))
+    {
+        return Ineligible(
+            ReasonCode::NotMdmManaged,
+            format!(
+                "managementAgent is {agent:?}: Intune does not manage the device through MDM, so it cannot send the action"
+            ),
+        );
+    }
     let model = info.model.as_deref().unwrap_or_default().to_lowercase();
     let maker = info.manufacturer.as_deref().unwrap_or_default().to_lowercase();
     if info
@@ -114,8 +186,14 @@ pub fn check(info: &DeviceInfo) -> Eligibility {
             format!("a virtual machine ({marker}) cannot attest: attestation needs a physical device"),
         );
     }
-    if let Some(version) = info.os_version.as_deref()
-        && let Some((build, revision)) = build_of(version)
+    let build = info.os_version.as_deref().and_then(build_of);
+    if let Some(why) = server_marker(info, build.map(|(b, _)| b)) {
+        return Ineligible(
+            ReasonCode::WindowsServer,
+            format!("Windows Server ({why}) cannot attest: attestation is for Windows 10 and 11 clients"),
+        );
+    }
+    if let (Some(version), Some((build, revision))) = (info.os_version.as_deref(), build)
         && !build_can_attest(build, revision)
     {
         return Ineligible(
@@ -125,7 +203,7 @@ pub fn check(info: &DeviceInfo) -> Eligibility {
             ),
         );
     }
-    match &info.tpm {
+    let tpm = match &info.tpm {
         TpmReport::Empty => Ineligible(ReasonCode::NoTpm, "no TPM reported".into()),
         TpmReport::Present(spec) => match tpm_major(spec) {
             Some(major) if major < 2 => Ineligible(
@@ -145,7 +223,41 @@ pub fn check(info: &DeviceInfo) -> Eligibility {
             ReasonCode::TpmUnknown,
             "the device did not report its TPM; attempted".into(),
         ),
+    };
+    match (tpm, info.os_version.as_deref(), build) {
+        (Eligible, Some(version), Some((build, _))) if !build_listed(build) => Unconfirmed(
+            ReasonCode::OsBuildUnlisted,
+            format!("Windows {version} is a build Microsoft's list of builds that can attest does not name; attempted"),
+        ),
+        (tpm, ..) => tpm,
     }
+}
+
+/// Why the device is Windows Server, if it is: Server 2022's build, or a
+/// product type, SKU family or edition that names a server (Server 2016,
+/// 2019 and 2025 share their builds with client releases).
+fn server_marker(info: &DeviceInfo, build: Option<u32>) -> Option<String> {
+    if build == Some(SERVER_ONLY_BUILD) {
+        return Some(format!("build {SERVER_ONLY_BUILD}"));
+    }
+    if let Some(t) = info.os_product_type.filter(|t| SERVER_PRODUCT_TYPES.contains(t)) {
+        return Some(format!("operatingSystemProductType {t}"));
+    }
+    [
+        ("skuFamily", &info.sku_family),
+        ("operatingSystemEdition", &info.os_edition),
+    ]
+    .into_iter()
+    .find_map(|(name, v)| {
+        v.as_deref()
+            .filter(|s| s.to_ascii_lowercase().contains("server"))
+            .map(|s| format!("{name} {s:?}"))
+    })
+}
+
+/// Whether Microsoft's list names the build's branch.
+fn build_listed(build: u32) -> bool {
+    MIN_BUILDS.iter().any(|(b, _)| *b == build)
 }
 
 /// The build and revision of `10.0.<build>.<revision>`.
@@ -161,7 +273,8 @@ fn build_of(version: &str) -> Option<(u32, u32)> {
 }
 
 /// Whether a Windows build can attest: at or past the first revision on the
-/// listed branches, any build on a later branch, none before 19045.
+/// listed branches, any build on a later (unlisted) branch, none before
+/// 19045.
 fn build_can_attest(build: u32, revision: u32) -> bool {
     match MIN_BUILDS.iter().find(|(b, _)| *b == build) {
         Some((_, min)) => revision >= *min,
@@ -196,6 +309,15 @@ mod tests {
     }
 
     #[test]
+    fn the_json_name_is_the_one_as_str_gives() {
+        for code in ReasonCode::ALL {
+            let json = serde_json::to_value(code).unwrap_or_default();
+            assert_eq!(json.as_str(), Some(code.as_str()), "{code:?}");
+        }
+        assert_eq!(ReasonCode::TpmBelow20.as_str(), "tpm_below_2_0");
+    }
+
+    #[test]
     fn builds_follow_the_documented_minimums() {
         let tpm2 = || TpmReport::Present("2.0, 0, 1.59".into());
         for (version, ok) in [
@@ -210,12 +332,88 @@ mod tests {
             ("10.0.22631.2791", false),
             ("10.0.26100.1", true),
         ] {
-            let got = code(check(&windows(version, tpm2())));
-            assert_eq!(got.is_none(), ok, "{version}: {got:?}");
+            let verdict = check(&windows(version, tpm2()));
+            assert_eq!(
+                !matches!(verdict, Eligibility::Ineligible(..)),
+                ok,
+                "{version}: {verdict:?}"
+            );
+            let got = code(verdict);
             if !ok {
                 assert_eq!(got, Some(ReasonCode::OsBuildTooOld), "{version}");
             }
         }
+    }
+
+    #[test]
+    fn only_an_mdm_channel_can_carry_the_action() {
+        let v = "10.0.22631.3737";
+        for (agent, ok) in [
+            ("mdm", true),
+            ("easMdm", true),
+            ("configurationManagerClientMdm", true),
+            ("configurationManagerClientMdmEas", true),
+            ("microsoft365ManagedMdm", true),
+            ("msSense", false),
+            ("configurationManagerClient", false),
+            ("eas", false),
+            ("easIntuneClient", false),
+            ("jamf", false),
+            ("googleCloudDevicePolicyController", false),
+            ("intuneClient", false),
+            ("unknown", false),
+            ("unknownFutureValue", false),
+            ("someAgentAddedLater", false),
+        ] {
+            let mut d = windows(v, TpmReport::Present("2.0".into()));
+            d.management_agent = Some(agent.into());
+            let got = code(check(&d));
+            assert_eq!(got, (!ok).then_some(ReasonCode::NotMdmManaged), "{agent}");
+        }
+        // Not reported: nothing to judge by.
+        assert_eq!(code(check(&windows(v, TpmReport::Present("2.0".into())))), None);
+    }
+
+    #[test]
+    fn windows_server_is_told_apart_from_the_clients_that_share_its_builds() {
+        let tpm2 = || TpmReport::Present("2.0, 0, 1.59".into());
+        assert_eq!(
+            code(check(&windows("10.0.20348.2527", tpm2()))),
+            Some(ReasonCode::WindowsServer),
+            "Server 2022's build is no client's"
+        );
+        for version in ["10.0.14393.7070", "10.0.17763.5936", "10.0.26100.1742"] {
+            let mut server = windows(version, tpm2());
+            server.os_product_type = Some(8);
+            assert_eq!(code(check(&server)), Some(ReasonCode::WindowsServer), "{version}");
+            let mut server = windows(version, tpm2());
+            server.sku_family = Some("ServerDatacenter".into());
+            assert_eq!(code(check(&server)), Some(ReasonCode::WindowsServer), "{version}");
+            let mut server = windows(version, tpm2());
+            server.os_edition = Some("ServerStandard".into());
+            assert_eq!(code(check(&server)), Some(ReasonCode::WindowsServer), "{version}");
+            let mut client = windows(version, tpm2());
+            client.os_product_type = Some(48);
+            client.sku_family = Some("Enterprise".into());
+            assert_ne!(code(check(&client)), Some(ReasonCode::WindowsServer), "{version}");
+        }
+    }
+
+    #[test]
+    fn a_build_the_list_does_not_name_is_attempted_with_a_warning() {
+        let tpm2 = || TpmReport::Present("2.0, 0, 1.59".into());
+        for version in ["10.0.26100.1742", "10.0.26200.6584", "10.0.22635.4000"] {
+            match check(&windows(version, tpm2())) {
+                Eligibility::Unconfirmed(ReasonCode::OsBuildUnlisted, why) => assert!(why.contains(version)),
+                other => panic!("{version}: {other:?}"),
+            }
+        }
+        assert_eq!(check(&windows("10.0.22631.3737", tpm2())), Eligibility::Eligible);
+        // An unread TPM says so first.
+        assert_eq!(
+            code(check(&windows("10.0.26100.1742", TpmReport::Unknown))),
+            Some(ReasonCode::TpmUnknown)
+        );
     }
 
     #[test]

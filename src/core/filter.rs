@@ -1,7 +1,10 @@
-//! The OData subset accepted in `device_filter`: exactly the properties and
-//! operators Graph's schema annotations document for `managedDevices`
-//! (`$filter` capabilities), so a filter that passes here is one Graph
-//! serves:
+//! The OData subset accepted in `device_filter`: the properties and
+//! operators Graph's property annotations list for `managedDevices`
+//! (`$filter` capabilities). Graph applies only part of them (see
+//! [`DeviceFilter::graph_filter`]): the rest, and a check of every listed
+//! device against the whole filter, happen on the client
+//! ([`DeviceFilter::classify`]), because Graph is reported to ignore a
+//! `$filter` it does not support and answer with every device.
 //!
 //! | properties | operators |
 //! |---|---|
@@ -184,6 +187,180 @@ impl FilterExpr {
     }
 }
 
+/// The comparisons Graph is sent: those Microsoft's generated model
+/// documentation for `managedDevice` names (`deviceName` eq and contains,
+/// `deviceCategoryDisplayName` and `jailBroken` eq, `enrolledDateTime` and
+/// `lastSyncDateTime` lt and gt), and `operatingSystem eq`, which Microsoft's
+/// own examples use. Graph is reported to ignore a `$filter` on other
+/// properties silently (answering with every device), so everything else is
+/// applied on the client, to every device the listing returns.
+fn graph_applies(e: &FilterExpr) -> bool {
+    match e {
+        FilterExpr::Compare { field, op, .. } => matches!(
+            (*field, op),
+            (
+                "deviceName" | "deviceCategoryDisplayName" | "jailBroken" | "operatingSystem",
+                CompareOp::Eq
+            ) | ("enrolledDateTime" | "lastSyncDateTime", CompareOp::Lt | CompareOp::Gt)
+        ),
+        FilterExpr::Contains { field, .. } => *field == "deviceName",
+        FilterExpr::And(..) | FilterExpr::Or(..) => false,
+    }
+}
+
+impl FilterExpr {
+    /// The part of this expression Graph can be sent: a superset of its
+    /// answer (every device this expression matches, the part matches too),
+    /// or `None` when no part can be sent. `or` is never sent: the model
+    /// documentation says combinations must use `and`.
+    fn graph_part(&self) -> Option<FilterExpr> {
+        match self {
+            FilterExpr::And(a, b) => match (a.graph_part(), b.graph_part()) {
+                (Some(a), Some(b)) => Some(FilterExpr::And(Box::new(a), Box::new(b))),
+                (one, other) => one.or(other),
+            },
+            FilterExpr::Or(..) => None,
+            leaf => graph_applies(leaf).then(|| leaf.clone()),
+        }
+    }
+
+    /// The comparisons only the client applies, in the filter's order.
+    fn client_only(&self, under_or: bool, out: &mut Vec<String>) {
+        match self {
+            FilterExpr::And(a, b) => {
+                a.client_only(under_or, out);
+                b.client_only(under_or, out);
+            }
+            FilterExpr::Or(a, b) => {
+                a.client_only(true, out);
+                b.client_only(true, out);
+            }
+            leaf => {
+                if under_or || !graph_applies(leaf) {
+                    out.push(leaf.to_string());
+                }
+            }
+        }
+    }
+
+    fn fields(&self, out: &mut Vec<&'static str>) {
+        match self {
+            FilterExpr::Compare { field, .. } | FilterExpr::Contains { field, .. } => {
+                if !out.contains(field) {
+                    out.push(field);
+                }
+            }
+            FilterExpr::And(a, b) | FilterExpr::Or(a, b) => {
+                a.fields(out);
+                b.fields(out);
+            }
+        }
+    }
+
+    /// Whether a device matches, given its properties' values as Graph
+    /// listed them (`None` for a property that is absent or null). Strings
+    /// compare without regard to case, as Graph's do; date-times compare as
+    /// instants; a comparison on an absent property holds only for `ne`.
+    fn matches(&self, value: &dyn Fn(&str) -> Option<String>) -> bool {
+        match self {
+            FilterExpr::And(a, b) => a.matches(value) && b.matches(value),
+            FilterExpr::Or(a, b) => a.matches(value) || b.matches(value),
+            FilterExpr::Contains { field, text } => {
+                value(field).is_some_and(|v| v.to_lowercase().contains(&text.to_lowercase()))
+            }
+            FilterExpr::Compare { field, op, value: lit } => {
+                let got = value(field);
+                match (op, lit) {
+                    (CompareOp::Eq, Literal::Str(want)) => got.is_some_and(|g| g.to_lowercase() == want.to_lowercase()),
+                    (CompareOp::Ne, Literal::Str(want)) => got.is_none_or(|g| g.to_lowercase() != want.to_lowercase()),
+                    (CompareOp::Lt | CompareOp::Gt, Literal::DateTime(want)) => {
+                        match (got.as_deref().and_then(instant), instant(want)) {
+                            (Some(g), Some(w)) if *op == CompareOp::Lt => g < w,
+                            (Some(g), Some(w)) => g > w,
+                            _ => false,
+                        }
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// Seconds (and nanoseconds) since 1970 of an RFC 3339 date-time with `Z`
+/// or a `±hh:mm` offset, any year from 0001 (Graph writes
+/// `0001-01-01T00:00:00Z` for "never").
+fn instant(text: &str) -> Option<(i64, u32)> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = text.get(from..to)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    let (y, mo, d, h, mi, sec) = (
+        num(0, 4)?,
+        num(5, 7)?,
+        num(8, 10)?,
+        num(11, 13)?,
+        num(14, 16)?,
+        num(17, 19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let rest = text.get(19..)?;
+    let (nanos, zone) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let n = r.bytes().take_while(u8::is_ascii_digit).count();
+            if n == 0 {
+                return None;
+            }
+            let digits: String = r[..n].chars().chain(std::iter::repeat('0')).take(9).collect();
+            (digits.parse::<u32>().ok()?, &r[n..])
+        }
+        None => (0, rest),
+    };
+    let offset_min = match zone {
+        "Z" | "z" => 0,
+        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && &z[3..4] == ":" => {
+            let m = z.get(1..3)?.parse::<i64>().ok()? * 60 + z.get(4..6)?.parse::<i64>().ok()?;
+            if z.starts_with('-') { -m } else { m }
+        }
+        _ => return None,
+    };
+    // Days from the civil date.
+    let (y, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60, nanos))
+}
+
+/// How one listed device stands against a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// It matches the whole filter.
+    Matches,
+    /// It does not match the `$filter` Graph was sent.
+    NotAppliedByGraph,
+    /// It matches what Graph was sent, not the client-only parts.
+    LeftOutByClient,
+}
+
+/// Which parts of a filter Graph applies and which the client applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterPlan {
+    /// The `$filter` sent to Graph, or `None` when the whole listing is read.
+    pub graph: Option<String>,
+    /// The comparisons only the client applies (it checks every listed
+    /// device against the whole filter in any case).
+    pub client_only: Vec<String>,
+}
+
 /// A validated `device_filter`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceFilter {
@@ -223,6 +400,48 @@ impl DeviceFilter {
     /// The parsed expression.
     pub fn expr(&self) -> &FilterExpr {
         &self.expr
+    }
+
+    /// The `$filter` text sent to Graph: the documented part, a superset of
+    /// the answer, or `None` when nothing can be sent.
+    pub fn graph_filter(&self) -> Option<String> {
+        self.expr.graph_part().map(|e| e.to_string())
+    }
+
+    /// Which parts Graph applies and which the client applies.
+    pub fn plan(&self) -> FilterPlan {
+        let mut client_only = Vec::new();
+        self.expr.client_only(false, &mut client_only);
+        FilterPlan {
+            graph: self.graph_filter(),
+            client_only,
+        }
+    }
+
+    /// The properties the filter names, for the listing's `$select`.
+    pub fn properties(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        self.expr.fields(&mut out);
+        out
+    }
+
+    /// Whether a listed device matches the whole filter; `value` gives a
+    /// property's value as Graph listed it (`None` when absent or null).
+    pub fn matches(&self, value: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.expr.matches(value)
+    }
+
+    /// How a listed device stands against the filter: matching, outside
+    /// what Graph was sent (Graph did not apply it), or outside only the
+    /// parts the client applies.
+    pub fn classify(&self, value: &dyn Fn(&str) -> Option<String>) -> Listed {
+        if self.expr.matches(value) {
+            Listed::Matches
+        } else if self.expr.graph_part().is_some_and(|g| !g.matches(value)) {
+            Listed::NotAppliedByGraph
+        } else {
+            Listed::LeftOutByClient
+        }
     }
 }
 
@@ -657,6 +876,107 @@ mod tests {
         let many = vec!["imei eq 'x'"; 40].join(" or ");
         assert!(DeviceFilter::parse(&many).unwrap_err().0.contains("comparisons"));
         assert!(DeviceFilter::parse(&"x".repeat(2000)).is_err());
+    }
+
+    fn plan(text: &str) -> FilterPlan {
+        DeviceFilter::parse(text)
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+            .plan()
+    }
+
+    #[test]
+    fn graph_is_sent_only_the_documented_comparisons_joined_by_and() {
+        let p = plan("operatingSystem eq 'Windows' and model eq 'Surface Laptop 5'");
+        assert_eq!(p.graph.as_deref(), Some("operatingSystem eq 'Windows'"));
+        assert_eq!(p.client_only, ["model eq 'Surface Laptop 5'"]);
+        let p = plan("model eq 'Surface Laptop 5'");
+        assert_eq!((p.graph, p.client_only.len()), (None, 1));
+        let p = plan(
+            "contains(deviceName,'LAB') and lastSyncDateTime gt 2026-11-22T00:00:00Z and contains(osVersion,'19045')",
+        );
+        assert_eq!(
+            p.graph.as_deref(),
+            Some("contains(deviceName,'LAB') and lastSyncDateTime gt 2026-11-22T00:00:00Z")
+        );
+        assert_eq!(p.client_only, ["contains(osVersion,'19045')"]);
+        let p = plan("operatingSystem eq 'Windows' and (jailBroken eq 'False' or deviceCategoryDisplayName eq 'Lab')");
+        assert_eq!(p.graph.as_deref(), Some("operatingSystem eq 'Windows'"));
+        assert_eq!(
+            p.client_only,
+            ["jailBroken eq 'False'", "deviceCategoryDisplayName eq 'Lab'"]
+        );
+        let p = plan("userPrincipalName ne 'kiosk@contoso.com' and enrolledDateTime lt 2026-01-01T00:00:00Z");
+        assert_eq!(p.graph.as_deref(), Some("enrolledDateTime lt 2026-01-01T00:00:00Z"));
+        for documented in [
+            "deviceName eq 'A'",
+            "contains(deviceName,'A')",
+            "deviceCategoryDisplayName eq 'A'",
+            "jailBroken eq 'True'",
+            "enrolledDateTime gt 2026-01-01T00:00:00Z",
+            "lastSyncDateTime lt 2026-01-01T00:00:00Z",
+            "operatingSystem eq 'Windows'",
+        ] {
+            let p = plan(documented);
+            assert_eq!(p.graph.as_deref(), Some(documented));
+            assert!(p.client_only.is_empty(), "{documented}");
+        }
+    }
+
+    #[test]
+    fn the_client_evaluates_the_whole_filter() {
+        let device = |name: &str| -> Option<String> {
+            match name {
+                "operatingSystem" => Some("Windows".into()),
+                "model" => Some("Surface Laptop 5".into()),
+                "deviceName" => Some("LAB-0042".into()),
+                "lastSyncDateTime" => Some("2026-11-23T08:00:00.1234567Z".into()),
+                "enrolledDateTime" => Some("0001-01-01T00:00:00Z".into()),
+                "userPrincipalName" => Some("Kiosk@Contoso.com".into()),
+                _ => None,
+            }
+        };
+        let yes = |text: &str| DeviceFilter::parse(text).unwrap().matches(&device);
+        assert!(yes("operatingSystem eq 'windows' and model eq 'Surface Laptop 5'"));
+        assert!(!yes("operatingSystem eq 'Windows' and model eq 'Surface Laptop 4'"));
+        assert!(yes(
+            "contains(deviceName,'lab') and lastSyncDateTime gt 2026-11-23T07:59:59Z"
+        ));
+        assert!(!yes("lastSyncDateTime gt 2026-11-23T08:00:01Z"));
+        assert!(yes("lastSyncDateTime lt 2026-11-23T08:00:01Z"));
+        assert!(yes("enrolledDateTime lt 1990-01-01T00:00:00Z"));
+        assert!(!yes("userPrincipalName ne 'kiosk@contoso.com'"));
+        assert!(yes("userPrincipalName ne 'other@contoso.com'"));
+        assert!(
+            DeviceFilter::parse("userPrincipalName ne 'x'")
+                .unwrap()
+                .matches(&|_| None)
+        );
+        assert!(!yes("serialNumber eq 'x'") && !yes("contains(osVersion,'1')"));
+        assert!(yes("manufacturer eq 'Dell' or operatingSystem eq 'Windows'"));
+        assert!(!yes("managementAgent eq 'mdm' or complianceState eq 'compliant'"));
+        assert_eq!(
+            DeviceFilter::parse("model eq 'x' and (operatingSystem eq 'Windows' or imei eq '1')")
+                .unwrap()
+                .properties(),
+            ["model", "operatingSystem", "imei"]
+        );
+    }
+
+    #[test]
+    fn instants_read_every_form_graph_writes() {
+        assert_eq!(instant("1970-01-01T00:00:00Z"), Some((0, 0)));
+        assert_eq!(instant("1970-01-01T01:00:00+01:00"), Some((0, 0)));
+        assert_eq!(instant("1970-01-01T00:00:00.5Z"), Some((0, 500_000_000)));
+        assert!(instant("0001-01-01T00:00:00Z").is_some_and(|(s, _)| s < 0));
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22",
+            "2026-11-22T00:00:00",
+            "2026-11-22T00:00:00.Z",
+        ] {
+            assert_eq!(instant(bad), None, "{bad}");
+        }
     }
 
     #[test]

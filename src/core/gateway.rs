@@ -103,6 +103,8 @@ pub enum TpmReport {
 /// [`eligibility`](super::eligibility)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
+    /// `deviceName`.
+    pub device_name: Option<String>,
     /// `operatingSystem`.
     pub operating_system: Option<String>,
     /// `osVersion` (`10.0.<build>.<revision>` on Windows).
@@ -115,6 +117,50 @@ pub struct DeviceInfo {
     pub device_type: Option<String>,
     /// `hardwareInformation.tpmSpecificationVersion`.
     pub tpm: TpmReport,
+    /// `managementAgent` (enum `managementAgentType`, as Graph spells it).
+    pub management_agent: Option<String>,
+    /// `skuFamily`.
+    pub sku_family: Option<String>,
+    /// `hardwareInformation.operatingSystemEdition`.
+    pub os_edition: Option<String>,
+    /// `hardwareInformation.operatingSystemProductType` (Windows'
+    /// `GetProductInfo` product type).
+    pub os_product_type: Option<u32>,
+}
+
+/// What a filtered listing found. Every device Graph listed was checked
+/// against the whole filter on the client; only those that match are here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The devices that match the whole filter, in Graph's order.
+    pub devices: Vec<DeviceId>,
+    /// Listed devices that do not match the `$filter` Graph was sent: Graph
+    /// did not apply it (or part of it). Left out, never written.
+    pub not_applied_by_graph: usize,
+    /// Listed devices that match what Graph was sent but not the parts of
+    /// the filter only the client applies. Left out, never written.
+    pub left_out_by_client: usize,
+}
+
+impl Listing {
+    /// The warnings a run reports about this listing (none when Graph
+    /// applied what it was sent and the client left nothing out).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.not_applied_by_graph > 0 {
+            out.push(format!(
+                "Graph did not apply part of device_filter: it listed {} device(s) that do not match the $filter it was sent; they were left out (no write)",
+                self.not_applied_by_graph
+            ));
+        }
+        if self.left_out_by_client > 0 {
+            out.push(format!(
+                "{} listed device(s) did not match the parts of device_filter the client applies; they were left out (no write)",
+                self.left_out_by_client
+            ));
+        }
+        out
+    }
 }
 
 /// A failure that stops the whole run rather than one device.
@@ -155,14 +201,17 @@ pub trait DeviceGateway: Send + Sync + 'static {
     /// Makes sure calls can be authorised (fetches a token).
     fn prepare(&self, deadline: Instant) -> impl Future<Output = Result<(), GatewayError>> + Send;
 
-    /// Lists managed devices matching `filter`, following paging; fails with
-    /// [`GatewayError::TooManyDevices`] past `limit`.
+    /// Lists managed devices matching `filter`, following paging: sends
+    /// Graph [`DeviceFilter::graph_filter`], `$select`s the filter's
+    /// properties and keeps only the listed devices that
+    /// [`DeviceFilter::classify`] finds matching; fails with
+    /// [`GatewayError::TooManyDevices`] past `limit` matching devices.
     fn list_devices(
         &self,
         filter: &DeviceFilter,
         limit: usize,
         deadline: Instant,
-    ) -> impl Future<Output = Result<Vec<DeviceId>, GatewayError>> + Send;
+    ) -> impl Future<Output = Result<Listing, GatewayError>> + Send;
 
     /// Reads the devices' validation facts in one batch.
     fn read_devices(

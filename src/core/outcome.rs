@@ -1,7 +1,7 @@
 //! What happened: one outcome per device, the run's status, and the result
 //! document (a public contract, described by `schema/result.schema.json`).
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::device::{DeviceId, DeviceKind};
 pub use super::eligibility::ReasonCode;
@@ -9,9 +9,9 @@ pub use super::eligibility::ReasonCode;
 /// The result document's schema version. Bump on any breaking change.
 pub const SCHEMA_VERSION: &str = "1";
 
-/// What finally happened to one device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What finally happened to one device ([`Outcome::as_str`] names it in
+/// every document and view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Graph accepted the request; the device will report later.
     Initiated,
@@ -72,6 +72,12 @@ impl Outcome {
     }
 }
 
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// One device's line in the result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DeviceResult {
@@ -79,13 +85,15 @@ pub struct DeviceResult {
     pub device_id: DeviceId,
     /// Which endpoint it was addressed through.
     pub kind: DeviceKind,
+    /// Graph's `deviceName`, when the validation read found the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     /// What happened.
     pub outcome: Outcome,
     /// Why, for `unsupported` and for failures decided without Graph's word.
     pub reason: Option<String>,
-    /// Why, for machines: `not_found`, `not_windows`, `no_tpm`,
-    /// `tpm_below_2_0`, `virtual_machine`, `cloud_pc`, `os_build_too_old`,
-    /// or `tpm_unknown` (attempted, with a warning).
+    /// Why, for machines: one of [`ReasonCode::ALL`]; `tpm_unknown` and
+    /// `os_build_unlisted` mark a device attempted with a warning.
     pub reason_code: Option<ReasonCode>,
     /// The last HTTP status Graph gave for this device.
     pub http_status: Option<u16>,
@@ -116,6 +124,7 @@ impl DeviceResult {
         Self {
             device_id,
             kind,
+            device_name: None,
             outcome,
             reason: None,
             reason_code: None,

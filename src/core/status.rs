@@ -1,9 +1,11 @@
 //! The verdict: did attestation happen? Intune answers later than the
 //! initiation (up to 15 minutes), in each device's `deviceActionResults`
-//! entry for `initiateDeviceAttestation` and, where Graph still serves it,
+//! entry for `initiateDeviceAttestation` and, only when a deployment opts
+//! in (the current beta schema no longer has it on `managedDevice`),
 //! `deviceIdentityAttestationDetail.deviceIdentityAttestationStatus`. This
 //! module reads them for a set of devices, paced and batched, and builds
-//! the status document (`schema/status.schema.json`).
+//! the status document (`schema/status.schema.json`). A value Graph adds to
+//! either enum later is `unknown`, never terminal, and logged once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,11 +39,26 @@ pub enum ActionState {
     NotSupported,
     /// Cancelled.
     Canceled,
+    /// A value this version does not know (Graph adds enum members): not
+    /// terminal, so a verify schedule keeps checking.
+    Unknown,
+}
+
+/// Logs, once per process for each value, that Graph sent an enum value
+/// this version does not know.
+fn note_unknown(property: &'static str, value: &str) {
+    static SEEN: std::sync::Mutex<Vec<(&'static str, String)>> = std::sync::Mutex::new(Vec::new());
+    let value = super::text::bounded(value, 64);
+    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !seen.iter().any(|(p, v)| *p == property && *v == value) {
+        tracing::warn!(property, value = %value, "Graph sent a value this version does not know; reported as unknown");
+        seen.push((property, value));
+    }
 }
 
 impl ActionState {
     /// Every state, in the order the summary lists them.
-    pub const ALL: [ActionState; 7] = [
+    pub const ALL: [ActionState; 8] = [
         ActionState::None,
         ActionState::Pending,
         ActionState::Active,
@@ -49,24 +66,31 @@ impl ActionState {
         ActionState::Failed,
         ActionState::NotSupported,
         ActionState::Canceled,
+        ActionState::Unknown,
     ];
 
-    /// Graph's `actionState` value.
+    /// Graph's `actionState` value (`none pending canceled active done
+    /// failed notSupported` in the beta schema); any other is `Unknown`.
     pub fn from_graph(s: &str) -> Self {
         match s.to_ascii_lowercase().as_str() {
+            "none" => ActionState::None,
             "pending" => ActionState::Pending,
             "active" => ActionState::Active,
             "done" => ActionState::Done,
             "failed" => ActionState::Failed,
             "notsupported" => ActionState::NotSupported,
             "canceled" | "cancelled" => ActionState::Canceled,
-            _ => ActionState::None,
+            _ => {
+                note_unknown("actionState", s);
+                ActionState::Unknown
+            }
         }
     }
 
-    /// Whether the device will report nothing more.
+    /// Whether the device will report nothing more (an unknown state may
+    /// still change).
     pub fn is_terminal(self) -> bool {
-        !matches!(self, ActionState::Pending | ActionState::Active)
+        !matches!(self, ActionState::Pending | ActionState::Active | ActionState::Unknown)
     }
 
     /// The name the status document uses.
@@ -79,6 +103,7 @@ impl ActionState {
             ActionState::Failed => "failed",
             ActionState::NotSupported => "not_supported",
             ActionState::Canceled => "canceled",
+            ActionState::Unknown => "unknown",
         }
     }
 }
@@ -116,7 +141,11 @@ impl AttestationStatus {
             "untrusted" => AttestationStatus::Untrusted,
             "notsupported" => AttestationStatus::NotSupported,
             "incompletedata" => AttestationStatus::IncompleteData,
-            _ => AttestationStatus::Unknown,
+            "unknown" => AttestationStatus::Unknown,
+            _ => {
+                note_unknown("deviceIdentityAttestationStatus", s);
+                AttestationStatus::Unknown
+            }
         }
     }
 
@@ -135,6 +164,8 @@ impl AttestationStatus {
 /// What Graph reported of one device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusReport {
+    /// Graph's `deviceName`.
+    pub device_name: Option<String>,
     /// The `initiateDeviceAttestation` entry: state, start, last update.
     pub action: Option<(ActionState, Option<String>, Option<String>)>,
     /// The attestation status, when Graph served it.
@@ -151,6 +182,24 @@ pub trait StatusGateway: Send + Sync + 'static {
         detail: bool,
         deadline: Instant,
     ) -> impl std::future::Future<Output = Vec<ItemAnswer<StatusReport>>> + Send;
+
+    /// Whether reads should select the attestation detail: an opt-in, not
+    /// yet refused in this run.
+    fn detail_wanted(&self) -> bool {
+        false
+    }
+
+    /// Graph refused the attestation detail: stop asking for the rest of
+    /// the run.
+    fn detail_refused(&self) {}
+}
+
+/// Whether a failed read that selected the attestation detail is Graph
+/// refusing the property (400 `BadRequest`, as Graph answers a `$select`
+/// of a property the type does not have), judged by the status and the
+/// error code, never the message text.
+fn refuses_detail(status: Option<u16>, code: Option<&str>) -> bool {
+    status == Some(400) && code.is_some_and(|c| c.eq_ignore_ascii_case("BadRequest"))
 }
 
 /// One device's line in the status document.
@@ -160,6 +209,9 @@ pub struct DeviceStatus {
     pub device_id: DeviceId,
     /// Which endpoint it was attested through.
     pub kind: DeviceKind,
+    /// Graph's `deviceName`, when the read found the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     /// Where the action stands (`none` when Graph has no entry for it).
     pub action_state: ActionState,
     /// When the action started (RFC 3339, as Graph gave it).
@@ -238,7 +290,7 @@ pub async fn read<G: StatusGateway>(
     let pacer = &policy.pacer;
     let lock = || pacer.lock().unwrap_or_else(|p| p.into_inner());
     let backoff = policy.backoff;
-    let mut detail = true;
+    let mut detail = gateway.detail_wanted();
     let mut warnings = Vec::new();
     let mut out: Vec<Option<DeviceStatus>> = vec![None; devices.len()];
     let mut todo: Vec<(usize, u32)> = (0..devices.len()).map(|i| (i, 0)).collect();
@@ -291,6 +343,7 @@ pub async fn read<G: StatusGateway>(
                     out[i] = Some(DeviceStatus {
                         device_id: d.id,
                         kind: d.kind,
+                        device_name: value.device_name,
                         action_state: state,
                         action_started_at: started,
                         action_updated_at: updated,
@@ -298,17 +351,13 @@ pub async fn read<G: StatusGateway>(
                         read_error: None,
                     });
                 }
-                ItemAnswer::Failed(f)
-                    if asked_detail
-                        && f.status == Some(400)
-                        && f.message
-                            .as_deref()
-                            .is_some_and(|m| m.contains("deviceIdentityAttestationDetail")) =>
-                {
+                ItemAnswer::Failed(f) if asked_detail && refuses_detail(f.status, f.code.as_deref()) => {
                     // Recent Graph no longer serves the property: go on
-                    // without it, saying so once for the whole read.
+                    // without it for the rest of the run (a read refused
+                    // again without it is a real failure), saying so once.
                     if detail {
                         detail = false;
+                        gateway.detail_refused();
                         warnings.push(
                             "Graph does not serve deviceIdentityAttestationDetail here; attestation_status is null"
                                 .into(),
@@ -373,6 +422,7 @@ fn unread(d: DeviceRef, why: String) -> DeviceStatus {
     DeviceStatus {
         device_id: d.id,
         kind: d.kind,
+        device_name: None,
         action_state: ActionState::None,
         action_started_at: None,
         action_updated_at: None,
@@ -417,6 +467,7 @@ mod tests {
                             value: StatusReport {
                                 action: Some((ActionState::Done, None, None)),
                                 attestation: None,
+                                device_name: None,
                             },
                             status: 200,
                             request_id: None,
@@ -476,7 +527,16 @@ mod tests {
     fn graph_values_map_to_the_documents_words() {
         assert_eq!(ActionState::from_graph("notSupported"), ActionState::NotSupported);
         assert_eq!(ActionState::from_graph("done"), ActionState::Done);
-        assert_eq!(ActionState::from_graph("something new"), ActionState::None);
+        assert_eq!(ActionState::from_graph("something new"), ActionState::Unknown);
+        assert_eq!(ActionState::from_graph("none"), ActionState::None);
+        assert!(!ActionState::Unknown.is_terminal());
+        assert_eq!(
+            AttestationStatus::from_graph("unknownFutureValue"),
+            AttestationStatus::Unknown
+        );
+        assert!(refuses_detail(Some(400), Some("BadRequest")));
+        assert!(!refuses_detail(Some(400), Some("InvalidRequest")));
+        assert!(!refuses_detail(Some(404), Some("BadRequest")));
         assert_eq!(AttestationStatus::from_graph("unTrusted"), AttestationStatus::Untrusted);
         assert_eq!(
             AttestationStatus::from_graph("incompleteData"),

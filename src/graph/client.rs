@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use crate::core::backoff::Backoff;
 use crate::core::device::{DeviceId, DeviceRef};
-use crate::core::filter::DeviceFilter;
+use crate::core::filter::{DeviceFilter, Listed};
 use crate::core::gateway::{
-    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer, TpmReport,
+    CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer, Listing, TpmReport,
 };
 use crate::core::status::{ActionState, AttestationStatus, StatusGateway, StatusReport};
 use crate::core::text::bounded;
@@ -37,6 +37,10 @@ pub struct ClientConfig {
     pub page_backoff: Backoff,
     /// Retry delays and attempts of the token request.
     pub token_backoff: Backoff,
+    /// Whether status reads select `deviceIdentityAttestationDetail`
+    /// (`ATTEST_ATTESTATION_DETAIL`; off by default: the current beta
+    /// schema no longer has it on `managedDevice`).
+    pub attestation_detail: bool,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +50,7 @@ impl Default for ClientConfig {
             page_size: 999,
             page_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(32), 6),
             token_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(2), 4),
+            attestation_detail: false,
         }
     }
 }
@@ -59,6 +64,7 @@ pub struct GraphClient {
     cfg: ClientConfig,
     requests: Arc<AtomicU64>,
     throttled: AtomicU64,
+    detail_refused: std::sync::atomic::AtomicBool,
 }
 
 /// A raw item answer: status, headers and body, or a transport failure.
@@ -95,6 +101,7 @@ impl GraphClient {
             cfg,
             requests,
             throttled: AtomicU64::new(0),
+            detail_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -391,13 +398,38 @@ fn device_info(body: Option<&Value>) -> DeviceInfo {
         Some(Value::String(s)) => TpmReport::Present(s.clone()),
         _ => TpmReport::Unknown,
     };
+    let hardware = body.and_then(|b| b.get("hardwareInformation"));
     DeviceInfo {
+        device_name: text("deviceName").map(|n| bounded(&n, 256)),
         operating_system: text("operatingSystem"),
         os_version: text("osVersion"),
         model: text("model"),
         manufacturer: text("manufacturer"),
         device_type: text("deviceType"),
         tpm,
+        management_agent: text("managementAgent"),
+        sku_family: text("skuFamily"),
+        os_edition: hardware
+            .and_then(|h| h.get("operatingSystemEdition"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| bounded(s, 64)),
+        os_product_type: hardware
+            .and_then(|h| h.get("operatingSystemProductType"))
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n != 0),
+    }
+}
+
+/// A listed property's value as text, for the client-side filter check
+/// (`None` when absent or null).
+fn listed_value(item: &Value, name: &str) -> Option<String> {
+    match item.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -427,7 +459,15 @@ fn status_report(body: Option<&Value>) -> StatusReport {
         .and_then(|d| d.get("deviceIdentityAttestationStatus"))
         .and_then(Value::as_str)
         .map(AttestationStatus::from_graph);
-    StatusReport { action, attestation }
+    StatusReport {
+        device_name: body
+            .and_then(|b| b.get("deviceName"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| bounded(s, 256)),
+        action,
+        attestation,
+    }
 }
 
 impl StatusGateway for GraphClient {
@@ -438,9 +478,9 @@ impl StatusGateway for GraphClient {
         deadline: Instant,
     ) -> Vec<ItemAnswer<StatusReport>> {
         let select = if detail {
-            "id,deviceActionResults,deviceIdentityAttestationDetail"
+            "id,deviceName,deviceActionResults,deviceIdentityAttestationDetail"
         } else {
-            "id,deviceActionResults"
+            "id,deviceName,deviceActionResults"
         };
         let items = devices
             .iter()
@@ -452,6 +492,14 @@ impl StatusGateway for GraphClient {
             })
             .collect();
         self.reads(items, deadline, status_report).await
+    }
+
+    fn detail_wanted(&self) -> bool {
+        self.cfg.attestation_detail && !self.detail_refused.load(Ordering::Relaxed)
+    }
+
+    fn detail_refused(&self) {
+        self.detail_refused.store(true, Ordering::Relaxed);
     }
 }
 
@@ -469,23 +517,39 @@ impl DeviceGateway for GraphClient {
         filter: &DeviceFilter,
         limit: usize,
         deadline: Instant,
-    ) -> Result<Vec<DeviceId>, GatewayError> {
+    ) -> Result<Listing, GatewayError> {
         let mut url = Url::parse(&format!("{}/deviceManagement/managedDevices", self.beta))
             .map_err(|e| GatewayError::Refused(format!("bad Graph URL: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("$filter", &filter.to_string())
-            .append_pair("$select", "id,operatingSystem")
-            .append_pair("$top", &self.cfg.page_size.to_string());
-        let mut ids = Vec::new();
+        let mut select = vec!["id", "deviceName", "operatingSystem"];
+        for p in filter.properties() {
+            if !select.contains(&p) {
+                select.push(p);
+            }
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(sent) = filter.graph_filter() {
+                query.append_pair("$filter", &sent);
+            }
+            query
+                .append_pair("$select", &select.join(","))
+                .append_pair("$top", &self.cfg.page_size.to_string());
+        }
+        let mut listing = Listing::default();
         let mut next = Some(url);
         while let Some(page_url) = next.take() {
             let page = self.get_page(&page_url, deadline).await?;
             for item in page.get("value").and_then(Value::as_array).into_iter().flatten() {
-                match item.get("id").and_then(Value::as_str).and_then(DeviceId::parse) {
-                    Some(id) => ids.push(id),
-                    None => tracing::warn!("a listed device had no GUID id; skipped"),
+                let Some(id) = item.get("id").and_then(Value::as_str).and_then(DeviceId::parse) else {
+                    tracing::warn!("a listed device had no GUID id; skipped");
+                    continue;
+                };
+                match filter.classify(&|name| listed_value(item, name)) {
+                    Listed::Matches => listing.devices.push(id),
+                    Listed::NotAppliedByGraph => listing.not_applied_by_graph += 1,
+                    Listed::LeftOutByClient => listing.left_out_by_client += 1,
                 }
-                if ids.len() > limit {
+                if listing.devices.len() > limit {
                     return Err(GatewayError::TooManyDevices { limit });
                 }
             }
@@ -500,7 +564,7 @@ impl DeviceGateway for GraphClient {
                 next = Some(link);
             }
         }
-        Ok(ids)
+        Ok(listing)
     }
 
     async fn read_devices(&self, devices: &[DeviceRef], deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {

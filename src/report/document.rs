@@ -90,6 +90,9 @@ pub struct ResultDevice {
     pub device_id: String,
     /// `managed` or `comanaged`.
     pub kind: String,
+    /// Graph's `deviceName`, when the validation read found the device.
+    #[serde(default)]
+    pub device_name: Option<String>,
     /// What happened.
     pub outcome: String,
     /// Why, in words.

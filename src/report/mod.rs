@@ -120,18 +120,21 @@ footer dt { font-weight: 600; } footer dd { margin: 0; overflow-wrap: anywhere; 
 const SCRIPT: &str = r#"
 (function () {
   var select = document.getElementById('outcome-filter');
+  var name = document.getElementById('name-filter');
   var rows = document.querySelectorAll('#devices tbody tr');
   var shown = document.getElementById('shown');
   function apply() {
-    var want = select.value, n = 0;
+    var want = select.value, text = name.value.toLowerCase(), n = 0;
     for (var i = 0; i < rows.length; i++) {
-      var hide = want !== '' && rows[i].getAttribute('data-outcome') !== want;
+      var hide = (want !== '' && rows[i].getAttribute('data-outcome') !== want)
+        || (text !== '' && (rows[i].getAttribute('data-name') || '').toLowerCase().indexOf(text) < 0);
       rows[i].hidden = hide;
       if (!hide) { n++; }
     }
     shown.textContent = n + ' of ' + rows.length + ' devices shown';
   }
   select.addEventListener('change', apply);
+  name.addEventListener('input', apply);
   var wanted = /^#outcome=([a-z_]+)$/.exec(location.hash);
   if (wanted) { select.value = wanted[1]; }
   apply();
@@ -293,19 +296,23 @@ fn device_table(r: &ResultDocument, with_status: bool, verdicts: &HashMap<&str, 
                     @for (o, n) in &outcomes { option value=(o) { (o) " (" (n) ")" } }
                 }
                 " "
+                label for="name-filter" { "named like " }
+                input #name-filter type="search" placeholder="device name";
+                " "
                 span #shown.muted { (r.devices.len()) " devices" }
             }
             div.scroll { table #devices {
                 thead { tr {
-                    th { "#" } th { "Device ID" } th { "Kind" } th { "Outcome" } th { "Reason" }
+                    th { "#" } th { "Device ID" } th { "Device name" } th { "Kind" } th { "Outcome" } th { "Reason" }
                     th { "HTTP" } th { "Graph error" } th { "Request ID" }
                     @if with_status { th { "Action state" } th { "Attestation" } }
                 } }
                 tbody {
                     @for (i, d) in r.devices.iter().enumerate() {
-                        tr data-outcome=(d.outcome) {
+                        tr data-outcome=(d.outcome) data-name=(d.device_name.as_deref().unwrap_or_default()) {
                             td { (i + 1) }
                             td.id { (d.device_id) }
+                            td { @if let Some(n) = &d.device_name { (n) } }
                             td { (d.kind) }
                             td { span class={"badge " (style_class(&d.outcome))} { (d.outcome) } }
                             td.msg {

@@ -13,6 +13,7 @@ fn result() -> ResultDocument {
     failed.error_code = Some("BadRequest".into());
     failed.message = Some(HOSTILE.into());
     failed.request_id = Some("rid-2".into());
+    failed.device_name = Some("LAB-<b>07</b>".into());
     let mut record = RunRecord {
         correlation_id: "incident-<7>".into(),
         started_at: "2026-11-29T10:00:00.000Z".into(),
@@ -92,6 +93,22 @@ fn every_device_has_a_row_and_the_filter_offers_the_outcomes_present() {
     assert!(html.contains(r#"<option value="failed">failed (1)</option>"#));
     assert!(!html.contains(r#"<option value="throttled">"#));
     assert!(!html.contains("Action state"));
+}
+
+#[test]
+fn device_names_have_a_column_and_the_filter_matches_them() {
+    let html = page(None);
+    assert!(html.contains("<th>Device name</th>"));
+    assert!(
+        html.contains(r#"data-name="LAB-&lt;b&gt;07&lt;/b&gt;""#),
+        "escaped in the attribute"
+    );
+    assert!(
+        html.contains("<td>LAB-&lt;b&gt;07&lt;/b&gt;</td>"),
+        "escaped in the cell"
+    );
+    assert!(html.contains(r#"id="name-filter""#));
+    assert!(SCRIPT.contains("data-name"));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::core::device::{DeviceId, DeviceRef};
+use crate::core::device::DeviceRef;
 use crate::core::filter::DeviceFilter;
 use crate::core::gateway::{
     CallFailure, DeviceGateway, DeviceInfo, FailureKind, GatewayError, GatewayStats, ItemAnswer,
@@ -387,7 +387,7 @@ impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
         filter: &DeviceFilter,
         limit: usize,
         deadline: Instant,
-    ) -> Result<Vec<DeviceId>, GatewayError> {
+    ) -> Result<crate::core::gateway::Listing, GatewayError> {
         self.inner.list_devices(filter, limit, deadline).await
     }
 
@@ -430,5 +430,13 @@ impl<G: DeviceGateway + StatusGateway> StatusGateway for BudgetedGateway<G> {
             || self.inner.read_status(devices, detail, deadline),
         )
         .await
+    }
+
+    fn detail_wanted(&self) -> bool {
+        self.inner.detail_wanted()
+    }
+
+    fn detail_refused(&self) {
+        self.inner.detail_refused();
     }
 }

@@ -94,7 +94,10 @@ impl AttestService {
                     read_until,
                 )
                 .await?;
-                crate::core::device::with_selected(&req.devices, selected).0
+                for warning in selected.warnings() {
+                    tracing::warn!("status: {warning}");
+                }
+                crate::core::device::with_selected(&req.devices, selected.devices).0
             }
             None => req.devices.clone(),
         };

@@ -132,13 +132,17 @@ impl AttestService {
     ) -> Result<Disposition, ServiceError> {
         let client = self.graph_client(&self.own, false).await?;
         let limit = self.settings.limits.max_devices.saturating_mul(100);
-        let ids = client
+        let listing = client
             .list_devices(&self.sweep.filter, limit, deadline)
             .await
             .map_err(|e| match e {
                 e @ (GatewayError::Credentials(_) | GatewayError::Unavailable(_)) => ServiceError::from(e),
                 other => ServiceError::SelectionFailed(other.to_string()),
             })?;
+        for warning in listing.warnings() {
+            tracing::warn!(correlation_id, "sweep: {warning}");
+        }
+        let ids = listing.devices;
         let chunk_size = self.sweep.chunk_size.clamp(1, self.settings.limits.max_devices);
         // The chunks name their devices; none carries the sweep's filter.
         let template = template.for_devices(Vec::new(), correlation_id.to_owned(), 1);

@@ -8,7 +8,7 @@ use graph_sim::Sim;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-struct Handler {
+pub(crate) struct Handler {
     child: tokio::process::Child,
     url: String,
 }
@@ -19,7 +19,7 @@ impl Drop for Handler {
     }
 }
 
-async fn start(sim: &Sim, extra: &[(&str, &str)]) -> Handler {
+pub(crate) async fn start(sim: &Sim, extra: &[(&str, &str)]) -> Handler {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -50,7 +50,7 @@ async fn start(sim: &Sim, extra: &[(&str, &str)]) -> Handler {
     panic!("the handler did not listen");
 }
 
-async fn post(h: &Handler, function: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post(h: &Handler, function: &str, body: Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/{function}", h.url))
         .json(&body)

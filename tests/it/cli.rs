@@ -276,6 +276,46 @@ async fn check_prints_the_normalised_request_without_calling_graph() {
 }
 
 #[tokio::test]
+async fn check_says_which_parts_of_the_filter_graph_applies_and_which_the_client_does() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let payload = br#"{"device_filter": "operatingSystem eq 'Windows' and model eq 'Surface Laptop 5' and (jailBroken eq 'False' or imei eq '1')"}"#.to_vec();
+    let out = invoke(&sim, &[], &["check", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = &doc["device_filter_plan"];
+    assert_eq!(plan["sent_to_graph"], "operatingSystem eq 'Windows'");
+    assert_eq!(
+        plan["client_only"],
+        serde_json::json!(["model eq 'Surface Laptop 5'", "jailBroken eq 'False'", "imei eq '1'"])
+    );
+    assert_eq!(plan["client_checks_every_listed_device"], true);
+    let table = invoke(
+        &sim,
+        &[],
+        &["check", "--output", "table", "--event", "-"],
+        Some(payload),
+    )
+    .await;
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("Graph applies ($filter)")
+            && text.contains("only the client applies")
+            && text.contains("model eq 'Surface Laptop 5'"),
+        "{text}"
+    );
+    let none = invoke(
+        &sim,
+        &[],
+        &["check", "--event", "-"],
+        Some(br#"{"device_filter": "model eq 'Surface Laptop 5'"}"#.to_vec()),
+    )
+    .await;
+    let doc: Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert!(doc["device_filter_plan"]["sent_to_graph"].is_null(), "{doc}");
+    assert_eq!(sim.stats().http_requests, 0);
+}
+
+#[tokio::test]
 async fn the_table_view_shows_status_counts_and_the_devices_that_were_not_initiated() {
     let sim = Sim::start(sim_config()).await.unwrap();
     let good: Vec<String> = sim
@@ -350,10 +390,14 @@ pub(crate) fn status_doc(stdout: &[u8]) -> Value {
     doc
 }
 
+/// The setting that opts in to the attestation detail.
+const DETAIL: &[(&str, &str)] = &[("ATTEST_ATTESTATION_DETAIL", "true")];
+
 #[tokio::test]
 async fn status_follows_the_action_to_its_verdict() {
     let mut cfg = sim_config();
     cfg.action_delay = std::time::Duration::from_millis(1500);
+    cfg.serve_attestation_detail = true;
     cfg.fleet = graph_sim::FleetSpec {
         size: 200,
         non_windows: 0.0,
@@ -379,7 +423,7 @@ async fn status_follows_the_action_to_its_verdict() {
     let run = invoke_to_file(&sim, payload, &result).await;
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
 
-    let early = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let early = invoke(&sim, DETAIL, &["status", "--result", result.to_str().unwrap()], None).await;
     assert_eq!(
         early.status.code(),
         Some(0),
@@ -398,7 +442,7 @@ async fn status_follows_the_action_to_its_verdict() {
     }
 
     tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
-    let late = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let late = invoke(&sim, DETAIL, &["status", "--result", result.to_str().unwrap()], None).await;
     let doc = status_doc(&late.stdout);
     let of = |id: &str| {
         doc["devices"]
@@ -426,21 +470,35 @@ async fn status_follows_the_action_to_its_verdict() {
         "managed_device_ids": [&good, &untouched, "00000000-dead-4bad-8bad-000000000009"]
     }))
     .unwrap();
-    let out = invoke(&sim, &[], &["status", "--event", "-"], Some(by_event)).await;
+    let out = invoke(&sim, DETAIL, &["status", "--event", "-"], Some(by_event)).await;
     assert_eq!(out.status.code(), Some(1));
     let doc = status_doc(&out.stdout);
     let devices = doc["devices"].as_array().unwrap();
     assert_eq!(devices[0]["action_state"], "done");
+    let name_of = |id: &str| sim.fleet().iter().find(|d| d.id == id).unwrap().name.clone();
+    assert_eq!(
+        devices[0]["device_name"],
+        name_of(&good).as_str(),
+        "the status read selects deviceName"
+    );
+    assert!(devices[2].get("device_name").is_none());
     assert_eq!(devices[1]["action_state"], "none");
     assert!(devices[2]["read_error"].as_str().unwrap().contains("no such device"));
     assert_eq!(doc["summary"]["unread"], 1);
 
     // Recent Graph refuses the attestation detail: the read goes on without
     // it, with one warning.
-    sim.configure(|c| c.refuse_attestation_detail = true);
+    // Without the opt-in the property is not selected, and no warning.
+    let plain = invoke(&sim, &[], &["status", "--result", result.to_str().unwrap()], None).await;
+    let plain = status_doc(&plain.stdout);
+    assert!(plain["warnings"].as_array().unwrap().is_empty(), "{plain}");
+    assert_eq!(plain["summary"]["attestation_statuses"], serde_json::json!({"null": 3}));
+    assert_eq!(plain["summary"]["action_states"]["done"], 1);
+
+    sim.configure(|c| c.serve_attestation_detail = false);
     let out = invoke(
         &sim,
-        &[],
+        DETAIL,
         &["status", "--result", result.to_str().unwrap(), "--output", "json"],
         None,
     )
@@ -465,6 +523,7 @@ async fn status_follows_the_action_to_its_verdict() {
     .await;
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("not_supported") && text.contains(&vm), "{text}");
+    assert!(text.contains("device name") && text.contains(&name_of(&vm)), "{text}");
     let _ = std::fs::remove_file(&result);
 }
 
@@ -600,4 +659,49 @@ async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("id=\"verdict\"") && html.contains(">not_supported<"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_action_state_graph_adds_later_is_unknown_logged_once_and_checked_again() {
+    let mut cfg = sim_config();
+    cfg.action_delay = std::time::Duration::from_secs(60);
+    cfg.future_action_state = Some("queuedForDevice".into());
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 40,
+        non_windows: 0.0,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().take(4).map(|d| d.id.clone()).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": ids, "validate_device_exists": false,
+        "verify": {"after": "1s", "until": "3s"}
+    }))
+    .unwrap();
+    let run = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload)).await;
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let doc = assert_valid_result(&run.stdout);
+    let verdict = &doc["verdict"];
+    assert_eq!(verdict["summary"]["action_states"], serde_json::json!({"unknown": 4}));
+    assert!(
+        verdict["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["action_state"] == "unknown")
+    );
+    let errors: Vec<String> = status_schema().iter_errors(verdict).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        log.matches("verify: check done").count() >= 2,
+        "an unknown state is not terminal: the schedule went on: {log}"
+    );
+    assert_eq!(
+        log.matches("does not know").count(),
+        1,
+        "logged once for the value, over every device and check: {log}"
+    );
 }

@@ -270,3 +270,49 @@ fn modules_use_only_the_modules_below_them_in_the_crate_docs_list() {
         }
     }
 }
+
+/// The `enum` list of a property in a schema file, nulls left out.
+fn schema_enum(file: &str, pointer: &str) -> Vec<String> {
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(root().join(file)).unwrap()).unwrap();
+    let mut found = Vec::new();
+    find_enum(&schema, pointer, &mut found);
+    found
+}
+
+fn find_enum(v: &Value, name: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k == name
+                    && let Some(list) = child.get("enum").and_then(Value::as_array)
+                {
+                    out.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+                }
+                find_enum(child, name, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| find_enum(i, name, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn outcome_and_reason_code_names_are_the_same_in_code_schema_and_docs() {
+    use intune_attest::core::outcome::{Outcome, ReasonCode};
+    let codes: Vec<String> = ReasonCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+    assert_eq!(schema_enum("schema/result.schema.json", "reason_code"), codes);
+    let outcomes: Vec<String> = Outcome::ALL.iter().map(|o| o.as_str().to_owned()).collect();
+    assert_eq!(schema_enum("schema/result.schema.json", "outcome"), outcomes);
+    let reference = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
+    for code in &codes {
+        assert!(
+            reference.contains(&format!("`{code}`")),
+            "docs/reference.md does not name reason_code {code}"
+        );
+        let json = serde_json::to_value(ReasonCode::ALL[codes.iter().position(|c| c == code).unwrap()]).unwrap();
+        assert_eq!(json.as_str(), Some(code.as_str()));
+    }
+    for o in Outcome::ALL {
+        assert_eq!(serde_json::to_value(o).unwrap().as_str(), Some(o.as_str()));
+    }
+}

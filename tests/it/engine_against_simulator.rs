@@ -462,7 +462,7 @@ async fn unused_sim_config_is_default() {
 async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no_write() {
     let mut cfg = sim_config();
     cfg.fleet = FleetSpec {
-        size: 400,
+        size: 500,
         seed: 11,
         non_windows: 0.1,
         windows_no_tpm: 0.1,
@@ -471,6 +471,9 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
         virtual_machines: 0.1,
         cloud_pcs: 0.1,
         old_builds: 0.1,
+        not_mdm: 0.06,
+        servers: 0.06,
+        unlisted_builds: 0.06,
         comanaged: 0.0,
     };
     let h = harness(cfg).await;
@@ -485,10 +488,14 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
     for (d, out) in fleet.iter().zip(&r.devices) {
         let expected = if !d.is_windows() {
             Some("not_windows")
+        } else if !d.has_mdm_channel() {
+            Some("not_mdm_managed")
         } else if d.device_type == "cloudPC" {
             Some("cloud_pc")
         } else if d.model == "Virtual Machine" {
             Some("virtual_machine")
+        } else if d.is_server() {
+            Some("windows_server")
         } else if d.os_version.starts_with("10.0.19044") {
             Some("os_build_too_old")
         } else if d.tpm == Some("") {
@@ -510,8 +517,17 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
             None => {
                 assert_eq!(out.outcome, Outcome::Initiated, "{}: {out:?}", d.id);
                 assert!(written);
-                let unknown = d.tpm.is_none();
-                assert_eq!(code, unknown.then_some("tpm_unknown"), "{}", d.id);
+                let warning = if d.tpm.is_none() {
+                    Some("tpm_unknown")
+                } else if ["10.0.26100.", "10.0.26200."]
+                    .iter()
+                    .any(|b| d.os_version.starts_with(b))
+                {
+                    Some("os_build_unlisted")
+                } else {
+                    None
+                };
+                assert_eq!(code, warning, "{d:?}");
             }
         }
         *seen.entry(code.unwrap_or("eligible")).or_insert(0) += 1;
@@ -524,6 +540,9 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
         "no_tpm",
         "tpm_below_2_0",
         "tpm_unknown",
+        "not_mdm_managed",
+        "windows_server",
+        "os_build_unlisted",
         "eligible",
     ] {
         assert!(
@@ -533,26 +552,34 @@ async fn every_kind_that_cannot_attest_is_unsupported_with_its_code_and_costs_no
     }
 }
 
+/// Whether the simulator's device can attest by Intune's rules (a device
+/// that does not report its TPM is attempted).
+fn can_attest(d: &graph_sim::SimDevice) -> bool {
+    d.is_windows()
+        && d.device_type != "cloudPC"
+        && d.model != "Virtual Machine"
+        && !d.os_version.starts_with("10.0.19044")
+        && d.tpm != Some("")
+        && !d.tpm.is_some_and(|t| t.starts_with("1."))
+}
+
 #[tokio::test]
-async fn each_documented_filter_form_selects_exactly_the_devices_graph_would() {
-    let mut cfg = sim_config();
-    cfg.fleet = FleetSpec {
-        size: 300,
-        seed: 5,
-        virtual_machines: 0.1,
-        old_builds: 0.1,
-        ..FleetSpec::default()
-    };
-    let h = harness(cfg).await;
-    let fleet = h.sim.fleet().to_vec();
+async fn every_filter_form_writes_exactly_the_matching_eligible_devices_whatever_graph_applies() {
     type Pick = fn(&graph_sim::SimDevice) -> bool;
-    let cases: [(&str, Pick); 6] = [
+    // Every form the reference documents: each operator, `or`, `ne`, both
+    // date comparisons, and documented parts mixed with client-only ones.
+    let cases: [(&str, Pick); 15] = [
         ("operatingSystem eq 'Windows'", |d| d.is_windows()),
         ("operatingSystem eq 'macOS' or operatingSystem eq 'iOS'", |d| {
             d.os == "macOS" || d.os == "iOS"
         }),
         ("contains(deviceName,'DEV-00001')", |d| d.name.contains("DEV-00001")),
+        ("deviceName eq 'dev-000042'", |d| d.name == "DEV-000042"),
         ("model eq 'Virtual Machine'", |d| d.model == "Virtual Machine"),
+        (
+            "contains(model,'latitude') and deviceCategoryDisplayName eq 'Lab'",
+            |d| d.model.contains("Latitude") && d.category == "Lab",
+        ),
         ("operatingSystem eq 'Windows' and contains(osVersion,'19044')", |d| {
             d.is_windows() && d.os_version.contains("19044")
         }),
@@ -560,17 +587,163 @@ async fn each_documented_filter_form_selects_exactly_the_devices_graph_would() {
             "operatingSystem eq 'Windows' and lastSyncDateTime gt 2026-11-21T23:59:59Z",
             |d| d.is_windows() && d.last_sync.as_str() > "2026-11-21T23:59:59Z",
         ),
+        (
+            "enrolledDateTime lt 2025-04-01T00:00:00Z and operatingSystem eq 'Windows'",
+            |d| d.is_windows() && d.enrolled.as_str() < "2025-04-01",
+        ),
+        ("jailBroken eq 'Unknown' and complianceState eq 'noncompliant'", |d| {
+            d.jailbroken == "Unknown" && d.compliance == "noncompliant"
+        }),
+        (
+            "managementAgent eq 'configurationManagerClientMdm' or deviceCategoryDisplayName eq 'Office'",
+            |d| d.comanaged || d.category == "Office",
+        ),
+        (
+            "operatingSystem eq 'Windows' and userPrincipalName ne 'user3@contoso.com'",
+            |d| d.is_windows() && d.user != "user3@contoso.com",
+        ),
+        (
+            "userPrincipalName eq 'USER4@contoso.com' and manufacturer eq 'Dell Inc.'",
+            |d| d.user == "user4@contoso.com" && d.manufacturer == "Dell Inc.",
+        ),
+        (
+            "(operatingSystem eq 'Linux' or manufacturer eq 'Microsoft Corporation') and lastSyncDateTime gt 2026-11-14T00:00:00Z",
+            |d| {
+                (d.os == "Linux" || d.manufacturer == "Microsoft Corporation")
+                    && d.last_sync.as_str() > "2026-11-14T00:00:00Z"
+            },
+        ),
+        (
+            "contains(deviceName,'DEV-0000') and lastSyncDateTime lt 2026-11-10T00:00:00Z",
+            |d| d.name.contains("DEV-0000") && d.last_sync.as_str() < "2026-11-10",
+        ),
     ];
-    for (filter, pick) in cases {
-        let r = h
-            .run(json!({"device_filter": filter, "dry_run": true, "validate_device_exists": false}))
-            .await
-            .unwrap_or_else(|e| panic!("{filter}: {e}"));
-        let mut got: Vec<String> = r.devices.iter().map(|d| d.device_id.to_string()).collect();
-        let mut want: Vec<String> = fleet.iter().filter(|d| pick(d)).map(|d| d.id.clone()).collect();
-        got.sort();
-        want.sort();
-        assert!(!want.is_empty(), "{filter}: the fleet has no such device");
-        assert_eq!(got, want, "{filter}");
+    for support in [
+        graph_sim::FilterSupport::Documented,
+        graph_sim::FilterSupport::Strict,
+        graph_sim::FilterSupport::Ignored,
+    ] {
+        let mut cfg = sim_config();
+        cfg.limits = None;
+        cfg.filter_support = support;
+        cfg.fleet = FleetSpec {
+            size: 240,
+            seed: 5,
+            virtual_machines: 0.1,
+            old_builds: 0.1,
+            ..FleetSpec::default()
+        };
+        let h = harness(cfg).await;
+        let fleet = h.sim.fleet().to_vec();
+        for (filter, pick) in cases {
+            let before = h.sim.ledger().len();
+            let r = h
+                .run(json!({"device_filter": filter, "timeouts": {"invoke": "2m"}}))
+                .await
+                .unwrap_or_else(|e| panic!("{support:?} {filter}: {e}"));
+            let mut written: Vec<String> = h.sim.ledger()[before..].iter().map(|e| e.device_id.clone()).collect();
+            let mut selected: Vec<String> = r.devices.iter().map(|d| d.device_id.to_string()).collect();
+            let mut want: Vec<String> = fleet.iter().filter(|d| pick(d)).map(|d| d.id.clone()).collect();
+            let mut want_written: Vec<String> = fleet
+                .iter()
+                .filter(|d| pick(d) && can_attest(d))
+                .map(|d| d.id.clone())
+                .collect();
+            for v in [&mut written, &mut selected, &mut want, &mut want_written] {
+                v.sort();
+            }
+            assert!(!want.is_empty(), "{filter}: the fleet has no such device");
+            assert_eq!(selected, want, "{support:?} {filter}: the selection");
+            assert_eq!(written, want_written, "{support:?} {filter}: the ledger");
+            let not_applied = r
+                .warnings
+                .iter()
+                .filter(|w| w.starts_with("Graph did not apply"))
+                .count();
+            let plan = intune_attest::core::filter::DeviceFilter::parse(filter).unwrap().plan();
+            if support == graph_sim::FilterSupport::Ignored && plan.graph.is_some() {
+                let sent = intune_attest::core::filter::DeviceFilter::parse(plan.graph.as_deref().unwrap()).unwrap();
+                let outside = fleet
+                    .iter()
+                    .filter(|d| {
+                        let v = d.to_json(false);
+                        !sent.matches(&|p| v.get(p).and_then(|x| x.as_str()).map(str::to_owned))
+                    })
+                    .count();
+                assert_eq!(not_applied, usize::from(outside > 0), "{filter}: {:?}", r.warnings);
+                if outside > 0 {
+                    let w = r
+                        .warnings
+                        .iter()
+                        .find(|w| w.starts_with("Graph did not apply"))
+                        .unwrap();
+                    assert!(w.contains(&format!(" {outside} device(s)")), "{w}");
+                }
+            } else {
+                assert_eq!(not_applied, 0, "{support:?} {filter}: {:?}", r.warnings);
+            }
+        }
     }
+}
+
+#[tokio::test]
+async fn graph_is_sent_only_the_documented_part_of_a_filter() {
+    // In the simulator's strict mode every $filter is applied, so a sent
+    // `model eq` would narrow the listing: it is not sent, the client
+    // applies it, and says how many devices it left out.
+    let mut cfg = sim_config();
+    cfg.filter_support = graph_sim::FilterSupport::Strict;
+    cfg.fleet = FleetSpec {
+        size: 120,
+        virtual_machines: 0.2,
+        ..FleetSpec::default()
+    };
+    let h = harness(cfg).await;
+    let vms = h.ids(|d| d.model == "Virtual Machine");
+    let r = h
+        .run(json!({"device_filter": "model eq 'Virtual Machine'", "dry_run": true, "validate_device_exists": false}))
+        .await
+        .unwrap();
+    assert_eq!(r.devices.len(), vms.len());
+    let left_out = 120 - vms.len();
+    assert!(
+        r.warnings.iter().any(|w| w.starts_with(&format!(
+            "{left_out} listed device(s) did not match the parts of device_filter the client applies"
+        ))),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(h.sim.stats().list_pages, 1);
+}
+
+#[tokio::test]
+async fn devices_the_validation_read_found_carry_their_name_in_the_result_and_status() {
+    let h = harness(sim_config()).await;
+    let fleet = h.sim.fleet().to_vec();
+    let mut ids: Vec<String> = fleet.iter().take(6).map(|d| d.id.clone()).collect();
+    ids.push(MISSING.into());
+    let r = h
+        .run(json!({"managed_device_ids": ids, "dry_run": true}))
+        .await
+        .unwrap();
+    for (d, out) in fleet.iter().take(6).zip(&r.devices) {
+        assert_eq!(out.device_name.as_deref(), Some(d.name.as_str()), "{out:?}");
+    }
+    let missing = r.devices.last().unwrap();
+    assert_eq!(
+        (missing.outcome, missing.device_name.clone()),
+        (Outcome::NotFound, None)
+    );
+    let doc = serde_json::to_value(&r).unwrap();
+    assert_eq!(doc["devices"][0]["device_name"], fleet[0].name.as_str());
+    assert!(
+        doc["devices"][6].get("device_name").is_none(),
+        "additive: absent when unknown"
+    );
+    // Without a read there is no name to give.
+    let r = h
+        .run(json!({"managed_device_ids": [&fleet[0].id], "dry_run": true, "validate_device_exists": false}))
+        .await
+        .unwrap();
+    assert_eq!(r.devices[0].device_name, None);
 }

@@ -6,6 +6,7 @@ mod bench_smoke;
 mod cli;
 mod common;
 mod docs;
+mod documents;
 mod engine_against_simulator;
 mod fault_matrix;
 mod infrastructure;

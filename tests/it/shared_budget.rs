@@ -493,8 +493,8 @@ impl intune_attest::core::gateway::DeviceGateway for CountingGateway {
         _: &intune_attest::core::filter::DeviceFilter,
         _: usize,
         _: tokio::time::Instant,
-    ) -> Result<Vec<intune_attest::core::device::DeviceId>, intune_attest::core::gateway::GatewayError> {
-        Ok(Vec::new())
+    ) -> Result<intune_attest::core::gateway::Listing, intune_attest::core::gateway::GatewayError> {
+        Ok(Default::default())
     }
 
     async fn read_devices(

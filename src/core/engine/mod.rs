@@ -155,6 +155,8 @@ struct Work {
     /// What validation found worth saying (`tpm_unknown`, or why the device
     /// cannot attest).
     code: Option<(ReasonCode, String)>,
+    /// Graph's `deviceName`, once the validation read found the device.
+    name: Option<String>,
 }
 
 enum Reply {
@@ -246,6 +248,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Run {
     fn finish(&self, w: &Work, outcome: Outcome, reason: Option<String>, answer: Option<(u16, Option<String>)>) {
         let mut r = DeviceResult::new(w.dev.id, w.dev.kind, outcome);
+        r.device_name = w.name.clone();
         r.reason = reason;
         r.reason_code = match outcome {
             Outcome::NotFound => Some(ReasonCode::NotFound),
@@ -448,8 +451,12 @@ impl<G: DeviceGateway> Engine<G> {
             return Ok(req.devices.clone());
         };
         let limit = self.cfg.max_devices.saturating_sub(req.devices.len());
-        let selected = self.gateway.list_devices(filter, limit, cutoff).await?;
-        let (devices, overlap) = super::device::with_selected(&req.devices, selected);
+        let listing = self.gateway.list_devices(filter, limit, cutoff).await?;
+        for warning in listing.warnings() {
+            tracing::warn!(filter = %filter, "{warning}");
+            warnings.push(warning);
+        }
+        let (devices, overlap) = super::device::with_selected(&req.devices, listing.devices);
         if overlap > 0 {
             warnings.push(format!(
                 "{overlap} device(s) selected by device_filter were also listed in managed_device_ids"
@@ -474,6 +481,7 @@ impl<G: DeviceGateway> Engine<G> {
                 stage_attempts: 0,
                 last: None,
                 code: None,
+                name: None,
             })
             .collect();
         if req.dry_run && !req.validate_device_exists {
@@ -667,6 +675,7 @@ impl<G: DeviceGateway> Engine<G> {
                 Reply::Read(ItemAnswer::Ok { value, .. }) => {
                     accepted += 1;
                     w.last = None;
+                    w.name = value.device_name.clone();
                     let eligibility = eligibility::check(&value);
                     if let Eligibility::Ineligible(code, why) = eligibility {
                         w.code = Some((code, why));

@@ -62,8 +62,8 @@ impl DeviceGateway for Fake {
         _filter: &crate::core::filter::DeviceFilter,
         _limit: usize,
         _deadline: Instant,
-    ) -> Result<Vec<DeviceId>, GatewayError> {
-        Ok(Vec::new())
+    ) -> Result<crate::core::gateway::Listing, GatewayError> {
+        Ok(crate::core::gateway::Listing::default())
     }
 
     async fn read_devices(&self, devices: &[DeviceRef], _deadline: Instant) -> Vec<ItemAnswer<DeviceInfo>> {

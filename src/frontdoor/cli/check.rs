@@ -13,11 +13,24 @@ use crate::core::request::AttestationRequest;
 struct Checked<'a> {
     devices: Vec<CheckedDevice>,
     device_filter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_filter_plan: Option<FilterPlanDoc>,
     timeout_ms: u64,
     validate_device_exists: bool,
     ignore_partial_failures: bool,
     dry_run: bool,
     warnings: &'a [String],
+}
+
+/// Which parts of `device_filter` Graph applies and which the client does.
+#[derive(serde::Serialize)]
+struct FilterPlanDoc {
+    /// The `$filter` Graph is sent (`null`: the whole listing is read).
+    sent_to_graph: Option<String>,
+    /// The comparisons only the client applies.
+    client_only: Vec<String>,
+    /// Always true: every listed device is checked against the whole filter.
+    client_checks_every_listed_device: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -41,6 +54,14 @@ pub(super) fn run(event: &str, output: Output, env: impl Fn(&str) -> Option<Stri
             })
             .collect(),
         device_filter: req.device_filter.as_ref().map(ToString::to_string),
+        device_filter_plan: req.device_filter.as_ref().map(|f| {
+            let plan = f.plan();
+            FilterPlanDoc {
+                sent_to_graph: plan.graph,
+                client_only: plan.client_only,
+                client_checks_every_listed_device: true,
+            }
+        }),
         timeout_ms: req.timeout.as_millis() as u64,
         validate_device_exists: req.validate_device_exists,
         ignore_partial_failures: req.ignore_partial_failures,
@@ -51,15 +72,37 @@ pub(super) fn run(event: &str, output: Output, env: impl Fn(&str) -> Option<Stri
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
         Output::Table => {
             let count = |k: DeviceKind| doc.devices.iter().filter(|d| d.kind == k).count().to_string();
-            let rows = [
+            let mut rows = vec![
                 ("managed devices", count(DeviceKind::Managed)),
                 ("co-managed devices", count(DeviceKind::Comanaged)),
                 ("device_filter", doc.device_filter.clone().unwrap_or_else(|| "-".into())),
+            ];
+            if let Some(plan) = &doc.device_filter_plan {
+                rows.push((
+                    "Graph applies ($filter)",
+                    plan.sent_to_graph
+                        .clone()
+                        .unwrap_or_else(|| "nothing: every managed device is listed".into()),
+                ));
+                rows.push((
+                    "only the client applies",
+                    if plan.client_only.is_empty() {
+                        "nothing more".into()
+                    } else {
+                        plan.client_only.join("; ")
+                    },
+                ));
+                rows.push((
+                    "client check",
+                    "every listed device against the whole filter; non-matching ones are left out".into(),
+                ));
+            }
+            rows.extend([
                 ("timeouts.invoke", format!("{} ms", doc.timeout_ms)),
                 ("validate_device_exists", doc.validate_device_exists.to_string()),
                 ("ignore_partial_failures", doc.ignore_partial_failures.to_string()),
                 ("dry_run", doc.dry_run.to_string()),
-            ];
+            ]);
             print!("{}", table::checked(&rows, doc.warnings));
         }
     }

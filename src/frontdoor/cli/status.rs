@@ -80,9 +80,13 @@ pub(super) async fn run(
         creds,
         settings.client.clone(),
     )?);
+    let mut listing_warnings = Vec::new();
     if let Some(filter) = &filter {
         let selected = match client.list_devices(filter, settings.limits.max_devices, deadline).await {
-            Ok(ids) => ids,
+            Ok(listing) => {
+                listing_warnings = listing.warnings();
+                listing.devices
+            }
             Err(e) => {
                 eprintln!("error: {}", crate::core::text::bounded(&e.to_string(), 4000));
                 return Ok(ExitCode::from(1));
@@ -91,7 +95,8 @@ pub(super) async fn run(
         devices = crate::core::device::with_selected(&devices, selected).0;
     }
     let policy = crate::core::engine::Pacers::new(&settings.engine).read_policy(&settings.engine);
-    let doc = status::read(client, &devices, correlation_id, &policy, deadline).await;
+    let mut doc = status::read(client, &devices, correlation_id, &policy, deadline).await;
+    doc.warnings.extend(listing_warnings);
     let json = serde_json::to_string_pretty(&doc)?;
     if let Some(path) = status_file {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;

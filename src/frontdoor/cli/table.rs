@@ -85,10 +85,19 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
         Some(path) => format!("{} lists every device with its reason and request id", path.display()),
         None => "`--output json` lists every device with its reason and request id".to_owned(),
     };
-    let header = ["device id", "kind", "outcome", "reason code", "HTTP", "Graph error"];
+    let header = [
+        "device id",
+        "device name",
+        "kind",
+        "outcome",
+        "reason code",
+        "HTTP",
+        "Graph error",
+    ];
     push_devices(&mut out, &header, &others, &full, |d| {
         vec![
             d.device_id.to_string(),
+            d.device_name.clone().unwrap_or_default(),
             word(d.kind).unwrap_or_default(),
             d.outcome.as_str().to_owned(),
             d.reason_code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
@@ -165,6 +174,7 @@ pub fn status(doc: &StatusDocument) -> String {
         .collect();
     let header = [
         "device id",
+        "device name",
         "kind",
         "action state",
         "attestation",
@@ -174,6 +184,7 @@ pub fn status(doc: &StatusDocument) -> String {
     push_devices(&mut out, &header, &others, "`--output json` lists every device", |d| {
         vec![
             d.device_id.to_string(),
+            d.device_name.clone().unwrap_or_default(),
             word(d.kind).unwrap_or_else(|| "-".into()),
             word(d.action_state).unwrap_or_else(|| "-".into()),
             word(d.attestation_status).unwrap_or_else(|| "-".into()),
@@ -188,6 +199,21 @@ pub fn status(doc: &StatusDocument) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_row_names_the_device() {
+        use crate::core::device::{DeviceId, DeviceKind};
+        use crate::core::outcome::{DeviceResult, RunRecord};
+        let id = DeviceId::parse("00000000-0000-4000-8000-000000000001").unwrap_or_else(|| unreachable!());
+        let mut d = DeviceResult::new(id, DeviceKind::Managed, Outcome::Unsupported);
+        d.device_name = Some("LAB-0042".into());
+        let r = RunResult::new(RunRecord {
+            devices: vec![d],
+            ..Default::default()
+        });
+        let text = result(&r, None);
+        assert!(text.contains("device name") && text.contains("LAB-0042"), "{text}");
+    }
 
     #[test]
     fn device_rows_stop_at_the_limit_and_count_the_rest() {
