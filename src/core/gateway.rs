@@ -58,6 +58,19 @@ pub struct CallFailure {
 }
 
 impl CallFailure {
+    /// Graph's 429 for one item, as the tests' fakes answer it.
+    #[cfg(test)]
+    pub(crate) fn throttled(retry_after: Option<std::time::Duration>) -> Self {
+        Self {
+            kind: FailureKind::Throttled,
+            status: Some(429),
+            code: Some("TooManyRequests".into()),
+            message: None,
+            request_id: None,
+            retry_after,
+        }
+    }
+
     /// A failure with no HTTP answer behind it.
     pub fn without_answer(kind: FailureKind, message: impl Into<String>) -> Self {
         Self {

@@ -65,6 +65,10 @@ struct Held {
     n: u32,
     sent: Instant,
     done: Option<Instant>,
+    /// Whether an HTTP answer came back: only then can the smallest round
+    /// trip come off the hold (an aborted or timed-out request may still
+    /// reach Graph after it ended here).
+    answered: bool,
 }
 
 /// Round trips remembered for the latency estimates.
@@ -149,12 +153,20 @@ impl Pacer {
     }
 
     fn release_at(&self, h: &Held) -> Option<Instant> {
-        h.done.map(|d| d + self.hold_after_answer())
+        let hold = if h.answered {
+            self.hold_after_answer()
+        } else {
+            self.cfg.window + self.cfg.guard
+        };
+        h.done.map(|d| d + hold)
     }
 
     fn expire(&mut self, now: Instant) {
-        let hold = self.hold_after_answer();
-        self.held.retain(|h| h.done.is_none_or(|d| d + hold > now));
+        let held = std::mem::take(&mut self.held);
+        self.held = held
+            .into_iter()
+            .filter(|h| self.release_at(h).is_none_or(|at| at > now))
+            .collect();
         let window = self.cfg.window;
         while let Some(&(at, n)) = self.accepted.front() {
             if now.saturating_duration_since(at) >= window {
@@ -223,6 +235,7 @@ impl Pacer {
             n,
             sent: now,
             done: None,
+            answered: false,
         });
         let interval = self.cycle().mul_f64(f64::from(n) / f64::from(budget));
         self.next_at = Some(self.next_at.map_or(now, |a| a.max(now)) + interval);
@@ -237,6 +250,7 @@ impl Pacer {
             return;
         };
         h.done = Some(now);
+        h.answered = answered;
         if !answered {
             return;
         }
@@ -455,6 +469,27 @@ mod tests {
         let free_at = answer + Duration::from_millis(1010);
         assert_eq!(pacer.try_acquire(20, answer + Duration::from_millis(500)), Err(free_at));
         assert!(pacer.try_acquire(20, free_at).is_ok());
+    }
+
+    #[test]
+    fn an_unanswered_call_is_held_a_whole_window_whatever_the_round_trips_seen() {
+        let start = Instant::now();
+        let window = Duration::from_secs(20);
+        let mut pacer = Pacer::new(PacerConfig::new(20, window), start);
+        // Five answered calls of 2 s: the smallest round trip is trusted.
+        let mut t = start;
+        for _ in 0..5 {
+            let g = pacer.try_acquire(1, t).unwrap();
+            t += Duration::from_secs(2);
+            pacer.complete(g, t, true);
+            t += window * 2;
+        }
+        let full = pacer.try_acquire(20, t).unwrap();
+        // Aborted (a dropped Permit): it may still reach Graph after this.
+        pacer.complete(full, t, false);
+        let guard = window / 100;
+        assert!(pacer.try_acquire(20, t + window - Duration::from_secs(1)).is_err());
+        assert!(pacer.try_acquire(20, t + window + guard).is_ok());
     }
 
     #[test]

@@ -454,14 +454,7 @@ mod tests {
                 .iter()
                 .map(|_| {
                     if first {
-                        ItemAnswer::Failed(CallFailure {
-                            kind: FailureKind::Throttled,
-                            status: Some(429),
-                            code: Some("TooManyRequests".into()),
-                            message: None,
-                            request_id: None,
-                            retry_after: Some(Duration::from_secs(3)),
-                        })
+                        ItemAnswer::Failed(CallFailure::throttled(Some(Duration::from_secs(3))))
                     } else {
                         ItemAnswer::Ok {
                             value: StatusReport {

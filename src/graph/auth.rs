@@ -89,8 +89,15 @@ impl TokenResponse {
             Some(v) => lifetime_field("expires_in", v)?,
             None => DEFAULT_LIFETIME,
         };
+        // A refresh hint that cannot be read is ignored: the lifetime serves.
         let refresh_in = match &self.refresh_in {
-            Some(v) => Some(lifetime_field("refresh_in", v)?.min(lifetime)),
+            Some(v) => match lifetime_field("refresh_in", v) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refresh_in ignored");
+                    None
+                }
+            },
             None => None,
         };
         Ok((SecretString::from(token), lifetime, refresh_in))
@@ -336,10 +343,11 @@ impl TokenProvider {
     }
 }
 
-/// How long a token serves before it is fetched again: Entra's `refresh_in`
-/// when given, else its lifetime less a fifth (at most five minutes).
+/// How long a token serves before it is fetched again: its lifetime less a
+/// fifth (at most five minutes), or Entra's `refresh_in` when that is sooner.
 fn refresh_after(lifetime: Duration, refresh_in: Option<Duration>) -> Duration {
-    refresh_in.unwrap_or_else(|| lifetime - (lifetime / 5).min(Duration::from_secs(300)))
+    let ahead = lifetime - (lifetime / 5).min(Duration::from_secs(300));
+    refresh_in.map_or(ahead, |r| r.min(ahead))
 }
 
 /// A client assertion JWT for `client_id` at `token_url`.

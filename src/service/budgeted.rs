@@ -281,7 +281,10 @@ impl Shared {
             // a round trip before the answer, so it holds one window from
             // then. A read lease serves several calls and is not trimmed.
             if std::ptr::eq(which, &self.writes) {
-                let until = SystemTime::now() + which.rules.window.saturating_sub(self.min_rtt(&which.rules));
+                // The pacer's guard too: another instance's next call may
+                // reach Graph faster than this one's smallest round trip.
+                let hold = (which.rules.window + which.rules.window / 100).saturating_sub(self.min_rtt(&which.rules));
+                let until = SystemTime::now() + hold;
                 self.budget.trim(&which.key, lease, until);
             }
         }

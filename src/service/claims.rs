@@ -142,6 +142,23 @@ impl AttestService {
         })
     }
 
+    /// Keeps `kept` (the result of a run that has happened) under `keys` if
+    /// the request is cancelled before it is published: the redelivery
+    /// republishes it instead of running the devices again.
+    pub(super) fn keep_on_cancel(&self, keys: Vec<String>, kept: String) -> OnCancel {
+        let store: Arc<dyn StateStore> = self.store.clone();
+        let owner = self.instance.clone();
+        OnCancel::new(move || {
+            Box::pin(async move {
+                for key in keys {
+                    if let Err(e) = store.finish(&key, &owner, Some(&kept)).await {
+                        tracing::warn!(key, error = %e, "a cancelled run's result could not be kept");
+                    }
+                }
+            })
+        })
+    }
+
     /// Gives claim `key` back if the request holding it is cancelled.
     pub(super) fn release_on_cancel(&self, key: Option<&str>) -> OnCancel {
         let store: Arc<dyn StateStore> = self.store.clone();

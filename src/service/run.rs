@@ -61,15 +61,24 @@ impl AttestService {
         request_key: Option<String>,
     ) -> Result<Disposition, ServiceError> {
         let key = delivery.delivery_id.as_ref().map(|d| format!("delivery#{d}"));
-        if let Some(key) = &key
-            && let Some(done) = self.claim(key, delivery.deadline).await?
-        {
-            return Ok(done);
-        }
+        // Armed before the claim is written: a cancel while it is in flight
+        // gives it back too (a release only removes this instance's claim).
         let on_cancel = self.release_on_cancel(key.as_deref());
-        let settled = self.run_claimed(req, delivery, key.as_deref(), request_key).await;
-        on_cancel.disarm();
-        settled
+        if let Some(key) = &key {
+            match self.claim(key, delivery.deadline).await {
+                Ok(None) => {}
+                Ok(Some(done)) => {
+                    on_cancel.disarm();
+                    return Ok(done);
+                }
+                Err(e) => {
+                    on_cancel.disarm();
+                    return Err(e);
+                }
+            }
+        }
+        self.run_claimed(req, delivery, key.as_deref(), request_key, on_cancel)
+            .await
     }
 
     /// The run of a claimed delivery, which settles the claim: finished
@@ -80,6 +89,7 @@ impl AttestService {
         delivery: &Delivery,
         key: Option<&str>,
         request_key: Option<String>,
+        on_cancel: super::claims::OnCancel,
     ) -> Result<Disposition, ServiceError> {
         if let Some(rk) = &request_key {
             // Only a kept result counts for a request key: the same request
@@ -94,6 +104,7 @@ impl AttestService {
                         if let Some(key) = key {
                             self.finished(key, None).await;
                         }
+                        on_cancel.disarm();
                         return Ok(republished);
                     }
                 }
@@ -109,10 +120,22 @@ impl AttestService {
             Ok(done) => done,
             Err(e) => {
                 self.give_back(key).await;
+                on_cancel.disarm();
                 return Err(e);
             }
         };
-        match self.publish(&doc, delivery.deadline).await {
+        // The devices have run: from here a cancel keeps the result for the
+        // redelivery to publish and never gives the claim back (the retry
+        // would run every device, and its continuation, again).
+        on_cancel.disarm();
+        let kept = doc.to_string();
+        let keys: Vec<String> = key
+            .into_iter()
+            .chain(request_key.as_deref())
+            .map(str::to_owned)
+            .collect();
+        let keep = self.keep_on_cancel(keys.clone(), kept.clone());
+        let settled = match self.publish(&doc, delivery.deadline).await {
             Ok(()) => {
                 if let Some(key) = key {
                     self.finished(key, None).await;
@@ -122,13 +145,14 @@ impl AttestService {
             Err(e) => {
                 // Kept, so the redelivery publishes it instead of running the
                 // devices again.
-                let kept = doc.to_string();
-                for k in key.into_iter().chain(request_key.as_deref()) {
+                for k in &keys {
                     self.finished(k, Some(&kept)).await;
                 }
                 Err(e)
             }
-        }
+        };
+        keep.disarm();
+        settled
     }
 
     /// Runs the engine (reading rotated credentials again once), then hands

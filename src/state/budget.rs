@@ -244,7 +244,17 @@ impl DynamoBudget {
                 next.trim(id, *until);
             }
             let Some(out) = change(&mut next) else {
-                self.remember(key, version, state);
+                // An unreadable item turned into a pause is written back even
+                // when nothing was granted, so the pause ends where it was
+                // first set instead of moving with every ask.
+                if state.unreadable && !next.unreadable {
+                    match self.write(key, version, &next).await? {
+                        Ok(()) => self.remember(key, version + 1, next),
+                        Err((v, s)) => self.remember(key, v, s),
+                    }
+                } else {
+                    self.remember(key, version, state);
+                }
                 return Ok(None);
             };
             match self.write(key, version, &next).await? {

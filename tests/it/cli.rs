@@ -154,16 +154,20 @@ async fn a_successful_run_exits_0_and_prints_a_schema_valid_result() {
     assert!(stderr.contains("run finished"), "{stderr}");
 }
 
-#[tokio::test]
-async fn a_token_endpoint_answering_an_absurd_lifetime_neither_panics_nor_stops_the_run() {
-    let sim = Sim::start(sim_config()).await.unwrap();
-    let id = sim
-        .fleet()
+/// The first simulated Windows device that reports a TPM.
+fn first_attestable(sim: &Sim) -> String {
+    sim.fleet()
         .iter()
         .find(|d| d.is_windows() && d.tpm != Some(""))
         .unwrap()
         .id
-        .clone();
+        .clone()
+}
+
+#[tokio::test]
+async fn a_token_endpoint_answering_an_absurd_lifetime_neither_panics_nor_stops_the_run() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let id = first_attestable(&sim);
     let payload = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [id]})).unwrap();
     // Clamped: the run goes on with a token believed for a day at most.
     sim.configure(|c| c.token_expires_in = Some(serde_json::json!(u64::MAX)));
@@ -189,13 +193,7 @@ async fn a_token_endpoint_answering_an_absurd_lifetime_neither_panics_nor_stops_
 #[tokio::test]
 async fn partial_failure_exits_1_unless_ignored() {
     let sim = Sim::start(sim_config()).await.unwrap();
-    let good = sim
-        .fleet()
-        .iter()
-        .find(|d| d.is_windows() && d.tpm != Some(""))
-        .unwrap()
-        .id
-        .clone();
+    let good = first_attestable(&sim);
     let missing = "00000000-dead-4bad-8bad-000000000001";
     for (ignore, code) in [(false, 1), (true, 0)] {
         let payload = serde_json::to_vec(&serde_json::json!({

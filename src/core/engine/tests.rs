@@ -124,14 +124,7 @@ impl DeviceGateway for Fake {
                         Plan::ThrottleLast(_, ra) => ra,
                         _ => None,
                     };
-                    ItemAnswer::Failed(CallFailure {
-                        kind: FailureKind::Throttled,
-                        status: Some(429),
-                        code: Some("TooManyRequests".into()),
-                        message: None,
-                        request_id: None,
-                        retry_after,
-                    })
+                    ItemAnswer::Failed(CallFailure::throttled(retry_after))
                 }
             })
             .collect()

@@ -177,9 +177,12 @@ async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, 
             let http = json!({"statusCode": answer.status, "headers": {"Content-Type": "application/json"}, "body": answer.body.to_string()});
             let mut outputs = json!({HTTP_BINDING: http});
             if let Some(result) = result {
+                // The caller has its answer and the run is recorded: a
+                // failed binding is logged, not turned into a retry that
+                // the caller's signature could no longer pass.
                 match crate::core::encode::to_string(&*result) {
                     Ok(text) => outputs[RESULT_BINDING] = json!(text),
-                    Err(e) => return retry(&ServiceError::from(e)),
+                    Err(e) => tracing::error!(error = %e, "the result binding could not be encoded"),
                 }
             }
             reply(outputs, vec![])
