@@ -100,6 +100,17 @@ pub enum ItemAnswer<T> {
     Failed(CallFailure),
 }
 
+impl<T> ItemAnswer<T> {
+    /// Whether an HTTP answer came back for this item (a failure with a
+    /// status did; a timeout or a lost answer did not).
+    pub fn answered(&self) -> bool {
+        match self {
+            ItemAnswer::Ok { .. } => true,
+            ItemAnswer::Failed(f) => f.status.is_some(),
+        }
+    }
+}
+
 /// What a device reports about its TPM.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TpmReport {

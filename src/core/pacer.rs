@@ -76,6 +76,21 @@ const RTT_SAMPLES: usize = 64;
 /// Round trips needed before their minimum is trusted.
 const MIN_SAMPLES: usize = 5;
 
+/// The smallest of recent round trips that may come off a hold after an
+/// answer: trusted only once it rests on a few samples, and never more than
+/// a quarter `window`.
+pub fn trusted_min_rtt<'a>(rtts: impl IntoIterator<Item = &'a Duration>, window: Duration) -> Duration {
+    let (mut n, mut min) = (0, Duration::MAX);
+    for rtt in rtts {
+        n += 1;
+        min = min.min(*rtt);
+    }
+    if n < MIN_SAMPLES {
+        return Duration::ZERO;
+    }
+    min.min(window / 4)
+}
+
 /// The pacer's state. Not thread-safe by itself; the engine wraps it.
 #[derive(Debug)]
 pub struct Pacer {
@@ -260,18 +275,7 @@ impl Pacer {
         }
         self.rtts.push_back(rtt);
         self.mean_rtt = self.rtts.iter().sum::<Duration>() / self.rtts.len() as u32;
-        // Trust the minimum only once it rests on a few samples, and never
-        // let it shorten the hold by more than a quarter window.
-        self.min_rtt = if self.rtts.len() >= MIN_SAMPLES {
-            self.rtts
-                .iter()
-                .copied()
-                .min()
-                .unwrap_or_default()
-                .min(self.cfg.window / 4)
-        } else {
-            Duration::ZERO
-        };
+        self.min_rtt = trusted_min_rtt(&self.rtts, self.cfg.window);
     }
 
     /// Records `n` requests Graph accepted.

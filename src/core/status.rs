@@ -311,11 +311,7 @@ pub async fn read<G: StatusGateway>(
         let asked_detail = detail;
         let answers = gateway.read_status(&refs, asked_detail, deadline).await;
         let now = Instant::now();
-        let answered = answers.iter().any(|a| match a {
-            ItemAnswer::Ok { .. } => true,
-            ItemAnswer::Failed(f) => f.status.is_some(),
-        });
-        permit.complete(now, answered);
+        permit.complete(now, answers.iter().any(ItemAnswer::answered));
         let accepted = answers.iter().filter(|a| matches!(a, ItemAnswer::Ok { .. })).count();
         lock().on_accepted(now, accepted as u32);
         // What Graph asked for: the longest `Retry-After` of this batch.

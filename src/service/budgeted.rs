@@ -116,14 +116,11 @@ impl Shared {
         deadline.checked_sub(graph * 2).unwrap_or_else(Instant::now)
     }
 
-    /// The smallest recent round trip, trusted once five are known and
-    /// never more than a quarter window (as the local pacer has it).
+    /// The smallest recent round trip, by the local pacer's rule
+    /// ([`crate::core::pacer::trusted_min_rtt`]).
     fn min_rtt(&self, rules: &BudgetRules) -> Duration {
         let samples = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() < 5 {
-            return Duration::ZERO;
-        }
-        samples.iter().copied().min().unwrap_or_default().min(rules.window / 4)
+        crate::core::pacer::trusted_min_rtt(samples.iter(), rules.window)
     }
 
     fn record_rtt(&self, rtt: Duration) {
@@ -271,11 +268,7 @@ impl Shared {
     /// After the call: a lease that ends too early for a late answer is
     /// extended; a 429 pauses every instance.
     async fn settle<T>(&self, which: &BudgetKey, lease: &Lease, sent: Instant, answers: &[ItemAnswer<T>]) {
-        let answered = answers.iter().any(|a| match a {
-            ItemAnswer::Ok { .. } => true,
-            ItemAnswer::Failed(f) => f.status.is_some(),
-        });
-        if answered {
+        if answers.iter().any(ItemAnswer::answered) {
             self.record_rtt(sent.elapsed());
             // The local pacer's rule: Graph counted the call no later than
             // a round trip before the answer, so it holds one window from

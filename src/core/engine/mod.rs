@@ -167,13 +167,10 @@ enum Reply {
 impl Reply {
     /// Whether an HTTP answer came back for this item.
     fn answered(&self) -> bool {
-        let failure = match self {
-            Reply::Read(ItemAnswer::Ok { .. }) | Reply::Write(ItemAnswer::Ok { .. }) => {
-                return true;
-            }
-            Reply::Read(ItemAnswer::Failed(f)) | Reply::Write(ItemAnswer::Failed(f)) => f,
-        };
-        failure.status.is_some()
+        match self {
+            Reply::Read(a) => a.answered(),
+            Reply::Write(a) => a.answered(),
+        }
     }
 }
 
