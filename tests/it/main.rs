@@ -17,6 +17,7 @@ mod properties;
 mod redirects;
 mod report;
 mod secret_hygiene;
+mod service_messages;
 mod shared_budget;
 mod shared_state;
 mod tenants;
