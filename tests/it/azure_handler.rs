@@ -108,7 +108,8 @@ async fn queue_messages_in_every_shape_the_host_sends_are_run() {
                "check": {"number": 9999, "due_at": "2026-01-01T00:00:00.000Z", "until_at": "9999-12-31T00:00:00.000Z"}}),
         json!({"managed_device_ids": [ids[0]], "part": 5}),
     ] {
-        let envelope = json!({"Data": {"message": forged.to_string()}, "Metadata": {"Id": "forged", "DequeueCount": 1}});
+        let envelope =
+            json!({"Data": {"message": forged.to_string()}, "Metadata": {"Id": "forged", "DequeueCount": 1}});
         let (status, out) = post(&h, "attest-queue", envelope).await;
         assert_eq!(status, 200, "{out}");
         let rejection: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();

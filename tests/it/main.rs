@@ -3,6 +3,7 @@
 
 mod azure_handler;
 mod bench_smoke;
+mod cargo_lambda;
 mod cli;
 mod common;
 mod docs;
