@@ -525,6 +525,57 @@ async fn status_follows_the_action_to_its_verdict() {
     let _ = std::fs::remove_file(&result);
 }
 
+#[tokio::test]
+async fn status_fails_like_invoke_when_the_credentials_are_refused_or_graph_cannot_be_reached() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let id = sim.fleet()[0].id.clone();
+    let event = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [&id]})).unwrap();
+    // The secret's id pasted instead of its value.
+    let refused = invoke(
+        &sim,
+        &[("AZURE_CLIENT_SECRET", "not-the-secret")],
+        &["status", "--event", "-"],
+        Some(event.clone()),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AADSTS7000215"), "{stderr}");
+    assert!(refused.stdout.is_empty(), "no document of unread devices");
+
+    // Graph itself unreachable (the token host answers).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let graph = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable = invoke(
+        &sim,
+        &[("GRAPH_ENDPOINT", &graph)],
+        &["status", "--event", "-"],
+        Some(event),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no device could be read"), "{stderr}");
+    let doc = status_doc(&unreachable.stdout);
+    let device = &doc["devices"][0];
+    assert!(
+        device["action_state"].is_null(),
+        "an unread device is not `none`: {device}"
+    );
+    assert!(
+        device["read_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no answer from Graph"),
+        "{device}"
+    );
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/status.schema.json")).unwrap();
+    let schema = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+    let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

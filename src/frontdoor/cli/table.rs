@@ -170,7 +170,7 @@ pub fn status(doc: &StatusDocument) -> String {
     let others: Vec<_> = doc
         .devices
         .iter()
-        .filter(|d| d.action_state != ActionState::Done)
+        .filter(|d| d.action_state != Some(ActionState::Done))
         .collect();
     let header = [
         "device id",
