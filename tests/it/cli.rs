@@ -576,6 +576,23 @@ async fn status_fails_like_invoke_when_the_credentials_are_refused_or_graph_cann
     assert!(errors.is_empty(), "{errors:?}");
 }
 
+#[tokio::test]
+async fn a_filter_that_matches_nothing_succeeds_and_says_so() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let payload = serde_json::to_vec(&serde_json::json!({"device_filter": "deviceName eq 'NO-SUCH-DEVICE'"})).unwrap();
+    let json = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(json.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["summary"]["requested"], 0);
+    assert!(doc["warnings"].to_string().contains("matched no device"), "{doc}");
+    let table = invoke(&sim, &[], &["invoke", "--event", "-", "--output", "table"], Some(payload)).await;
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("no device: none was named"), "{text}");
+    assert!(text.contains("warning: device_filter matched no device"), "{text}");
+    assert!(!text.contains("++\n"), "an empty table box: {text}");
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

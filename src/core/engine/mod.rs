@@ -453,6 +453,12 @@ impl<G: DeviceGateway> Engine<G> {
             tracing::warn!(filter = %filter, "{warning}");
             warnings.push(warning);
         }
+        if listing.devices.is_empty() {
+            tracing::warn!(filter = %filter, "device_filter matched no device");
+            warnings.push(format!(
+                "device_filter matched no device ({filter}); nothing was selected by it"
+            ));
+        }
         let (devices, overlap) = super::device::with_selected(&req.devices, listing.devices);
         if overlap > 0 {
             warnings.push(format!(
