@@ -585,12 +585,41 @@ async fn a_filter_that_matches_nothing_succeeds_and_says_so() {
     let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(doc["summary"]["requested"], 0);
     assert!(doc["warnings"].to_string().contains("matched no device"), "{doc}");
-    let table = invoke(&sim, &[], &["invoke", "--event", "-", "--output", "table"], Some(payload)).await;
+    let table = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-", "--output", "table"],
+        Some(payload),
+    )
+    .await;
     assert_eq!(table.status.code(), Some(0));
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("no device: none was named"), "{text}");
     assert!(text.contains("warning: device_filter matched no device"), "{text}");
     assert!(!text.contains("++\n"), "an empty table box: {text}");
+}
+
+#[tokio::test]
+async fn a_timeout_too_short_for_the_devices_is_said_before_any_write() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    // 3,000 devices at 190 per window of the simulator's pace need about
+    // 15 windows; the 60 s default covers three.
+    let ids: Vec<String> = (0..3000).map(|i| format!("00000000-0000-4000-8000-{i:012}")).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids, "dry_run": true})).unwrap();
+    let env = [("ATTEST_THROTTLE_WINDOW", "20s")];
+    let checked = invoke(&sim, &env, &["check", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(checked.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    let warnings = doc["warnings"].to_string();
+    assert!(warnings.contains("3000 device(s) at the write budget"), "{warnings}");
+    assert!(warnings.contains("set timeouts.invoke to at least"), "{warnings}");
+    // Enough time: no warning.
+    let roomy =
+        serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids, "timeouts": {"invoke": "10m"}})).unwrap();
+    let checked = invoke(&sim, &env, &["check", "--event", "-"], Some(roomy)).await;
+    let doc: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert!(!doc["warnings"].to_string().contains("write budget"), "{doc}");
+    assert_eq!(sim.stats().http_requests, 0, "check calls nothing");
 }
 
 fn json_str(s: &str) -> Value {

@@ -190,6 +190,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bytes = read_event(&event)?;
             // Validate before anything else, so bad input never reaches Graph.
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+            // Said before any write: the timeout cannot cover the devices.
+            if let Some(w) = crate::core::estimate::timeout_warning(
+                req.devices.len(),
+                req.validate_device_exists && !req.dry_run,
+                req.timeout,
+                &settings.engine,
+            ) {
+                eprintln!("warning: {w}");
+            }
             let creds = AppCredentials::from_env(env)?;
             let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
             let client = Arc::new(client);
