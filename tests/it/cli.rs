@@ -622,6 +622,74 @@ async fn a_timeout_too_short_for_the_devices_is_said_before_any_write() {
     assert_eq!(sim.stats().http_requests, 0, "check calls nothing");
 }
 
+#[tokio::test]
+async fn ctrl_c_stops_new_writes_and_still_writes_the_whole_result() {
+    let sim = Sim::start(crate::common::attestable_fleet(600)).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": ids, "validate_device_exists": false, "timeouts": {"invoke": "10m"}
+    }))
+    .unwrap();
+    let saved = std::env::temp_dir().join(format!("interrupted-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&saved);
+    // 20 writes a window: the run would take 30 windows.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["invoke", "--event", "-", "--result-file", saved.to_str().unwrap()])
+        .env_clear()
+        .envs(env_of(&sim, &[("ATTEST_WRITE_BUDGET", "20")]))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&payload).await.unwrap();
+    }
+    while sim.ledger().len() < 40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // SAFETY: signals the child this test started.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: no new call starts"), "{stderr}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(doc, on_disk, "the result file is written too");
+    let errors: Vec<String> = schema().iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let devices = doc["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 600, "every device has its outcome");
+    let initiated: std::collections::HashSet<&str> = devices
+        .iter()
+        .filter(|d| d["outcome"] == "initiated")
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    let ledger = sim.ledger_counts();
+    assert_eq!(
+        initiated.len(),
+        ledger.len(),
+        "what Graph accepted is what the result says"
+    );
+    assert!(ledger.keys().all(|id| initiated.contains(id.0.as_str())));
+    assert!(initiated.len() < 600, "the run stopped early");
+    assert_eq!(
+        devices.iter().filter(|d| d["outcome"] == "not_attempted").count(),
+        600 - initiated.len()
+    );
+    assert!(
+        doc["warnings"].to_string().contains("interrupted"),
+        "{}",
+        doc["warnings"]
+    );
+    let _ = std::fs::remove_file(&saved);
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }
