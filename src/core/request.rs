@@ -79,6 +79,10 @@ pub struct AttestationRequest {
     /// Read the selected devices' attestation status instead of initiating
     /// (`read_status`: a playbook's wait-and-branch).
     pub read_status: bool,
+    /// The named devices were selected by a filter, not named by a caller
+    /// (a sweep chunk, or the continuation of selected devices): not part
+    /// of the payload, set from the service's own stamp.
+    pub named_were_selected: bool,
     /// Things worth saying that do not stop the run (duplicates removed...).
     pub warnings: Vec<String>,
 }
@@ -381,6 +385,7 @@ impl AttestationRequest {
             verify,
             check,
             read_status,
+            named_were_selected: false,
             warnings,
         })
     }
@@ -514,6 +519,7 @@ impl AttestationRequest {
             correlation_id: Some(correlation_id),
             part,
             warnings: Vec::new(),
+            named_were_selected: false,
             ..self.clone()
         }
     }

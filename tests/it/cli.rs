@@ -690,6 +690,48 @@ async fn ctrl_c_stops_new_writes_and_still_writes_the_whole_result() {
     let _ = std::fs::remove_file(&saved);
 }
 
+#[tokio::test]
+async fn devices_a_filter_selected_that_cannot_attest_are_reported_not_failures() {
+    let mut cfg = sim_config();
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 60,
+        non_windows: 0.0,
+        virtual_machines: 0.2,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let vm = sim
+        .fleet()
+        .iter()
+        .find(|d| d.model == "Virtual Machine")
+        .unwrap()
+        .id
+        .clone();
+    let by_filter = serde_json::to_vec(&serde_json::json!({"device_filter": "operatingSystem eq 'Windows'"})).unwrap();
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(by_filter)).await;
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", doc["summary"]);
+    let errors: Vec<String> = schema().iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let unsupported: Vec<&Value> = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["outcome"] == "unsupported")
+        .collect();
+    assert!(!unsupported.is_empty(), "the fleet has machines that cannot attest");
+    assert!(unsupported.iter().all(|d| d["selected_by_filter"] == true));
+    assert_eq!(doc["status"], "succeeded");
+    assert!(doc["warnings"].to_string().contains("not counted as failures"));
+    // The same machine named in the payload: a failure of the run.
+    let named = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [&vm]})).unwrap();
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(named)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["devices"][0]["outcome"], "unsupported");
+    assert!(doc["devices"][0].get("selected_by_filter").is_none());
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }
