@@ -162,6 +162,17 @@ pub enum RunStatus {
     Failed,
 }
 
+impl RunStatus {
+    /// The name the result document and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::PartiallyFailed => "partially_failed",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
 /// Counts per outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -545,6 +556,13 @@ mod tests {
     fn dev(n: u8, o: Outcome) -> DeviceResult {
         let id = DeviceId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap();
         DeviceResult::new(id, DeviceKind::Managed, o)
+    }
+
+    #[test]
+    fn a_status_has_one_name_in_the_document_and_the_logs() {
+        for s in [RunStatus::Succeeded, RunStatus::PartiallyFailed, RunStatus::Failed] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

@@ -863,6 +863,15 @@ async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
     assert_eq!(made.status.code(), Some(0), "{}", String::from_utf8_lossy(&made.stderr));
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("id=\"verdict\"") && html.contains(">not_supported<"));
+    // A status document where a result is expected: said in those words.
+    let status = dir.join("status.json");
+    let verdict = serde_json::from_slice::<Value>(&run.stdout).unwrap()["verdict"].clone();
+    std::fs::write(&status, verdict.to_string()).unwrap();
+    let wrong = make_report(&sim, &status, None, &page).await;
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr.contains("is a status document"), "{stderr}");
+    assert!(stderr.contains("--result takes a result document"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

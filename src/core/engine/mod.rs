@@ -768,7 +768,7 @@ fn log_finished(result: &RunResult) {
     let s = &result.summary;
     tracing::info!(
         correlation_id = %result.correlation_id,
-        status = ?result.status,
+        status = result.status.as_str(),
         requested = s.requested,
         initiated = s.initiated,
         not_found = s.not_found,
