@@ -732,6 +732,65 @@ async fn devices_a_filter_selected_that_cannot_attest_are_reported_not_failures(
     assert!(doc["devices"][0].get("selected_by_filter").is_none());
 }
 
+#[tokio::test]
+async fn devices_picked_on_the_command_line_and_a_retry_of_what_a_result_did_not_initiate() {
+    let sim = Sim::start(crate::common::attestable_fleet(10)).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let missing = "00000000-dead-4bad-8bad-000000000001";
+    let dir = std::env::temp_dir().join(format!("cli-picks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("first.json");
+    let out = invoke(
+        &sim,
+        &[],
+        &[
+            "invoke",
+            "--device-id",
+            &ids[0],
+            "--device-id",
+            &ids[1],
+            "--device-id",
+            missing,
+            "--result-file",
+            saved.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = assert_valid_result(&out.stdout);
+    assert_eq!(first["summary"]["initiated"], 2);
+    assert_eq!(first["summary"]["not_found"], 1);
+    // Again, only what the first run did not initiate.
+    let again = invoke(&sim, &[], &["check", "--retry-from", saved.to_str().unwrap()], None).await;
+    let checked: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let devices = checked["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{checked}");
+    assert_eq!(devices[0]["device_id"], missing);
+    // A payload and picked devices together: the payload's options stay.
+    let event = dir.join("event.json");
+    std::fs::write(
+        &event,
+        serde_json::json!({"dry_run": true, "managed_device_ids": [&ids[2]]}).to_string(),
+    )
+    .unwrap();
+    let both = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", event.to_str().unwrap(), "--device-id", &ids[3]],
+        None,
+    )
+    .await;
+    let doc = assert_valid_result(&both.stdout);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["summary"]["requested"], 2);
+    // Nothing at all to run: said, exit 2.
+    let none = invoke(&sim, &[], &["invoke"], None).await;
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("--device-id"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }
