@@ -35,7 +35,7 @@ mod envelope;
 mod setup;
 
 use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger, WebhookRequest};
-pub use setup::{build_service, main};
+pub use setup::{build_service, build_service_with, main};
 
 /// The output binding that receives result documents.
 pub const RESULT_BINDING: &str = "result";

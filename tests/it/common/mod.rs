@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod azurite;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

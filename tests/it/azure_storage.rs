@@ -1,0 +1,371 @@
+//! The Azure host on Azure Storage (Azurite): the blob-backed state and
+//! budget, and the work queue, shared by several handler instances (the
+//! built binary, driven with the Functions host's request shapes). The
+//! test plays the host's queue trigger: it takes a message, posts it to a
+//! handler with its id, and deletes it when the invocation succeeds.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::join_all;
+use graph_sim::Sim;
+use intune_attest::queue::azure::{AzureWorkQueue, MessageEncoding};
+use intune_attest::queue::{WorkMessage, WorkQueue};
+use intune_attest::state::blob::{BlobBudget, BlobStore};
+use intune_attest::state::budget::{Acquired, Ask, BudgetRules, SharedBudget};
+use intune_attest::state::{Claim, StateStore, StoreError};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::azure_handler::{Handler, post, start};
+use crate::common::azurite::{self, Azurite};
+use crate::common::{WINDOW, attestable_fleet};
+
+const BUDGET: usize = 190;
+const SECRET: &str = "whsec-a-0123456789abcdefghijklmnopqrst";
+
+fn ids(sim: &Sim) -> Vec<String> {
+    sim.fleet().iter().map(|d| d.id.clone()).collect()
+}
+
+async fn handlers(sim: &Sim, n: usize, storage: &[(String, String)], extra: &[(&str, &str)]) -> Vec<Handler> {
+    let mut env: Vec<(&str, &str)> = storage.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend_from_slice(extra);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(start(sim, &env).await);
+    }
+    out
+}
+
+fn queue_envelope(message: &str, id: &str) -> Value {
+    // The host passes the id JSON-quoted inside its string.
+    json!({"Data": {"message": message}, "Metadata": {"Id": format!("\"{id}\""), "DequeueCount": "1"}})
+}
+
+fn result_of(out: &Value) -> Option<Value> {
+    out["Outputs"]["result"]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+#[tokio::test]
+async fn blob_claims_race_to_one_winner_expire_and_finish_with_their_result() {
+    let azurite = Azurite::start().await;
+    let container = azurite.create_container("state").await;
+    let store = std::sync::Arc::new(BlobStore::new(container));
+    let later = SystemTime::now() + Duration::from_secs(60);
+    // Twenty instances claim one delivery at once: exactly one wins.
+    let claims = join_all((0..20).map(|i| {
+        let store = store.clone();
+        async move { store.claim("delivery#m-1", &format!("owner-{i}"), later).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(claims.iter().filter(|c| **c == Claim::Claimed).count(), 1, "{claims:?}");
+    assert!(
+        claims
+            .iter()
+            .all(|c| matches!(c, Claim::Claimed | Claim::HeldElsewhere))
+    );
+    let winner = (0..20)
+        .position(|i| claims[i] == Claim::Claimed)
+        .map(|i| format!("owner-{i}"))
+        .unwrap();
+    // A kept result comes back to whoever claims after the finish.
+    let big = "r".repeat(600 * 1024);
+    store.finish("delivery#m-1", &winner, Some(&big)).await.unwrap();
+    assert_eq!(
+        store.claim("delivery#m-1", "late", later).await.unwrap(),
+        Claim::Done { undelivered: Some(big) }
+    );
+    // A claim whose lease ran out (its instance died) is taken over once.
+    let past = SystemTime::now() - Duration::from_secs(1);
+    assert_eq!(store.claim("delivery#m-2", "dead", past).await.unwrap(), Claim::Claimed);
+    assert_eq!(store.claim("delivery#m-2", "b", later).await.unwrap(), Claim::Claimed);
+    assert_eq!(
+        store.claim("delivery#m-2", "c", later).await.unwrap(),
+        Claim::HeldElsewhere
+    );
+    // Only the owner gives a claim back; then it runs again.
+    store.release("delivery#m-2", "c").await.unwrap();
+    assert_eq!(
+        store.claim("delivery#m-2", "c", later).await.unwrap(),
+        Claim::HeldElsewhere
+    );
+    store.release("delivery#m-2", "b").await.unwrap();
+    assert_eq!(store.claim("delivery#m-2", "c", later).await.unwrap(), Claim::Claimed);
+    // A used key is refused until it expires or is forgotten.
+    assert!(store.first_use("replay#1:a", later).await.unwrap());
+    assert!(!store.first_use("replay#1:a", later).await.unwrap());
+    store.forget("replay#1:a").await.unwrap();
+    assert!(store.first_use("replay#1:a", later).await.unwrap());
+    assert!(
+        store
+            .first_use("replay#1:b", past - Duration::from_secs(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.first_use("replay#1:b", later).await.unwrap(),
+        "an expired key is free"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_or_missing_store_fails_without_naming_the_sas() {
+    let azurite = Azurite::start().await;
+    // A container that does not exist is not an empty state.
+    let missing = BlobStore::new(azurite.account().container("absent").unwrap());
+    let later = SystemTime::now() + Duration::from_secs(60);
+    let err = missing.claim("delivery#x", "a", later).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    // An account nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/devstoreaccount1?{}", Azurite::sas());
+    let get = |k: &str| (k == "AzureWebJobsStorage__blobServiceUri").then(|| url.clone());
+    let account = intune_attest::azure_storage::StorageAccount::from_env(get)
+        .unwrap()
+        .unwrap();
+    let down = BlobStore::new(account.container("state").unwrap());
+    let err = down.claim("delivery#x", "a", later).await.unwrap_err();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        text.push_str(&format!(" / {s} / {s:?}"));
+        source = s.source();
+    }
+    assert!(!text.contains("sig="), "{text}");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{text}");
+}
+
+#[tokio::test]
+async fn a_delayed_message_stays_invisible_until_it_is_due_and_arrives_base64() {
+    let azurite = Azurite::start().await;
+    let q = azurite.create_queue("work").await;
+    let queue = AzureWorkQueue::new(azurite.account().queue("work").unwrap(), MessageEncoding::Base64);
+    assert_eq!(queue.max_delay(), Some(Duration::from_secs(7 * 24 * 3600)));
+    let limit = queue.max_message_bytes().await.unwrap();
+    assert_eq!(limit, 48 * 1024, "64 KB as stored, after base64");
+    let due = WorkMessage::new("{\"check\": \"later\"}".into(), "run-1").delayed(Duration::from_secs(2));
+    let now = WorkMessage::new("{\"at\": \"once\"}".into(), "run-1");
+    queue.send(vec![due, now], None).await.unwrap();
+    let first = azurite::receive(&q, 32, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), 1, "only the undelayed message is visible");
+    assert_eq!(first[0].payload, "{\"at\": \"once\"}");
+    azurite::delete(&q, &first[0]).await;
+    let mut later = Vec::new();
+    for _ in 0..100 {
+        later = azurite::receive(&q, 32, Duration::from_secs(30)).await;
+        if !later.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].payload, "{\"check\": \"later\"}");
+    // A body over the limit as stored is refused, not sent cut short.
+    let huge = WorkMessage::new("x".repeat(limit + 1), "run-2");
+    assert!(queue.send(vec![huge], None).await.is_err());
+    assert_eq!(
+        azurite::approximate_count(&q).await,
+        1,
+        "only the delivered check is left"
+    );
+}
+
+#[tokio::test]
+async fn a_repeat_delivery_at_another_instance_runs_once() {
+    let azurite = Azurite::start().await;
+    let storage = azurite.settings("work", "state").await;
+    let sim = Sim::start(attestable_fleet(20)).await.unwrap();
+    let hs = handlers(&sim, 2, &storage, &[]).await;
+    let message = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false}).to_string();
+    // Delivered to both instances at once, then once more to the first.
+    let answers = join_all(
+        hs.iter()
+            .map(|h| post(h, "attest-queue", queue_envelope(&message, "m-1"))),
+    )
+    .await;
+    let again = post(&hs[0], "attest-queue", queue_envelope(&message, "m-1")).await;
+    let ran = answers
+        .iter()
+        .chain([&again])
+        .filter(|(_, out)| result_of(out).is_some_and(|r| r["summary"]["initiated"] == 20))
+        .count();
+    assert_eq!(ran, 1, "{answers:?} {again:?}");
+    let counts = sim.ledger_counts();
+    assert_eq!(counts.len(), 20);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_webhook_replayed_at_another_instance_is_refused() {
+    let azurite = Azurite::start().await;
+    let storage = azurite.settings("work", "state").await;
+    let sim = Sim::start(attestable_fleet(5)).await.unwrap();
+    let hs = handlers(&sim, 2, &storage, &[]).await;
+    let body = json!({"managed_device_ids": ids(&sim)}).to_string();
+    let t = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = intune_attest::service::signature::sign(&SecretString::from(SECRET.to_string()), t, body.as_bytes());
+    let request = json!({"Data": {"req": {"Url": "https://fn.example/api/attest-http", "Method": "POST", "Query": {},
+        "Headers": {"X-Intune-Attest-Signature": [sig]}, "Params": {}, "Body": body}}, "Metadata": {}});
+    let (_, first) = post(&hs[0], "attest-http", request.clone()).await;
+    assert_eq!(
+        first["Outputs"]["res"]["statusCode"], 202,
+        "handed to the queue: {first}"
+    );
+    let (_, replay) = post(&hs[1], "attest-http", request).await;
+    assert_eq!(replay["Outputs"]["res"]["statusCode"], 401, "{replay}");
+    let q = azurite.account().queue("work").unwrap();
+    assert_eq!(azurite::approximate_count(&q).await, 1, "one hand-off, no second");
+}
+
+/// Plays the queue trigger over `handlers` in turn until the queue is
+/// empty: returns every result document published and the deliveries.
+async fn drain_through(handlers: &[Handler], q: &azure_storage_queue::QueueClient) -> (Vec<Value>, usize) {
+    let (mut results, mut deliveries, mut idle) = (Vec::new(), 0usize, 0);
+    while idle < 30 {
+        let got = azurite::receive(q, 4, Duration::from_secs(2)).await;
+        if got.is_empty() {
+            idle += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        idle = 0;
+        let runs = got.iter().enumerate().map(|(i, m)| {
+            let h = &handlers[(deliveries + i) % handlers.len()];
+            post(h, "attest-queue", queue_envelope(&m.payload, &m.id))
+        });
+        let answers = join_all(runs).await;
+        for (m, (status, out)) in got.iter().zip(answers) {
+            deliveries += 1;
+            if status == 200 {
+                results.extend(result_of(&out));
+                azurite::delete(q, m).await;
+            }
+        }
+    }
+    (results, deliveries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_continued_through_the_queue_ends_every_device_with_one_outcome() {
+    let azurite = Azurite::start().await;
+    let storage = azurite.settings("work", "state").await;
+    let sim = Sim::start(attestable_fleet(900)).await.unwrap();
+    // A short host timeout: each part runs about 3 s, so the run takes
+    // several parts across two instances.
+    let hs = handlers(
+        &sim,
+        2,
+        &storage,
+        &[
+            ("AzureFunctionsJobHost__functionTimeout", "00:00:04"),
+            ("ATTEST_WRITE_BUDGET", "100"),
+        ],
+    )
+    .await;
+    let all = ids(&sim);
+    let message = json!({"managed_device_ids": all, "validate_device_exists": false, "timeouts": {"invoke": "10m"}});
+    let q = azurite.account().queue("work").unwrap();
+    // The first part as a producer would queue it.
+    let queue = AzureWorkQueue::new(azurite.account().queue("work").unwrap(), MessageEncoding::Base64);
+    queue
+        .send(vec![WorkMessage::new(message.to_string(), "run")], None)
+        .await
+        .unwrap();
+    let (results, deliveries) = drain_through(&hs, &q).await;
+    assert!(results.len() >= 2, "the run took several parts: {}", results.len());
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for r in &results {
+        for d in r["devices"].as_array().into_iter().flatten() {
+            if d["outcome"] != "continued" {
+                *outcomes
+                    .entry(d["device_id"].as_str().unwrap_or_default().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(
+        outcomes.len(),
+        900,
+        "{} results over {deliveries} deliveries",
+        results.len()
+    );
+    assert!(outcomes.values().all(|&n| n == 1));
+    let counts = sim.ledger_counts();
+    assert_eq!(counts.len(), 900);
+    assert!(counts.values().all(|&n| n == 1), "a device initiated twice");
+    assert_eq!(azurite::approximate_count(&q).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_the_blob_budget_never_exceed_it_in_any_window() {
+    let azurite = Azurite::start().await;
+    for instances in [2usize, 4] {
+        let storage = azurite
+            .settings(&format!("work{instances}"), &format!("state{instances}"))
+            .await;
+        let sim = Sim::start(attestable_fleet(instances * 300)).await.unwrap();
+        let hs = handlers(&sim, instances, &storage, &[]).await;
+        let all = ids(&sim);
+        let runs = hs.iter().enumerate().map(|(i, h)| {
+            let mine = &all[i * 300..(i + 1) * 300];
+            let message =
+                json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "10m"}});
+            post(
+                h,
+                "attest-queue",
+                queue_envelope(&message.to_string(), &format!("b-{instances}-{i}")),
+            )
+        });
+        for (status, out) in join_all(runs).await {
+            assert_eq!(status, 200, "{out}");
+            assert_eq!(result_of(&out).unwrap()["summary"]["initiated"], 300, "{out}");
+        }
+        let most = sim.max_writes_in_any_window(WINDOW);
+        assert!(most <= BUDGET, "{instances} instances: {most} writes in one window");
+        assert_eq!(sim.stats().throttled_writes, 0, "{instances} instances were throttled");
+        let ledger = sim.ledger_counts();
+        assert_eq!(ledger.len(), instances * 300);
+        assert!(ledger.values().all(|&n| n == 1));
+    }
+}
+
+#[tokio::test]
+async fn the_blob_budget_grants_no_more_than_the_budget_to_racing_instances() {
+    let azurite = Azurite::start().await;
+    let container = azurite.create_container("budget").await;
+    let budgets: Vec<_> = (0..3)
+        .map(|_| std::sync::Arc::new(BlobBudget::new(azurite.account().container("budget").unwrap())))
+        .collect();
+    let _ = container;
+    let rules = BudgetRules::new(40, Duration::from_secs(20));
+    let ask = || Ask {
+        n: 10,
+        hold: Duration::from_secs(21),
+        not_before: SystemTime::now(),
+        latest_start: SystemTime::now() + Duration::from_millis(200),
+        spare: false,
+    };
+    // Twelve asks of ten against a budget of forty, all at once.
+    let asks = budgets
+        .iter()
+        .flat_map(|b| (0..4).map(move |_| b.clone()))
+        .map(|b| async move { b.acquire("budget#t#c#writes", ask(), rules).await.unwrap() });
+    let granted = join_all(asks)
+        .await
+        .into_iter()
+        .filter(|a| matches!(a, Acquired::Granted(_)))
+        .count();
+    assert_eq!(granted, 4, "forty permits serve four asks of ten now");
+    let requests: u64 = budgets.iter().map(|b| b.requests()).sum();
+    assert!(requests > 0);
+}
