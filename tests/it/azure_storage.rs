@@ -369,3 +369,42 @@ async fn the_blob_budget_grants_no_more_than_the_budget_to_racing_instances() {
     let requests: u64 = budgets.iter().map(|b| b.requests()).sum();
     assert!(requests > 0);
 }
+
+#[tokio::test]
+async fn a_verify_check_waits_on_the_queue_until_due_then_publishes_its_verdict() {
+    let azurite = Azurite::start().await;
+    let storage = azurite.settings("work", "state").await;
+    let sim = Sim::start(attestable_fleet(6)).await.unwrap();
+    let hs = handlers(&sim, 2, &storage, &[]).await;
+    let message = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false,
+        "verify": {"after": "2s", "until": "2s"}, "correlation_id": "azure-verify"});
+    let (status, out) = post(&hs[0], "attest-queue", queue_envelope(&message.to_string(), "v-1")).await;
+    assert_eq!(status, 200, "{out}");
+    let result = result_of(&out).unwrap();
+    assert_eq!(result["verification"]["scheduled"], true, "{result}");
+    let q = azurite.account().queue("work").unwrap();
+    // Queued, but not visible before it is due.
+    assert_eq!(azurite::approximate_count(&q).await, 1);
+    assert!(azurite::receive(&q, 32, Duration::from_secs(30)).await.is_empty());
+    let mut due = Vec::new();
+    for _ in 0..100 {
+        due = azurite::receive(&q, 32, Duration::from_secs(30)).await;
+        if !due.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(due.len(), 1);
+    let check: Value = serde_json::from_str(&due[0].payload).unwrap();
+    assert_eq!(check["check"]["number"], 1, "{check}");
+    // Delivered to the other instance: the verdict goes to the result binding.
+    let (status, out) = post(&hs[1], "attest-queue", queue_envelope(&due[0].payload, &due[0].id)).await;
+    assert_eq!(status, 200, "{out}");
+    azurite::delete(&q, &due[0]).await;
+    let verdict = result_of(&out).unwrap();
+    assert_eq!(verdict["correlation_id"], "azure-verify", "{verdict}");
+    assert_eq!(verdict["check"]["number"], 1);
+    assert_eq!(verdict["check"]["last"], true);
+    assert_eq!(verdict["devices"].as_array().map(Vec::len), Some(6), "{verdict}");
+    assert_eq!(azurite::approximate_count(&q).await, 0, "the last check queues nothing");
+}
