@@ -408,3 +408,120 @@ async fn a_verify_check_waits_on_the_queue_until_due_then_publishes_its_verdict(
     assert_eq!(verdict["devices"].as_array().map(Vec::len), Some(6), "{verdict}");
     assert_eq!(azurite::approximate_count(&q).await, 0, "the last check queues nothing");
 }
+
+/// App credentials from the simulator's settings (the handler's own source
+/// reads the process environment).
+struct SimCredentials(HashMap<String, String>);
+
+impl intune_attest::credentials::CredentialSource for SimCredentials {
+    fn load(
+        &self,
+    ) -> intune_attest::core::BoxFuture<
+        '_,
+        Result<intune_attest::credentials::Loaded, intune_attest::credentials::CredentialsError>,
+    > {
+        Box::pin(async move {
+            Ok(intune_attest::credentials::Loaded {
+                creds: intune_attest::credentials::AppCredentials::from_env(|k| self.0.get(k).cloned())?,
+                cloud: None,
+                version: None,
+            })
+        })
+    }
+
+    fn name(&self) -> String {
+        "the simulator's app".into()
+    }
+}
+
+/// `instances` handler instances in this process on one blob container,
+/// each attesting its own `per_instance` devices: the mean writes per full
+/// window, the most in any sliding window, 429s, and storage requests
+/// (budget and state) per device.
+async fn azure_shared_run(azurite: &Azurite, instances: usize, per_instance: usize) -> (f64, usize, u64, f64) {
+    use intune_attest::frontdoor::azure::{AzureApp, router};
+    use std::sync::Arc;
+    let container = format!("bench{instances}");
+    azurite.create_container(&container).await;
+    let sim = Sim::start(attestable_fleet(instances * per_instance)).await.unwrap();
+    let env = crate::common::env_of(&sim, &[]);
+    let mut urls = Vec::new();
+    let mut counted = Vec::new();
+    for _ in 0..instances {
+        let store = Arc::new(BlobStore::new(azurite.account().container(&container).unwrap()));
+        let budget = Arc::new(BlobBudget::new(azurite.account().container(&container).unwrap()));
+        let settings = intune_attest::config::Settings::from_env(|k| env.get(k).cloned()).unwrap();
+        let service = intune_attest::service::AttestService::new(
+            settings,
+            Arc::new(SimCredentials(env.clone())),
+            None,
+            None,
+            Duration::from_secs(300),
+        )
+        .with_state_store(store.clone())
+        .with_shared_budget(budget.clone());
+        let app = Arc::new(AzureApp::new(service, None));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(async move { axum::serve(listener, router(app)).await });
+        counted.push((store, budget));
+    }
+    let all = ids(&sim);
+    let client = reqwest::Client::new();
+    let runs = urls.iter().enumerate().map(|(i, url)| {
+        let mine = &all[i * per_instance..(i + 1) * per_instance];
+        let message =
+            json!({"managed_device_ids": mine, "validate_device_exists": false, "timeouts": {"invoke": "10m"}});
+        let envelope = queue_envelope(&message.to_string(), &format!("bench-{instances}-{i}"));
+        let client = client.clone();
+        async move {
+            let out: Value = client
+                .post(format!("{url}/attest-queue"))
+                .json(&envelope)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            out
+        }
+    });
+    for out in join_all(runs).await {
+        assert_eq!(result_of(&out).unwrap()["summary"]["initiated"], per_instance, "{out}");
+    }
+    let windows: Vec<usize> = sim.writes_per_window(WINDOW).into_iter().filter(|&n| n > 0).collect();
+    let inner = if windows.len() > 2 {
+        &windows[1..windows.len() - 1]
+    } else {
+        &windows[..]
+    };
+    let mean = inner.iter().sum::<usize>() as f64 / inner.len().max(1) as f64;
+    let requests: u64 = counted.iter().map(|(s, b)| s.requests() + b.requests()).sum();
+    (
+        mean,
+        sim.max_writes_in_any_window(WINDOW),
+        sim.stats().throttled_writes,
+        requests as f64 / (instances * per_instance) as f64,
+    )
+}
+
+/// `cargo test --test it -- --ignored --nocapture azure_shared_budget_scenario`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark run of a minute or two; see BENCHMARKS.md"]
+async fn azure_shared_budget_scenario() {
+    let azurite = Azurite::start().await;
+    println!(
+        "| Azure instances (blob store) | writes per window (mean of full windows) | % of the budget | most in any sliding window | 429s | storage requests per device |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for instances in [1, 4] {
+        let (mean, most, throttled, per_device) = azure_shared_run(&azurite, instances, 4000 / instances).await;
+        println!(
+            "| {instances} | {mean:.1} | {:.1}% | {most} | {throttled} | {per_device:.3} |",
+            mean * 100.0 / BUDGET as f64
+        );
+        assert!(most <= BUDGET);
+        assert_eq!(throttled, 0);
+    }
+}
