@@ -525,3 +525,73 @@ async fn azure_shared_budget_scenario() {
         assert_eq!(throttled, 0);
     }
 }
+
+#[tokio::test]
+async fn storage_that_cannot_be_reached_returns_the_message_and_no_log_line_holds_the_sas() {
+    let sim = Sim::start(attestable_fleet(3)).await.unwrap();
+    // An account nobody listens on, reached with a SAS.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = format!("http://127.0.0.1:{port}/devstoreaccount1?{}", Azurite::sas());
+    let signature = Azurite::sas().split("sig=").nth(1).unwrap().to_owned();
+    let handler_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_intune-attest"))
+        .env_clear()
+        .envs(crate::common::env_of(&sim, &[]))
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", handler_port.to_string())
+        .env("AzureWebJobsStorage__queueServiceUri", &service)
+        .env("AzureWebJobsStorage__blobServiceUri", &service)
+        .env("ATTEST_WORK_QUEUE", "work")
+        .env("ATTEST_STATE_CONTAINER", "state")
+        .env("ATTEST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{handler_port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", handler_port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let message = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false}).to_string();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/attest-queue"))
+        .json(&queue_envelope(&message, "unreachable-1"))
+        .send()
+        .await
+        .unwrap();
+    // The invocation fails, so the host retries the message: nothing ran
+    // without its claim, and nothing was dropped.
+    assert_eq!(resp.status().as_u16(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert!(sim.ledger().is_empty(), "no device runs without its claim");
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let logs = format!(
+        "{}{}{body}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(logs.contains("state store"), "{logs}");
+    // The SDK's own request log masks the signature (`sig=REDACTED`); the
+    // signature itself, encoded or not, is nowhere.
+    let decoded: String = url::form_urlencoded::parse(format!("s={signature}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    for secret in [signature.as_str(), decoded.as_str()] {
+        assert!(!logs.contains(secret), "a log line holds the SAS: {logs}");
+    }
+}
