@@ -595,3 +595,173 @@ async fn storage_that_cannot_be_reached_returns_the_message_and_no_log_line_hold
         assert!(!logs.contains(secret), "a log line holds the SAS: {logs}");
     }
 }
+
+/// Each device's final outcomes (not `continued`) across `results`, and
+/// what the simulator's ledger says: (lost, duplicated) against `wanted`.
+fn lost_and_duplicated(sim: &Sim, wanted: &[String], results: &[Value]) -> (usize, usize) {
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for r in results {
+        for d in r["devices"].as_array().into_iter().flatten() {
+            if d["outcome"] != "continued" {
+                *outcomes
+                    .entry(d["device_id"].as_str().unwrap_or_default().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    let lost = wanted.iter().filter(|id| !outcomes.contains_key(*id)).count();
+    let ledger = sim.ledger_counts();
+    let duplicated = outcomes.values().filter(|&&n| n > 1).count() + ledger.values().filter(|&&n| n > 1).count();
+    (lost, duplicated)
+}
+
+/// The Azure rows of the fault matrix: storage unreachable, a claim lost
+/// to a dead instance, a request over 64 KB, a continuation whose queueing
+/// fails. Written to `target/fault-matrix-azure.md` (printed by
+/// `scripts/test`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_faults_lose_nothing_and_repeat_nothing() {
+    let mut table = String::from("| Azure fault | devices | lost | duplicated |\n|---|---|---|---|\n");
+    let mut row = |fault: &str, devices: usize, (lost, dup): (usize, usize)| {
+        table.push_str(&format!("| {fault} | {devices} | {lost} | {dup} |\n"));
+        assert_eq!((lost, dup), (0, 0), "{fault}");
+    };
+
+    // Storage unreachable: the invocation fails and the host's retry runs
+    // once the account answers again.
+    let (blob_port, queue_port) = (
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    );
+    let sim = Sim::start(attestable_fleet(40)).await.unwrap();
+    let sas = Azurite::sas();
+    let storage = vec![
+        (
+            "AzureWebJobsStorage__queueServiceUri".to_owned(),
+            format!("http://127.0.0.1:{queue_port}/devstoreaccount1?{sas}"),
+        ),
+        (
+            "AzureWebJobsStorage__blobServiceUri".to_owned(),
+            format!("http://127.0.0.1:{blob_port}/devstoreaccount1?{sas}"),
+        ),
+        ("ATTEST_WORK_QUEUE".to_owned(), "work".to_owned()),
+        ("ATTEST_STATE_CONTAINER".to_owned(), "state".to_owned()),
+    ];
+    let hs = handlers(&sim, 1, &storage, &[]).await;
+    let message = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false}).to_string();
+    let (status, _) = post(&hs[0], "attest-queue", queue_envelope(&message, "down-1")).await;
+    assert_eq!(status, 500, "returned for retry");
+    let azurite = Azurite::start_on(blob_port, queue_port).await;
+    azurite.create_queue("work").await;
+    azurite.create_container("state").await;
+    let (status, out) = post(&hs[0], "attest-queue", queue_envelope(&message, "down-1")).await;
+    assert_eq!(status, 200, "{out}");
+    row(
+        "storage unreachable, then back",
+        40,
+        lost_and_duplicated(&sim, &ids(&sim), &result_of(&out).into_iter().collect::<Vec<_>>()),
+    );
+    drop(hs);
+
+    // A claim held by an instance that died: it runs out, and the retry runs once.
+    let sim = Sim::start(attestable_fleet(40)).await.unwrap();
+    let storage = azurite.settings("work2", "state2").await;
+    let hs = handlers(&sim, 2, &storage, &[]).await;
+    let store = BlobStore::new(azurite.account().container("state2").unwrap());
+    // The dead instance's claim on the delivery (the key the service uses).
+    let key = "delivery#\"dead-1\"";
+    assert_eq!(
+        store
+            .claim(key, "dead", SystemTime::now() + Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    let message = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false}).to_string();
+    let (status, held) = post(&hs[0], "attest-queue", queue_envelope(&message, "dead-1")).await;
+    assert_eq!(status, 500, "held by the other instance, so returned for retry: {held}");
+    assert!(sim.ledger().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, out) = post(&hs[1], "attest-queue", queue_envelope(&message, "dead-1")).await;
+    assert_eq!(status, 200, "{out}");
+    let results: Vec<Value> = result_of(&out).into_iter().collect();
+    row(
+        "a claim lost to a dead instance",
+        40,
+        lost_and_duplicated(&sim, &ids(&sim), &results),
+    );
+    drop(hs);
+
+    // A webhook request over 64 KB: handed to the queue in parts that fit.
+    let sim = Sim::start(attestable_fleet(2000)).await.unwrap();
+    let storage = azurite.settings("work3", "state3").await;
+    let hs = handlers(&sim, 2, &storage, &[]).await;
+    let body = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false}).to_string();
+    assert!(body.len() > 64 * 1024);
+    let t = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = intune_attest::service::signature::sign(&SecretString::from(SECRET.to_string()), t, body.as_bytes());
+    let request = json!({"Data": {"req": {"Url": "https://fn.example/api/attest-http", "Method": "POST", "Query": {},
+        "Headers": {"X-Intune-Attest-Signature": [sig]}, "Params": {}, "Body": body}}, "Metadata": {}});
+    let (_, accepted) = post(&hs[0], "attest-http", request).await;
+    assert_eq!(accepted["Outputs"]["res"]["statusCode"], 202, "{accepted}");
+    let q = azurite.account().queue("work3").unwrap();
+    assert!(azurite::approximate_count(&q).await >= 2, "split to fit");
+    let (results, _) = drain_through(&hs, &q).await;
+    row(
+        "a request over 64 KB",
+        2000,
+        lost_and_duplicated(&sim, &ids(&sim), &results),
+    );
+    drop(hs);
+
+    // A continuation whose queueing fails (the queue is gone): the untried
+    // devices are reported not_attempted, once, and nothing runs twice.
+    let sim = Sim::start(attestable_fleet(600)).await.unwrap();
+    let mut storage = azurite.settings("work4", "state4").await;
+    for (k, v) in storage.iter_mut() {
+        if k == "ATTEST_WORK_QUEUE" {
+            *v = "no-such-queue".into();
+        }
+    }
+    let hs = handlers(
+        &sim,
+        1,
+        &storage,
+        &[
+            ("AzureFunctionsJobHost__functionTimeout", "00:00:04"),
+            ("ATTEST_WRITE_BUDGET", "100"),
+        ],
+    )
+    .await;
+    let message =
+        json!({"managed_device_ids": ids(&sim), "validate_device_exists": false, "timeouts": {"invoke": "10m"}});
+    let (status, out) = post(&hs[0], "attest-queue", queue_envelope(&message.to_string(), "cont-1")).await;
+    assert_eq!(status, 200, "{out}");
+    let result = result_of(&out).unwrap();
+    assert!(
+        result["summary"]["not_attempted"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        result["summary"]
+    );
+    row(
+        "a continuation whose queueing fails",
+        600,
+        lost_and_duplicated(&sim, &ids(&sim), &[result]),
+    );
+    drop(hs);
+
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../fault-matrix-azure.md");
+    let _ = std::fs::write(&out, &table);
+    println!("{table}");
+}

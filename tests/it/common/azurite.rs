@@ -60,7 +60,12 @@ fn command() -> String {
 
 impl Azurite {
     pub async fn start() -> Azurite {
-        let (blob_port, queue_port, table_port) = (free_port(), free_port(), free_port());
+        Self::start_on(free_port(), free_port()).await
+    }
+
+    /// Azurite on the given ports (a test that first finds them closed).
+    pub async fn start_on(blob_port: u16, queue_port: u16) -> Azurite {
+        let table_port = free_port();
         let dir = std::env::temp_dir().join(format!("azurite-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new(command())
