@@ -765,3 +765,128 @@ async fn azure_faults_lose_nothing_and_repeat_nothing() {
     let _ = std::fs::write(&out, &table);
     println!("{table}");
 }
+
+/// The managed identity's token endpoint as App Service and Functions
+/// serve it (`IDENTITY_ENDPOINT`, `X-IDENTITY-HEADER`): answers a token
+/// with the claims Azurite checks, and records what it was asked.
+async fn identity_endpoint(
+    header: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<HashMap<String, String>>>>) {
+    use axum::extract::{Query, State};
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<HashMap<String, String>>>>;
+    let seen: Seen = Arc::default();
+    async fn token(
+        State((seen, header)): State<(Seen, &'static str)>,
+        headers: axum::http::HeaderMap,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some(header) {
+            return (axum::http::StatusCode::UNAUTHORIZED, "no identity header").into_response();
+        }
+        seen.lock().unwrap().push(q);
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = json!({"aud": "https://storage.azure.com", "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000001/",
+            "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "oid": "00000000-0000-0000-0000-0000000000aa"});
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"not checked by the emulator"),
+        )
+        .unwrap();
+        axum::Json(json!({"access_token": jwt, "expires_on": (now + 3600).to_string(),
+            "token_type": "Bearer", "resource": "https://storage.azure.com"}))
+        .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/msi/token", axum::routing::get(token))
+        .with_state((seen.clone(), header));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_managed_identity_reaches_storage_over_https_with_its_token() {
+    let pki = azurite::Pki::new();
+    let azurite = Azurite::start_https(&pki).await;
+    let (blob, queue) = (
+        format!("https://127.0.0.1:{}/{}", azurite.blob_port, azurite::ACCOUNT),
+        format!("https://127.0.0.1:{}/{}", azurite.queue_port, azurite::ACCOUNT),
+    );
+    // The test itself sets up the queue and container with a SAS.
+    let options = || azure_core::http::ClientOptions {
+        transport: Some(pki.transport()),
+        ..Default::default()
+    };
+    let sas =
+        |base: &str, name: &str| azure_core::http::Url::parse(&format!("{base}/{name}?{}", Azurite::sas())).unwrap();
+    let q = azure_storage_queue::QueueClient::new(
+        sas(&queue, "work"),
+        None,
+        Some(azure_storage_queue::QueueClientOptions {
+            client_options: options(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    q.create(None).await.unwrap();
+    azure_storage_blob::BlobContainerClient::new(
+        sas(&blob, "state"),
+        None,
+        Some(azure_storage_blob::BlobContainerClientOptions {
+            client_options: options(),
+            ..Default::default()
+        }),
+    )
+    .unwrap()
+    .create(None)
+    .await
+    .unwrap();
+    let (endpoint, seen) = identity_endpoint("identity-header-value").await;
+    let sim = Sim::start(attestable_fleet(5)).await.unwrap();
+    let ca = pki.ca.to_str().unwrap().to_owned();
+    let env = [
+        ("AzureWebJobsStorage__queueServiceUri", queue.as_str()),
+        ("AzureWebJobsStorage__blobServiceUri", blob.as_str()),
+        ("AzureWebJobsStorage__credential", "managedidentity"),
+        ("AzureWebJobsStorage__clientId", "11111111-2222-3333-4444-555555555555"),
+        ("IDENTITY_ENDPOINT", endpoint.as_str()),
+        ("IDENTITY_HEADER", "identity-header-value"),
+        ("ATTEST_WORK_QUEUE", "work"),
+        ("ATTEST_STATE_CONTAINER", "state"),
+        // The handler trusts the test CA (rustls reads the system's roots
+        // from this file).
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let h = start(&sim, &env).await;
+    // A webhook handed to the queue (a queue send with the token) ...
+    let body = json!({"managed_device_ids": ids(&sim), "validate_device_exists": false}).to_string();
+    let t = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = intune_attest::service::signature::sign(&SecretString::from(SECRET.to_string()), t, body.as_bytes());
+    let request = json!({"Data": {"req": {"Url": "https://fn.example/api/attest-http", "Method": "POST", "Query": {},
+        "Headers": {"X-Intune-Attest-Signature": [sig]}, "Params": {}, "Body": body}}, "Metadata": {}});
+    let (_, accepted) = post(&h, "attest-http", request).await;
+    assert_eq!(accepted["Outputs"]["res"]["statusCode"], 202, "{accepted}");
+    // ... then run from the queue under a claim in the container.
+    let (results, _) = drain_through(std::slice::from_ref(&h), &q).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["summary"]["initiated"], 5, "{}", results[0]);
+    let asked = seen.lock().unwrap().clone();
+    assert!(!asked.is_empty(), "the token came from the identity endpoint");
+    for q in &asked {
+        assert_eq!(
+            q.get("client_id").map(String::as_str),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        assert_eq!(q.get("resource").map(String::as_str), Some("https://storage.azure.com"));
+    }
+}

@@ -65,6 +65,26 @@ impl Azurite {
 
     /// Azurite on the given ports (a test that first finds them closed).
     pub async fn start_on(blob_port: u16, queue_port: u16) -> Azurite {
+        Self::launch(blob_port, queue_port, &[]).await
+    }
+
+    /// Azurite over https with the leaf certificate of `pki`, accepting
+    /// Entra ID tokens (`--oauth basic`: their claims are checked, not
+    /// their signature) as well as SAS.
+    pub async fn start_https(pki: &Pki) -> Azurite {
+        let (cert, key) = (
+            pki.leaf.to_str().unwrap().to_owned(),
+            pki.leaf_key.to_str().unwrap().to_owned(),
+        );
+        Self::launch(
+            free_port(),
+            free_port(),
+            &["--oauth", "basic", "--cert", &cert, "--key", &key],
+        )
+        .await
+    }
+
+    async fn launch(blob_port: u16, queue_port: u16, extra: &[&str]) -> Azurite {
         let table_port = free_port();
         let dir = std::env::temp_dir().join(format!("azurite-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -88,6 +108,7 @@ impl Azurite {
                 "--tablePort",
                 &table_port.to_string(),
             ])
+            .args(extra)
             // In memory: nothing is written but its debug log, if any.
             .current_dir(&dir)
             .stdout(Stdio::null())
@@ -222,4 +243,99 @@ pub async fn approximate_count(q: &QueueClient) -> i32 {
         ))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 (a
+/// self-signed CA used as the server's own certificate is refused by
+/// rustls as `CaUsedAsEndEntity`). Made with the `openssl` command.
+pub struct Pki {
+    pub ca: std::path::PathBuf,
+    pub leaf: std::path::PathBuf,
+    pub leaf_key: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = std::env::temp_dir().join(format!("pki-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=intune-attest test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        Pki {
+            ca: dir.join("ca.pem"),
+            leaf: dir.join("leaf.pem"),
+            leaf_key: dir.join("leaf.key"),
+            _dir: TempDir(dir),
+        }
+    }
+
+    /// A client options' transport that trusts the test CA.
+    pub fn transport(&self) -> azure_core::http::Transport {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
+        let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+        azure_core::http::Transport::new(std::sync::Arc::new(client))
+    }
 }
