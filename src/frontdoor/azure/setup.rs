@@ -22,14 +22,16 @@ use crate::state::blob::{BlobBudget, BlobStore};
 /// (`AzureWebJobsStorage__queueServiceUri` / `__blobServiceUri` /
 /// `__accountName`), `ATTEST_WORK_QUEUE` names the work queue and
 /// `ATTEST_STATE_CONTAINER` the container of the shared state; without
-/// them the state lives in this process and nothing is queued. `host_json`
-/// is the function app's `host.json` (the queue trigger's message encoding).
+/// them the state lives in this process and nothing is queued. The queue
+/// trigger's message encoding comes from `host.json` in the working
+/// directory (the function app's root).
 pub fn build_service(get: impl Fn(&str) -> Option<String>) -> Result<AttestService, String> {
     let host_json = std::fs::read_to_string("host.json").ok();
     build_service_with(get, host_json.as_deref())
 }
 
-/// [`build_service`] with `host.json`'s text given.
+/// [`build_service`] with `host.json`'s text given (`None`: the host's
+/// defaults).
 pub fn build_service_with(
     get: impl Fn(&str) -> Option<String>,
     host_json: Option<&str>,
@@ -88,7 +90,13 @@ pub fn build_service_with(
                 .with_shared_budget(Arc::new(BlobBudget::new(account.container(&name)?)));
         }
         (Some(_), _) => return Err("ATTEST_STATE_CONTAINER is set but no AzureWebJobsStorage__blobServiceUri or __accountName names the account".into()),
-        (None, _) => {}
+        (None, _) => {
+            if setting("ATTEST_WORK_QUEUE").is_some() {
+                tracing::warn!(
+                    "ATTEST_WORK_QUEUE is set without ATTEST_STATE_CONTAINER: claims and replays stay in this process, so run one instance"
+                );
+            }
+        }
     }
     Ok(service)
 }
