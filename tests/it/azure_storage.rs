@@ -890,3 +890,41 @@ async fn the_managed_identity_reaches_storage_over_https_with_its_token() {
         assert_eq!(q.get("resource").map(String::as_str), Some("https://storage.azure.com"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_of_50000_devices_is_queued_in_messages_that_fit_each_device_once() {
+    let azurite = Azurite::start().await;
+    let storage = azurite.settings("work", "state").await;
+    let sim = Sim::start(attestable_fleet(50_000)).await.unwrap();
+    let hs = handlers(&sim, 1, &storage, &[]).await;
+    let (status, out) = post(
+        &hs[0],
+        "attest-sweep",
+        json!({"Data": {"timer": {"IsPastDue": false}}, "Metadata": {"sys": {"UtcNow": "2026-12-02T02:00:00Z"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert!(sim.ledger().is_empty(), "a sweep with a queue only dispatches");
+    // Every queued message, as the trigger would take it.
+    let q = azurite.account().queue("work").unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut messages = 0;
+    loop {
+        let got = azurite::receive(&q, 32, Duration::from_secs(600)).await;
+        if got.is_empty() {
+            break;
+        }
+        for m in got {
+            messages += 1;
+            let stored = MessageEncoding::Base64.encode(&m.payload).len();
+            assert!(stored <= 64 * 1024, "a message of {stored} bytes as stored");
+            let part: Value = serde_json::from_str(&m.payload).unwrap();
+            for id in part["managed_device_ids"].as_array().into_iter().flatten() {
+                *seen.entry(id.as_str().unwrap().to_owned()).or_default() += 1;
+            }
+        }
+    }
+    assert!(messages > 1, "{messages} message(s)");
+    assert_eq!(seen.len(), 50_000, "in {messages} messages");
+    assert!(seen.values().all(|&n| n == 1), "a device queued twice");
+}
