@@ -153,6 +153,8 @@ resource stateLifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@20
               ]
               prefixMatch: [
                 '${stateContainerName}/delivery/'
+                '${stateContainerName}/request/'
+                '${stateContainerName}/sweep/'
                 '${stateContainerName}/replay/'
               ]
             }

@@ -8,7 +8,7 @@
 //!
 //! | item | blob | document |
 //! |---|---|---|
-//! | a delivery | `delivery/<sha256 of the key>` | `state` (`claimed` / `done`), `owner`, `lease_until` (ms), `expires_at` (ms), `result` (the kept result) |
+//! | a delivery (also `request#`, `sweep#` keys) | `delivery/<sha256 of the key>` (`request/`, `sweep/`) | `state` (`claimed` / `done`), `owner`, `lease_until` (ms), `expires_at` (ms), `result` (the kept result) |
 //! | a used webhook signature | `replay/<sha256 of the key>` | `state` (`used`), `expires_at` |
 //! | a budget ([`BlobBudget`]) | `budget/<sha256 of the key>` | `state` (the lease state) |
 //!
