@@ -145,12 +145,7 @@ impl AzureWorkQueue {
             .send_message(content, Some(options))
             .await
             .map(|_| ())
-            .map_err(|e| {
-                DeliveryError(format!(
-                    "message not sent to the work queue ({})",
-                    StorageFault::from_sdk(&e)
-                ))
-            })
+            .map_err(|e| DeliveryError(StorageFault::from_sdk(&e).what().to_owned()))
     }
 }
 

@@ -677,7 +677,7 @@ async fn azure_faults_lose_nothing_and_repeat_nothing() {
     let hs = handlers(&sim, 2, &storage, &[]).await;
     let store = BlobStore::new(azurite.account().container("state2").unwrap());
     // The dead instance's claim on the delivery (the key the service uses).
-    let key = "delivery#\"dead-1\"";
+    let key = "delivery#dead-1";
     assert_eq!(
         store
             .claim(key, "dead", SystemTime::now() + Duration::from_millis(300))

@@ -160,7 +160,11 @@ async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, 
                 },
             };
             let mut delivery = Delivery::new(Trigger::AzureQueue, payload).deadline(deadline);
-            delivery.delivery_id = metadata.get("Id").and_then(Value::as_str).map(str::to_owned);
+            // The host passes the message id JSON-quoted inside its string.
+            delivery.delivery_id = metadata
+                .get("Id")
+                .and_then(Value::as_str)
+                .map(|id| serde_json::from_str::<String>(id).unwrap_or_else(|_| id.to_owned()));
             encode(service.deliver(delivery).await)
         }
         "attest-http" => {
