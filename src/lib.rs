@@ -14,16 +14,21 @@
 //! - [`graph`]: the Microsoft Graph adapter (tokens, `$batch`, paging),
 //!   the engine's gateway; it signs in with the [`credentials`] port's
 //!   app credentials.
-//! - Ports, each beside its adapters: [`queue`] (SQS; it shares the
-//!   [`results`] port's delivery error), [`credentials`] (azure-identity
-//!   environment variables, AWS Secrets Manager), [`results`]
-//!   (EventBridge), [`state`] (in process, DynamoDB).
+//! - Ports, each beside its adapters: [`queue`] (SQS, Azure Storage
+//!   queues; it shares the [`results`] port's delivery error),
+//!   [`credentials`] (azure-identity environment variables, AWS Secrets
+//!   Manager), [`results`] (EventBridge), [`state`] (in process, DynamoDB,
+//!   an Azure Storage blob container).
+//! - [`azure_storage`]: the Azure Storage account both Azure adapters use
+//!   (service URLs from the host's settings, a SAS used as is or the
+//!   managed identity, errors with the SAS left out).
 //! - [`report`]: the HTML report of a result document.
 //! - [`telemetry`]: logging, the same on every host.
 //! - [`core`]: the domain (requests, validation, outcomes, pacing, the
 //!   lease algorithm and the attestation engine). It knows nothing about
 //!   Lambda, Azure or AWS.
 
+pub mod azure_storage;
 pub mod config;
 pub mod core;
 pub mod credentials;

@@ -1,6 +1,8 @@
 //! The work queue that carries continuations, sweep chunks, webhook
-//! hand-offs and follow-up checks: the [`WorkQueue`] port and its adapter for SQS.
+//! hand-offs and follow-up checks: the [`WorkQueue`] port and its adapters for
+//! SQS ([`sqs`]) and Azure Storage queues ([`azure`]).
 
+pub mod azure;
 pub mod sqs;
 
 use tokio::time::Instant;

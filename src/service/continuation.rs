@@ -91,11 +91,11 @@ impl AttestService {
         let mut first = template.for_devices(Vec::new(), correlation_id.to_owned(), part);
         first.device_filter = template.device_filter.clone();
         let empty = self.sealed_message(&first, correlation_id, stamp).await?.body.len();
-        // A device ID costs its 36 characters, two quotes and a comma; a
-        // list's key costs up to 30 bytes more.
+        // A device ID costs its 36 characters, two quotes (escaped in the
+        // sealed payload's text) and a comma; a list's key up to 40 bytes.
         let budget = limit.saturating_sub(empty + 64);
-        let per_message = (budget / 39).max(1);
-        if budget < 39 {
+        let per_message = (budget / 41).max(1);
+        if budget < 41 {
             return Err(ServiceError::Configuration(format!(
                 "the work queue's message limit ({limit} bytes) cannot hold a request"
             )));

@@ -8,9 +8,11 @@
 //! queue event, sends a plain request and gets no more than a caller gets.
 //!
 //! On the queue a sealed message reads
-//! `{"service_message": {"stamp": {...}, "mac": "<hex>"}, "payload": {...}}`;
-//! the MAC covers a fixed context string, the stamp as written and the
-//! payload's exact bytes.
+//! `{"service_message": {"stamp": "<JSON>", "mac": "<hex>"}, "payload": "<JSON>"}`:
+//! the stamp and the payload travel as strings, so a host that parses the
+//! message and writes it again (the Functions host may) changes nothing
+//! the MAC covers: a fixed context string, the stamp's text and the
+//! payload's text.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,7 +20,6 @@ use std::time::{Duration, SystemTime};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sha2::Sha256;
 
 use crate::core::duration::epoch_ms;
@@ -119,32 +120,17 @@ pub enum Forged {
     OutOfTime(String),
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    service_message: Seal<'a>,
-    payload: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct Seal<'a> {
-    stamp: &'a RawValue,
-    mac: String,
-}
-
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Incoming<'a> {
-    #[serde(borrow)]
-    service_message: IncomingSeal<'a>,
-    #[serde(borrow)]
-    payload: &'a RawValue,
+struct Envelope {
+    service_message: Seal,
+    payload: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IncomingSeal<'a> {
-    #[serde(borrow)]
-    stamp: &'a RawValue,
+struct Seal {
+    stamp: String,
     mac: String,
 }
 
@@ -173,27 +159,25 @@ fn mac(key: &[u8], stamp: &str, payload: &str) -> Hmac<Sha256> {
 pub fn seal_with(key: &[u8], stamp: &Stamp, payload: &str) -> Result<String, crate::core::encode::EncodeError> {
     let stamp_json = crate::core::encode::to_string(stamp)?;
     let tag = hex::encode(mac(key, &stamp_json, payload).finalize().into_bytes());
-    let stamp_raw = RawValue::from_string(stamp_json).map_err(crate::core::encode::EncodeError::from)?;
-    let payload_raw = RawValue::from_string(payload.to_owned()).map_err(crate::core::encode::EncodeError::from)?;
     crate::core::encode::to_string(&Envelope {
         service_message: Seal {
-            stamp: &stamp_raw,
+            stamp: stamp_json,
             mac: tag,
         },
-        payload: &payload_raw,
+        payload: payload.to_owned(),
     })
 }
 
 /// Opens a sealed message under `key` at `now`: its stamp and the
-/// payload's exact text, or why it is refused.
-pub fn open_with<'a>(key: &[u8], bytes: &'a [u8], now: SystemTime) -> Result<(Stamp, &'a str), Forged> {
-    let incoming: Incoming<'a> = serde_json::from_slice(bytes)
+/// payload's text, or why it is refused.
+pub fn open_with(key: &[u8], bytes: &[u8], now: SystemTime) -> Result<(Stamp, String), Forged> {
+    let incoming: Envelope = serde_json::from_slice(bytes)
         .map_err(|e| Forged::Malformed(crate::core::text::bounded(&e.to_string(), 120)))?;
-    let stamp_text = incoming.service_message.stamp.get();
-    let payload = incoming.payload.get();
+    let stamp_text = &incoming.service_message.stamp;
+    let payload = incoming.payload;
     let tag = hex::decode(&incoming.service_message.mac).map_err(|_| Forged::BadSeal)?;
     // Compared in constant time.
-    mac(key, stamp_text, payload)
+    mac(key, stamp_text, &payload)
         .verify_slice(&tag)
         .map_err(|_| Forged::BadSeal)?;
     let stamp: Stamp = serde_json::from_str(stamp_text)
@@ -252,7 +236,7 @@ impl Sealer {
     }
 
     /// Opens a sealed message: `Ok(Err(_))` when it is refused for good.
-    pub async fn open<'a>(&self, bytes: &'a [u8]) -> Result<Result<(Stamp, &'a str), Forged>, StoreError> {
+    pub async fn open(&self, bytes: &[u8]) -> Result<Result<(Stamp, String), Forged>, StoreError> {
         let key = self.key().await?;
         Ok(open_with(key.expose_secret(), bytes, SystemTime::now()))
     }
@@ -269,17 +253,36 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_message_opens_to_its_stamp_and_exact_payload() {
+    fn a_sealed_message_opens_to_its_stamp_and_exact_payload_even_written_again() {
         let payload = r#"{"managed_device_ids":["a"],  "part": 2}"#;
         let sealed = seal_with(KEY, &stamp(), payload).unwrap();
         assert!(claims_seal(sealed.as_bytes()));
         let (got, text) = open_with(KEY, sealed.as_bytes(), SystemTime::now()).unwrap();
-        assert_eq!((got, text), (stamp_like(&sealed), payload));
+        assert_eq!((&got, text.as_str()), (&stamp_of(&sealed), payload));
+        // Parsed and written again (members reordered, as a host may).
+        let v: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+        let again = v.to_string();
+        let (got, text) = open_with(KEY, again.as_bytes(), SystemTime::now()).unwrap();
+        assert_eq!((&got, text.as_str()), (&stamp_of(&sealed), payload));
     }
 
-    fn stamp_like(sealed: &str) -> Stamp {
+    fn stamp_of(sealed: &str) -> Stamp {
         let v: serde_json::Value = serde_json::from_str(sealed).unwrap();
-        serde_json::from_value(v["service_message"]["stamp"].clone()).unwrap()
+        serde_json::from_str(v["service_message"]["stamp"].as_str().unwrap()).unwrap()
+    }
+
+    /// The sealed message with its payload's or seal's text edited.
+    fn edited(sealed: &str, member: &str, from: &str, to: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(sealed).unwrap();
+        let slot = if member == "payload" {
+            &mut v["payload"]
+        } else {
+            &mut v["service_message"][member]
+        };
+        let text = slot.as_str().unwrap().replacen(from, to, 1);
+        assert_ne!(slot.as_str().unwrap(), text, "{from} not in {member}");
+        *slot = text.into();
+        v.to_string()
     }
 
     #[test]
@@ -288,12 +291,11 @@ mod tests {
         let sealed = seal_with(KEY, &stamp(), payload).unwrap();
         let now = SystemTime::now();
         assert_eq!(open_with(b"another key", sealed.as_bytes(), now), Err(Forged::BadSeal));
-        let more = sealed.replace("\"part\":2", "\"part\":3");
+        let more = edited(&sealed, "payload", "\"part\":2", "\"part\":3");
         assert_eq!(open_with(KEY, more.as_bytes(), now), Err(Forged::BadSeal));
-        let stalled = sealed.replace("\"stalled\":0", "\"stalled\":1");
-        assert_ne!(stalled, sealed);
+        let stalled = edited(&sealed, "stamp", "\"stalled\":0", "\"stalled\":1");
         assert_eq!(open_with(KEY, stalled.as_bytes(), now), Err(Forged::BadSeal));
-        let no_mac = sealed.replace("\"mac\":\"", "\"mac\":\"00");
+        let no_mac = edited(&sealed, "mac", "", "00");
         assert_eq!(open_with(KEY, no_mac.as_bytes(), now), Err(Forged::BadSeal));
         let extra = format!("{},\"x\":1}}", &sealed[..sealed.len() - 1]);
         assert!(matches!(

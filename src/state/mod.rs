@@ -3,9 +3,11 @@
 //! instance it reaches), results whose publication failed (so a redelivery
 //! republishes them), and webhook signatures already used. The
 //! [`StateStore`] port has two adapters: [`MemoryStore`], in process (the
-//! CLI, local runs, a single Azure instance), and [`dynamodb`], one DynamoDB
-//! table shared by every instance (`STATE_TABLE`).
+//! CLI, local runs), [`dynamodb`], one DynamoDB table shared by every
+//! instance (`STATE_TABLE`), and [`blob`], one Azure Storage blob container
+//! shared by every instance (`ATTEST_STATE_CONTAINER`).
 
+pub mod blob;
 pub mod budget;
 pub mod dynamodb;
 

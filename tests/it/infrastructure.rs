@@ -364,13 +364,13 @@ fn the_azure_function_app_matches_the_handler() {
             .any(|b| b["name"] == intune_attest::frontdoor::azure::HTTP_BINDING)
     );
     assert_eq!(http["bindings"][0]["authLevel"], "function");
-    // One instance, one message at a time: the state stays in process on
-    // Azure, so the platform must not scale the app out.
+    // Many instances, several messages each: claims, replays and the budget
+    // are shared through the storage account, so nothing caps the scale-out
+    // but the Bicep template's parameter.
     let queues = &host["extensions"]["queues"];
-    assert_eq!(
-        (queues["batchSize"].as_u64(), queues["newBatchThreshold"].as_u64()),
-        (Some(1), Some(0))
-    );
+    assert!(queues["batchSize"].as_u64().is_some_and(|n| n > 1), "{queues}");
+    // The trigger decodes base64, which the work queue encodes.
+    assert_eq!(queues["messageEncoding"], "base64");
     let settings: Value =
         serde_json::from_str(&std::fs::read_to_string(azure.join("app-settings.json")).unwrap()).unwrap();
     let setting = |name: &str| {
@@ -381,6 +381,129 @@ fn the_azure_function_app_matches_the_handler() {
             .find(|s| s["name"] == name)
             .map(|s| s["value"].clone())
     };
-    assert_eq!(setting("WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT"), Some("1".into()));
+    assert_eq!(setting("WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT"), None);
+    let queue_trigger: Value =
+        serde_json::from_str(&std::fs::read_to_string(azure.join("attest-queue/function.json")).unwrap()).unwrap();
+    assert_eq!(
+        setting("ATTEST_WORK_QUEUE"),
+        Some(queue_trigger["bindings"][0]["queueName"].clone()),
+        "the handler queues to the queue its trigger reads"
+    );
     assert_eq!(setting("FUNCTIONS_WORKER_RUNTIME"), Some("Custom".into()));
+}
+
+/// The string a Bicep `var` is set to.
+fn bicep_var(bicep: &str, name: &str) -> String {
+    let line = bicep
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("var {name} = ")))
+        .unwrap_or_else(|| panic!("main.bicep has no var {name}"));
+    line.split('\'').nth(1).unwrap().to_owned()
+}
+
+/// The value expression of an app setting in the Bicep template.
+fn bicep_setting(bicep: &str, name: &str) -> Option<String> {
+    let at = bicep.find(&format!("name: '{name}'"))?;
+    let rest = &bicep[at..];
+    let value = rest.lines().nth(1)?.trim().strip_prefix("value: ")?;
+    Some(value.to_owned())
+}
+
+#[test]
+fn the_bicep_template_agrees_with_the_function_app_and_the_handler() {
+    let azure = root().join("infra/azure");
+    let bicep = std::fs::read_to_string(azure.join("main.bicep")).unwrap();
+    let json = |p: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(azure.join(p)).unwrap()).unwrap() };
+    let (work, results, state) = (
+        bicep_var(&bicep, "workQueueName"),
+        bicep_var(&bicep, "resultQueueName"),
+        bicep_var(&bicep, "stateContainerName"),
+    );
+    // The trigger reads the queue the template creates and the handler
+    // queues to; every result binding writes to the results queue.
+    let queue = json("attest-queue/function.json");
+    assert_eq!(queue["bindings"][0]["queueName"], work.as_str());
+    for f in ["attest-queue", "attest-http", "attest-sweep"] {
+        let doc = json(&format!("{f}/function.json"));
+        for b in doc["bindings"].as_array().unwrap() {
+            if b["type"] == "queue" || b["type"] == "queueTrigger" {
+                assert_eq!(b["connection"], "AzureWebJobsStorage", "{f}");
+                assert!(
+                    b["queueName"] == work.as_str() || b["queueName"] == results.as_str(),
+                    "{f}: {b}"
+                );
+            }
+        }
+    }
+    assert!(
+        bicep.contains("name: '${workQueueName}-poison'"),
+        "the poison queue the host moves messages to"
+    );
+    assert_eq!(
+        bicep_setting(&bicep, "ATTEST_WORK_QUEUE").as_deref(),
+        Some("workQueueName")
+    );
+    assert_eq!(
+        bicep_setting(&bicep, "ATTEST_STATE_CONTAINER").as_deref(),
+        Some("stateContainerName")
+    );
+    assert_eq!(
+        bicep_setting(&bicep, "AzureWebJobsStorage__credential").as_deref(),
+        Some("'managedidentity'")
+    );
+    assert!(bicep_setting(&bicep, "AzureWebJobsStorage__accountName").is_some());
+    assert!(bicep_setting(&bicep, "AzureWebJobsStorage__clientId").is_some());
+    // Flex Consumption takes the runtime in functionAppConfig, not the setting.
+    assert!(bicep_setting(&bicep, "FUNCTIONS_WORKER_RUNTIME").is_none());
+    assert!(bicep.contains("tier: 'FlexConsumption'") && bicep.contains("name: 'custom'"));
+    assert!(
+        bicep.contains("maximumInstanceCount: maximumInstanceCount"),
+        "the instance cap is a parameter"
+    );
+    // The settings file for other plans names the same queue and container.
+    let settings = json("app-settings.json");
+    let setting = |name: &str| {
+        settings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["value"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(setting("ATTEST_WORK_QUEUE"), Some(work.clone()));
+    assert_eq!(setting("ATTEST_STATE_CONTAINER"), Some(state.clone()));
+    // The handler reads the same settings the template sets.
+    let env = |k: &str| -> Option<String> {
+        match k {
+            "AzureWebJobsStorage__accountName" => Some("attestexample".into()),
+            "AzureWebJobsStorage__credential" => Some("managedidentity".into()),
+            "ATTEST_WORK_QUEUE" => Some(work.clone()),
+            "ATTEST_STATE_CONTAINER" => Some(state.clone()),
+            "AZURE_TENANT_ID" => Some("00000000-0000-0000-0000-000000000001".into()),
+            "AZURE_CLIENT_ID" => Some("00000000-0000-0000-0000-000000000002".into()),
+            _ => None,
+        }
+    };
+    let host_json = std::fs::read_to_string(azure.join("host.json")).unwrap();
+    assert!(intune_attest::frontdoor::azure::build_service_with(env, Some(&host_json)).is_ok());
+    // Exactly the storage roles it needs, on that account.
+    for role in [
+        "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    ] {
+        assert!(bicep.contains(role), "{role}");
+    }
+    assert!(
+        !bicep.contains("b7e6dc6d-f1e8-4753-8033-0f276bb0955b"),
+        "no Storage Blob Data Owner"
+    );
+    // No Bicep that checkov cannot parse (see scripts/lint-template).
+    for construct in ["import ", "func ", "=> ", "..."] {
+        assert!(
+            !bicep
+                .lines()
+                .any(|l| !l.trim_start().starts_with("//") && l.contains(construct)),
+            "{construct}"
+        );
+    }
 }

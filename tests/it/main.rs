@@ -2,6 +2,7 @@
 //! the AWS SDK, axum and reqwest once instead of once per file).
 
 mod azure_handler;
+mod azure_storage;
 mod bench_smoke;
 mod cargo_lambda;
 mod cli;

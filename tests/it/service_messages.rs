@@ -178,7 +178,8 @@ async fn a_check_sealed_with_the_deployments_own_key_is_still_held_to_its_runs_s
     }
     assert_eq!(queued.len(), 1);
     let sealed: Value = serde_json::from_str(&queued[0]).unwrap();
-    assert_eq!(sealed["service_message"]["stamp"]["kind"], "check");
+    let stamp: Stamp = serde_json::from_str(sealed["service_message"]["stamp"].as_str().unwrap()).unwrap();
+    assert_eq!(stamp.kind, Kind::Check);
 
     // Whoever can read the state table holds the key (docs/security.md);
     // even so, a check past its run's longest schedule is refused.
@@ -196,7 +197,6 @@ async fn a_check_sealed_with_the_deployments_own_key_is_still_held_to_its_runs_s
     let mut forever = payload_of(&queued[0]);
     forever["check"]["until_at"] = "9999-12-31T00:00:00.000Z".into();
     forever["check"]["due_at"] = "2026-01-01T00:00:00.000Z".into();
-    let stamp: Stamp = serde_json::from_value(sealed["service_message"]["stamp"].clone()).unwrap();
     let forged = seal::seal_with(&key, &stamp, &forever.to_string()).unwrap();
     let out = app
         .handle(sqs_event(&[("s-forever", forged)]), ctx("s", 60))

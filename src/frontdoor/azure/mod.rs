@@ -5,7 +5,7 @@
 //!
 //! Functions (see `infra/azure/`):
 //! - `attest-queue`: an Azure Storage queue message is a payload; the result
-//!   goes to the `result` output binding. A malformed message is answered
+//!   (or a follow-up check's verdict) goes to the `result` output binding. A malformed message is answered
 //!   with a rejection on the same binding and acknowledged; a run that can
 //!   pass later (credentials, Graph unreachable) fails the invocation so the
 //!   host retries the message, then moves it to the poison queue.
@@ -35,7 +35,7 @@ mod envelope;
 mod setup;
 
 use crate::service::{AttestService, Delivery, Disposition, ServiceError, Trigger, WebhookRequest};
-pub use setup::{build_service, main};
+pub use setup::{build_service, build_service_with, main};
 
 /// The output binding that receives result documents.
 pub const RESULT_BINDING: &str = "result";
@@ -114,7 +114,11 @@ fn encode(d: Disposition) -> Response {
             vec![format!("accepted {correlation_id} in {parts} message(s)")],
         ),
         Disposition::Dispatched(d) => reply(json!({}), vec![json!(d).to_string()]),
-        Disposition::Checked(v) => reply(json!({}), vec![v.brief().to_string()]),
+        // The verdict goes where results go: the result binding's queue.
+        Disposition::Checked(v) => match text(crate::core::encode::to_string(&*v)) {
+            Ok(body) => reply(doc(body), vec![v.brief().to_string()]),
+            Err(e) => retry(&e),
+        },
         Disposition::Deferred(d) => reply(json!({}), vec![json!(d).to_string()]),
         // Answered over HTTP (the webhook path); a queue cannot ask for it.
         Disposition::Status(doc) => reply(json!({}), vec![format!("status of {} device(s)", doc.summary.devices)]),
@@ -156,7 +160,11 @@ async fn invoke(State(app): State<Arc<AzureApp>>, Path(function): Path<String>, 
                 },
             };
             let mut delivery = Delivery::new(Trigger::AzureQueue, payload).deadline(deadline);
-            delivery.delivery_id = metadata.get("Id").and_then(Value::as_str).map(str::to_owned);
+            // The host passes the message id JSON-quoted inside its string.
+            delivery.delivery_id = metadata
+                .get("Id")
+                .and_then(Value::as_str)
+                .map(|id| serde_json::from_str::<String>(id).unwrap_or_else(|_| id.to_owned()));
             encode(service.deliver(delivery).await)
         }
         "attest-http" => {

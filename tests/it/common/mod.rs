@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod azurite;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -190,7 +191,7 @@ pub fn outcomes(result: &RunResult) -> HashMap<Outcome, usize> {
 pub fn payload_of(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap();
     match v.get("service_message") {
-        Some(_) => v["payload"].clone(),
+        Some(_) => serde_json::from_str(v["payload"].as_str().unwrap()).unwrap(),
         None => v,
     }
 }
