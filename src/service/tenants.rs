@@ -100,7 +100,8 @@ impl AttestService {
             Some(budget) => {
                 let key = |kind: &str, cfg: &crate::core::pacer::PacerConfig| BudgetKey {
                     key: format!("budget#{app}#{kind}"),
-                    rules: crate::state::budget::BudgetRules::new(cfg.budget, cfg.window),
+                    rules: crate::state::budget::BudgetRules::new(cfg.budget, cfg.window)
+                        .with_max_pause(self.settings.engine.max_retry_after),
                 };
                 BudgetedGateway::shared(
                     Arc::new(client),

@@ -114,9 +114,13 @@ async fn each_tenant_runs_with_its_own_credentials_and_budget() {
         err.error_message
     );
 
-    // One tenant's 429 never slows another: contoso is paused for a minute,
-    // fabrikam (its own budget) runs at once.
-    let app = w.app(options(&w, &table, FABRIKAM_SECRET, "").await);
+    // One tenant's 429 never slows another: contoso is paused for a minute
+    // (a Retry-After the deployment honours), fabrikam (its own budget)
+    // runs at once.
+    let app = w.app(AppOptions {
+        extra_env: vec![("ATTEST_MAX_RETRY_AFTER", "60s")],
+        ..options(&w, &table, FABRIKAM_SECRET, "").await
+    });
     let budget = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
     let rules = BudgetRules::new(190, WINDOW);
     let contoso_key = format!("budget#{TENANT_ID}#{CLIENT_ID}#writes");
