@@ -259,6 +259,58 @@ async fn a_forged_budget_item_pauses_no_longer_than_the_longest_retry_after_and_
     assert!(matches!(got, Acquired::Granted(_)), "the budget recovers: {got:?}");
 }
 
+/// Writes one row of the "platform limits" part of the fault matrix (as
+/// `tests/it/platform_limits.rs` does).
+fn record(limit: &str, devices: usize, lost: usize, duplicated: usize) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../platform-limits");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!(
+        "{}.row",
+        limit.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    ));
+    let _ = std::fs::write(file, format!("| {limit} | {devices} | {lost} | {duplicated} |\n"));
+}
+
+#[tokio::test]
+async fn a_run_on_a_forged_budget_item_waits_a_bounded_pause_and_initiates_every_device_once() {
+    let w = world(attestable_fleet(40)).await;
+    let table = w.aws.state_table("budget-forged-run").await;
+    let year_9999 = 253_402_300_799_000u64;
+    // Paused until the year 9999, and 5,200 leases no budget holds.
+    let leases: Vec<Value> = (0..5_200)
+        .map(|i| json!({"id": format!("f{i}"), "n": 1, "start": 0, "until": year_9999, "holder": "f"}))
+        .collect();
+    forge_budget_item(
+        &w,
+        &table,
+        "3",
+        json!({"leases": leases, "paused_until": year_9999, "ceiling": null, "cut_at": 0}),
+    )
+    .await;
+    let app = w.app(AppOptions {
+        state_table: Some(table.clone()),
+        ..Default::default()
+    });
+    let out = app
+        .handle(
+            json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false, "timeouts": {"invoke": "20s"}}),
+            ctx("forged-run", 60),
+        )
+        .await
+        .unwrap();
+    let ledger = w.sim.ledger_counts();
+    let lost = 40usize.saturating_sub(ledger.len());
+    let duplicated = ledger.values().filter(|&&n| n > 1).count();
+    record(
+        "shared budget item forged (paused until 9999, 5,200 leases)",
+        40,
+        lost,
+        duplicated,
+    );
+    assert_eq!(out["summary"]["initiated"], 40, "{}", out["summary"]);
+    assert_eq!((lost, duplicated), (0, 0));
+}
+
 #[tokio::test]
 async fn a_dead_instances_leases_come_back_within_a_window() {
     let w = world(attestable_fleet(100)).await;
