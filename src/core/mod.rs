@@ -7,6 +7,7 @@ pub mod duration;
 pub mod eligibility;
 pub mod encode;
 pub mod engine;
+pub mod estimate;
 pub mod filter;
 pub mod gateway;
 pub mod lease;

@@ -1,7 +1,9 @@
 //! Live progress counters, shared between the engine and whoever displays
-//! them (a log line every few seconds, a terminal progress bar).
+//! them (a log line every few seconds, a terminal progress bar), and the
+//! stop a caller asks for (a responder's Ctrl-C): the engine then starts no
+//! new call, lets the calls in flight end, and reports every device.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,6 +15,8 @@ pub struct Progress {
     total: AtomicU64,
     done: AtomicU64,
     initiated: AtomicU64,
+    stopping: AtomicBool,
+    stop: tokio::sync::Notify,
 }
 
 /// A point-in-time reading of [`Progress`].
@@ -44,7 +48,33 @@ impl Progress {
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
             initiated: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the run to stop: no new call starts; calls in flight end and
+    /// every device still gets its outcome (`not_attempted` if untried).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a stop is asked for (at once if it was).
+    pub async fn stopped(&self) {
+        let notified = self.stop.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a stop in between is seen.
+        notified.as_mut().enable();
+        if self.is_stopping() {
+            return;
+        }
+        notified.await;
     }
 
     /// Sets the number of devices in the run.

@@ -17,6 +17,10 @@ use super::verify::{CheckTicket, MAX_CHECKS, MAX_UNTIL, MIN_INTERVAL, VerifyPlan
 
 /// The timeout used when `timeouts.invoke` is absent (the Terraform action's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest `timeouts.invoke` accepted: less cannot send one call
+/// (a token and a batch), and a run that can try nothing must not be
+/// handed on to another part that can try nothing either.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default ceiling on devices in one request.
 pub const DEFAULT_MAX_DEVICES: usize = 50_000;
 /// The longest `correlation_id` accepted.
@@ -712,8 +716,15 @@ fn timeouts(obj: &Map<String, Value>, problems: &mut Problems) -> Duration {
     match t.get("invoke").filter(|v| !v.is_null()) {
         None => DEFAULT_TIMEOUT,
         Some(Value::String(s)) => match parse_go_duration(s) {
-            Ok(d) if d.is_zero() => {
-                problems.add("timeouts.invoke", excerpt_str(s), "expected a positive duration");
+            Ok(d) if d < MIN_TIMEOUT => {
+                problems.add(
+                    "timeouts.invoke",
+                    excerpt_str(s),
+                    format!(
+                        "expected at least {} (less cannot send one call)",
+                        format_go_duration(MIN_TIMEOUT)
+                    ),
+                );
                 DEFAULT_TIMEOUT
             }
             Ok(d) => d,
@@ -937,5 +948,16 @@ mod tests {
         }
         let r = parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": "1h30m10s"}})).unwrap();
         assert_eq!(r.timeout, Duration::from_secs(5410));
+    }
+
+    #[test]
+    fn a_timeout_too_short_to_send_one_call_is_refused() {
+        for short in ["1ms", "999ms", "1ns"] {
+            let err = parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": short}})).unwrap_err();
+            assert_eq!(err.problems[0].field, "timeouts.invoke", "{short}");
+            assert!(err.to_string().contains("at least 1s"), "{err}");
+        }
+        let r = parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": "1s"}})).unwrap();
+        assert_eq!(r.timeout, MIN_TIMEOUT);
     }
 }

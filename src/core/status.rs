@@ -212,8 +212,9 @@ pub struct DeviceStatus {
     /// Graph's `deviceName`, when the read found the device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,
-    /// Where the action stands (`none` when Graph has no entry for it).
-    pub action_state: ActionState,
+    /// Where the action stands (`none` when Graph has no entry for it);
+    /// null when the device could not be read (`read_error` says why).
+    pub action_state: Option<ActionState>,
     /// When the action started (RFC 3339, as Graph gave it).
     pub action_started_at: Option<String>,
     /// When the action last changed.
@@ -261,7 +262,7 @@ impl StatusDocument {
     pub fn all_terminal(&self) -> bool {
         self.devices
             .iter()
-            .all(|d| d.read_error.is_none() && d.action_state.is_terminal())
+            .all(|d| d.read_error.is_none() && d.action_state.is_some_and(ActionState::is_terminal))
     }
 }
 
@@ -340,7 +341,7 @@ pub async fn read<G: StatusGateway>(
                         device_id: d.id,
                         kind: d.kind,
                         device_name: value.device_name,
-                        action_state: state,
+                        action_state: Some(state),
                         action_started_at: started,
                         action_updated_at: updated,
                         attestation_status: if asked_detail { value.attestation } else { None },
@@ -365,12 +366,15 @@ pub async fn read<G: StatusGateway>(
                     retry.push((i, tries + 1));
                 }
                 ItemAnswer::Failed(f) => {
-                    let why = match f.kind {
-                        FailureKind::NotFound => "Graph has no such device".to_owned(),
-                        _ => format!(
-                            "HTTP {}{}",
-                            f.status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                            f.code.map(|c| format!(" {c}")).unwrap_or_default()
+                    let why = match (f.kind, f.status) {
+                        (FailureKind::NotFound, _) => "Graph has no such device".to_owned(),
+                        (_, Some(status)) => {
+                            format!("HTTP {status}{}", f.code.map(|c| format!(" {c}")).unwrap_or_default())
+                        }
+                        // No answer: what kept it from coming.
+                        (_, None) => format!(
+                            "no answer from Graph: {}",
+                            crate::core::text::bounded(f.message.as_deref().unwrap_or("the call failed"), 300)
                         ),
                     };
                     out[i] = Some(unread(d, why));
@@ -400,7 +404,8 @@ pub async fn read<G: StatusGateway>(
             summary.unread += 1;
             continue;
         }
-        *summary.action_states.entry(d.action_state.as_str()).or_default() += 1;
+        let state = d.action_state.map_or("unknown", ActionState::as_str);
+        *summary.action_states.entry(state).or_default() += 1;
         let status = d.attestation_status.map_or("null", AttestationStatus::as_str);
         *summary.attestation_statuses.entry(status).or_default() += 1;
     }
@@ -419,7 +424,7 @@ fn unread(d: DeviceRef, why: String) -> DeviceStatus {
         device_id: d.id,
         kind: d.kind,
         device_name: None,
-        action_state: ActionState::None,
+        action_state: None,
         action_started_at: None,
         action_updated_at: None,
         attestation_status: None,

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::seal::{Kind, Stamp};
 use super::{AttestService, Delivery, Disposition, ServiceError};
 use crate::core::device::DeviceRef;
 use crate::core::duration::rfc3339;
@@ -18,7 +19,6 @@ use crate::core::outcome::{RunResult, Verification};
 use crate::core::request::{AttestationRequest, InvalidRequest};
 use crate::core::status::{self, StatusDocument};
 use crate::core::verify::{Arrival, CheckReport, CheckTicket, Verdict};
-use crate::queue::WorkMessage;
 
 /// How long a check may spend reading when the host gives no deadline.
 const READ_WITHOUT_DEADLINE: Duration = Duration::from_secs(10 * 60);
@@ -159,7 +159,8 @@ impl AttestService {
             let mut template = req.for_check(Vec::new(), result.correlation_id.clone(), req.part, ticket);
             // Every check carries the interval in force.
             template.verify = Some(plan);
-            match self.queue_check(&template, devices, deadline).await {
+            let stamp = Stamp::new(Kind::Check, started);
+            match self.queue_check(&template, devices, &stamp, deadline).await {
                 Ok(()) => {
                     arranged.scheduled = true;
                     arranged.first_check_at = Some(rfc3339(ticket.due_at));
@@ -198,6 +199,7 @@ impl AttestService {
         &self,
         template: &AttestationRequest,
         devices: Vec<DeviceRef>,
+        stamp: &Stamp,
         deadline: Option<Instant>,
     ) -> Result<(), ServiceError> {
         let max_delay = self.check_delay_limit()?;
@@ -207,7 +209,7 @@ impl AttestService {
         let correlation_id = template.correlation_id.clone().unwrap_or_default();
         let delay = ticket.delay(SystemTime::now(), max_delay);
         let messages = self
-            .messages_for(template, devices, &correlation_id, template.part)
+            .messages_for(template, devices, &correlation_id, template.part, stamp)
             .await?
             .into_iter()
             .map(|m| m.delayed(delay))
@@ -227,18 +229,20 @@ impl AttestService {
         let Some(ticket) = req.check else {
             return Err(InvalidRequest::single("check", "nothing", "a follow-up check").into());
         };
-        if !delivery.trigger.is_queue() {
+        let Some(stamp) = delivery.stamp.as_ref().filter(|_| delivery.trigger.is_queue()) else {
             return Err(InvalidRequest::single(
                 "check",
                 "a check",
-                "no check: the service sets it on the messages it queues itself",
+                "no check: the service sets it on the messages it seals for itself",
             )
             .into());
-        }
+        };
+        // The same run, sealed again now.
+        let stamp = Stamp::new(Kind::Check, stamp.run_started());
         let correlation_id = req.correlation_id.clone().unwrap_or_default();
         let max_delay = self.check_delay_limit()?;
         if let Arrival::Hop(delay) = ticket.arrival(SystemTime::now(), max_delay) {
-            let message = WorkMessage::new(req.to_payload().to_json()?, &correlation_id).delayed(delay);
+            let message = self.sealed_message(&req, &correlation_id, &stamp).await?.delayed(delay);
             self.send(vec![message], delivery.deadline).await?;
             tracing::info!(
                 check = ticket.number,
@@ -258,7 +262,7 @@ impl AttestService {
         {
             return Ok(done);
         }
-        match self.check_now(&req, ticket, delivery.deadline).await {
+        match self.check_now(&req, ticket, &stamp, delivery.deadline).await {
             Ok(verdict) => {
                 if let Some(key) = &key {
                     self.finished(key, None).await;
@@ -277,6 +281,7 @@ impl AttestService {
         &self,
         req: &AttestationRequest,
         ticket: CheckTicket,
+        stamp: &Stamp,
         deadline: Option<Instant>,
     ) -> Result<Verdict, ServiceError> {
         let tenant = self.tenant(req.tenant.as_deref())?;
@@ -313,7 +318,8 @@ impl AttestService {
         if let Some(next) = next {
             let correlation_id = req.correlation_id.clone().unwrap_or_default();
             let template = req.for_check(Vec::new(), correlation_id, req.part, next);
-            self.queue_check(&template, req.devices.clone(), deadline).await?;
+            self.queue_check(&template, req.devices.clone(), stamp, deadline)
+                .await?;
         }
         tracing::info!(
             check = ticket.number,

@@ -12,6 +12,7 @@ mod checks;
 mod claims;
 mod continuation;
 mod run;
+pub mod seal;
 pub mod signature;
 pub mod sweep;
 mod tenants;
@@ -109,6 +110,9 @@ pub struct Delivery {
     pub caller: Option<String>,
     /// The host's hard deadline.
     pub deadline: Option<Instant>,
+    /// The stamp of a message the service sealed for itself, once its seal
+    /// verified.
+    stamp: Option<seal::Stamp>,
 }
 
 impl Delivery {
@@ -120,6 +124,7 @@ impl Delivery {
             delivery_id: None,
             caller: None,
             deadline: None,
+            stamp: None,
         }
     }
 
@@ -210,6 +215,35 @@ impl From<RunError> for ServiceError {
     }
 }
 
+/// Whether a sealed message's stamp says what its request is: a check is
+/// a check, a later part a continuation (or a check of one), and a check's
+/// times lie within the schedule the run could have had.
+fn seal_fits(stamp: &seal::Stamp, req: &AttestationRequest) -> Result<(), String> {
+    use seal::Kind;
+    match (stamp.kind, &req.check) {
+        (Kind::Check, None) => return Err("a check stamp on a request that is not a check".into()),
+        (Kind::Check, Some(ticket)) => {
+            let latest = stamp.run_started() + crate::core::verify::MAX_UNTIL + seal::CLOCK_SKEW;
+            if ticket.until_at > latest || ticket.due_at > ticket.until_at {
+                return Err(format!(
+                    "a check due {} until {}, past its run's longest schedule",
+                    crate::core::duration::rfc3339(ticket.due_at),
+                    crate::core::duration::rfc3339(ticket.until_at)
+                ));
+            }
+        }
+        (_, Some(_)) => return Err("a check in a message not stamped as one".into()),
+        (Kind::HandOff | Kind::SweepChunk, None) if req.part != 1 => {
+            return Err(format!("part {} in a message that starts a run", req.part));
+        }
+        _ => {}
+    }
+    if stamp.stalled > continuation::MAX_STALLED_PARTS {
+        return Err(format!("{} stalled parts", stamp.stalled));
+    }
+    Ok(())
+}
+
 /// What became of a delivery; the front door encodes it in its envelope.
 #[derive(Debug)]
 pub enum Disposition {
@@ -273,6 +307,8 @@ pub struct AttestService {
     budget: Option<Arc<dyn crate::state::budget::SharedBudget>>,
     /// Names this instance in the claims it holds.
     instance: String,
+    /// Seals the messages the service queues for itself.
+    sealer: seal::Sealer,
 }
 
 impl AttestService {
@@ -287,6 +323,7 @@ impl AttestService {
         queue: Option<Arc<dyn WorkQueue>>,
         credential_ttl: Duration,
     ) -> Self {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
         Self {
             own: Tenant::new(credentials, &settings),
             tenants: std::collections::HashMap::new(),
@@ -296,7 +333,8 @@ impl AttestService {
             gate: webhook::Gate::new(WebhookAuth::default()),
             sweep: SweepSettings::from_env(|_| None).unwrap_or_else(|e| unreachable!("{e}")),
             credential_ttl,
-            store: Arc::new(MemoryStore::default()),
+            sealer: seal::Sealer::new(store.clone()),
+            store,
             budget: None,
             instance: uuid::Uuid::new_v4().to_string(),
         }
@@ -324,6 +362,7 @@ impl AttestService {
     /// Keeps claims, kept results and webhook replays in `store` (shared by
     /// every instance) instead of in this process.
     pub fn with_state_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.sealer = seal::Sealer::new(store.clone());
         self.store = store;
         self
     }
@@ -353,12 +392,12 @@ impl AttestService {
     /// Handles one delivered request to its disposition: refused (and
     /// reported, for queue triggers), handed to the queue (webhooks, when
     /// one is configured), recognised as a repeat, or run.
-    pub async fn deliver(&self, delivery: Delivery) -> Disposition {
+    pub async fn deliver(&self, mut delivery: Delivery) -> Disposition {
         let trigger = delivery.trigger;
-        let outcome = match self.admit_payload(&delivery).await {
+        let outcome = match self.admit_payload(&mut delivery).await {
             Ok(req) if req.check.is_some() => self.check(req, &delivery).await,
             Ok(req) if req.read_status => self.read_status(req, &delivery).await,
-            Ok(req) if trigger.is_webhook() && self.queue.is_some() => self.hand_off(req, delivery.deadline).await,
+            Ok(req) if trigger.is_webhook() && self.queue.is_some() => self.hand_off(req, &delivery).await,
             Ok(req) => self.run(req, &delivery).await,
             Err(e) => Err(e),
         };
@@ -369,15 +408,14 @@ impl AttestService {
     }
 
     /// Parses a delivered payload. A queued message may be as large as the
-    /// queue accepts (the same limit the service produces to), and only a
-    /// queued message may carry `part`: continuation metadata is the
-    /// service's own, never a caller's.
-    async fn admit_payload(&self, delivery: &Delivery) -> Result<AttestationRequest, ServiceError> {
-        let refused = |value: String, expected: String| {
+    /// queue accepts (the same limit the service produces to). Only a
+    /// message the service sealed for itself, arriving on a queue, may
+    /// carry `part` or `check` or name its caller: anything else gets what
+    /// a caller gets, whatever trigger its shape claims.
+    async fn admit_payload(&self, delivery: &mut Delivery) -> Result<AttestationRequest, ServiceError> {
+        let refused = |field: &str, value: String, expected: &str| {
             Err(ServiceError::InvalidRequest(InvalidRequest::single(
-                "(payload)",
-                &value,
-                &expected,
+                field, &value, expected,
             )))
         };
         if delivery.trigger.is_queue() {
@@ -387,21 +425,62 @@ impl AttestService {
             };
             if delivery.payload.len() > limit {
                 return refused(
+                    "(payload)",
                     format!("{} bytes", delivery.payload.len()),
-                    format!("a queue message of at most {limit} bytes"),
+                    &format!("a queue message of at most {limit} bytes"),
                 );
             }
         }
-        let req = self.parse(&delivery.payload)?;
+        let (req, stamp) = if seal::claims_seal(&delivery.payload) {
+            if !delivery.trigger.is_queue() {
+                return refused(
+                    seal::MARK,
+                    "a service message".into(),
+                    "a request: service messages arrive only on the work queue",
+                );
+            }
+            let (stamp, text) = match self.sealer.open(&delivery.payload).await? {
+                Ok(opened) => opened,
+                Err(forged) => {
+                    return refused(
+                        seal::MARK,
+                        forged.to_string(),
+                        "a message this deployment's service sealed, or a plain request",
+                    );
+                }
+            };
+            (self.parse(text.as_bytes())?, Some(stamp))
+        } else {
+            (self.parse(&delivery.payload)?, None)
+        };
         // A tenant the deployment does not know is refused before any call.
         self.tenant(req.tenant.as_deref())?;
-        if req.part != 1 && !delivery.trigger.is_queue() {
-            return Err(ServiceError::InvalidRequest(InvalidRequest::single(
-                "part",
-                &req.part.to_string(),
-                "no part: the service sets it on the messages it queues itself",
-            )));
+        match &stamp {
+            None if req.part != 1 => {
+                return refused(
+                    "part",
+                    req.part.to_string(),
+                    "no part: the service sets it on the messages it seals for itself",
+                );
+            }
+            None if req.check.is_some() => {
+                return refused(
+                    "check",
+                    "a check".into(),
+                    "no check: the service sets it on the messages it seals for itself",
+                );
+            }
+            None => {}
+            Some(stamp) => {
+                if let Err(why) = seal_fits(stamp, &req) {
+                    return refused(seal::MARK, why, "a service message whose stamp matches its request");
+                }
+                if stamp.kind == seal::Kind::HandOff {
+                    delivery.caller = stamp.caller.clone();
+                }
+            }
         }
+        delivery.stamp = stamp;
         Ok(req)
     }
 
@@ -415,6 +494,10 @@ impl AttestService {
                 .deadline
                 .is_some_and(|at| at.saturating_duration_since(Instant::now()) < MIN_TIME_FOR_A_DELIVERY);
             out.push(if out_of_time {
+                tracing::warn!(
+                    delivery_id = d.delivery_id.as_deref().unwrap_or("-"),
+                    "returned to the queue unstarted: too little time left in this invocation"
+                );
                 Disposition::Retry(ServiceError::GraphUnavailable(
                     "not started: too little time left in this invocation".into(),
                 ))
@@ -429,8 +512,9 @@ impl AttestService {
     /// may pass later, else refused, reported when nobody waits for the
     /// answer (and returned for retry if even the report fails).
     async fn refuse(&self, e: ServiceError, delivery: &Delivery) -> Disposition {
+        let delivery_id = delivery.delivery_id.as_deref().unwrap_or("-");
         if e.is_retryable() {
-            tracing::error!(delivery_id = ?delivery.delivery_id, error_type = e.error_type(), error = %e, "returned for retry");
+            tracing::error!(delivery_id, error_type = e.error_type(), error = %e, "returned for retry");
             return Disposition::Retry(e);
         }
         let rejection = Rejection {
@@ -439,7 +523,7 @@ impl AttestService {
             trigger: delivery.trigger.as_str().into(),
             delivery_id: delivery.delivery_id.clone(),
         };
-        tracing::warn!(error_type = %rejection.error_type, message = %rejection.message, delivery_id = ?rejection.delivery_id, "request refused");
+        tracing::warn!(error_type = %rejection.error_type, message = %rejection.message, delivery_id, "request refused");
         if delivery.trigger.is_queue()
             && let Some(sink) = &self.sink
             && let Err(report) = sink.reject(&rejection, delivery.deadline).await

@@ -33,12 +33,17 @@ impl AttestService {
         delivery: &Delivery,
     ) -> Result<Disposition, ServiceError> {
         // A run the caller named is also recognised by what it asks for (a
-        // Step Functions retry arrives with a new request id).
+        // Step Functions retry arrives with a new request id), and by who
+        // asks: a result kept for one caller is never another's answer.
         let request_key = match req.correlation_id {
             Some(_) => {
                 use sha2::{Digest, Sha256};
                 let payload = req.to_payload().to_json()?;
-                Some(format!("request#{}", hex::encode(Sha256::digest(payload.as_bytes()))))
+                let mut digest = Sha256::new();
+                digest.update(delivery.caller.as_deref().unwrap_or_default().as_bytes());
+                digest.update(b"\n");
+                digest.update(payload.as_bytes());
+                Some(format!("request#{}", hex::encode(digest.finalize())))
             }
             None => None,
         };
@@ -176,7 +181,11 @@ impl AttestService {
         req: AttestationRequest,
         delivery: &Delivery,
     ) -> Result<RunResult, ServiceError> {
-        let started = std::time::SystemTime::now();
+        // A later part belongs to the run its first part started.
+        let started = delivery
+            .stamp
+            .as_ref()
+            .map_or_else(std::time::SystemTime::now, super::seal::Stamp::run_started);
         let ignore = req.ignore_partial_failures;
         let tenant = self.tenant(req.tenant.as_deref())?;
         let mut client = self.graph_client(tenant, false).await?;
@@ -204,7 +213,7 @@ impl AttestService {
             part: req.part,
         });
         if !req.dry_run {
-            self.continue_untried(&req, &mut result, delivery.deadline).await;
+            self.continue_untried(&req, &mut result, delivery, started).await;
             self.schedule_verification(&req, &mut result, started, delivery.deadline)
                 .await;
         }

@@ -12,9 +12,19 @@ use crate::core::duration::parse_go_duration;
 use crate::core::filter::DeviceFilter;
 use crate::core::request::AttestationRequest;
 
+/// The most devices a sweep selects when `SWEEP_MAX_DEVICES` is not set.
+pub const DEFAULT_SWEEP_MAX_DEVICES: usize = 100_000;
+
 /// Sweep settings for schedules (EventBridge rules, Azure timers).
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
+    /// `SWEEP_ENABLED`: whether a schedule event sweeps at all (default
+    /// no: an event shaped as a schedule's sweeps only where the
+    /// deployment enabled its schedule).
+    pub enabled: bool,
+    /// `SWEEP_MAX_DEVICES`: the most devices one sweep selects (default
+    /// 100,000); a larger fleet is cut there, with a warning.
+    pub max_devices: usize,
     /// `SWEEP_FILTER` (default `operatingSystem eq 'Windows'`).
     pub filter: DeviceFilter,
     /// `SWEEP_CHUNK_SIZE`: devices per queued chunk (default 3000, about
@@ -27,6 +37,19 @@ pub struct SweepSettings {
 impl SweepSettings {
     /// Reads the sweep settings.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let enabled = match get("SWEEP_ENABLED").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(format!("SWEEP_ENABLED: {other:?} is not true or false")),
+        };
+        let max_devices = match get("SWEEP_MAX_DEVICES") {
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("SWEEP_MAX_DEVICES: {v:?} is not a positive number"))?,
+            None => DEFAULT_SWEEP_MAX_DEVICES,
+        };
         let text = get("SWEEP_FILTER").unwrap_or_else(|| "operatingSystem eq 'Windows'".into());
         let filter = DeviceFilter::parse(&text).map_err(|e| format!("SWEEP_FILTER: {e}"))?;
         let chunk_size = match get("SWEEP_CHUNK_SIZE") {
@@ -45,6 +68,8 @@ impl SweepSettings {
             None => Duration::from_secs(15 * 60),
         };
         Ok(Self {
+            enabled,
+            max_devices,
             filter,
             chunk_size,
             timeout,
@@ -98,7 +123,16 @@ impl AttestService {
             delivery_id: Some(event_id.to_owned()),
             caller: None,
             deadline,
+            stamp: None,
         };
+        if !self.sweep.enabled {
+            let refused = crate::core::request::InvalidRequest::single(
+                "(schedule event)",
+                "a sweep",
+                "no sweep: this deployment's sweep schedule is not enabled (SWEEP_ENABLED)",
+            );
+            return self.refuse(refused.into(), &delivery).await;
+        }
         let outcome = if self.queue.is_some() {
             let key = format!("sweep#{correlation_id}");
             match self.claim(&key, deadline).await {
@@ -131,7 +165,7 @@ impl AttestService {
         deadline: Instant,
     ) -> Result<Disposition, ServiceError> {
         let client = self.graph_client(&self.own, false).await?;
-        let limit = self.settings.limits.max_devices.saturating_mul(100);
+        let limit = self.sweep.max_devices;
         let listing = client
             .list_devices(&self.sweep.filter, limit, deadline)
             .await
@@ -146,6 +180,7 @@ impl AttestService {
         let chunk_size = self.sweep.chunk_size.clamp(1, self.settings.limits.max_devices);
         // The chunks name their devices; none carries the sweep's filter.
         let template = template.for_devices(Vec::new(), correlation_id.to_owned(), 1);
+        let stamp = super::seal::Stamp::new(super::seal::Kind::SweepChunk, std::time::SystemTime::now());
         let mut messages = Vec::new();
         for (i, chunk) in ids.chunks(chunk_size).enumerate() {
             let devices = chunk
@@ -156,7 +191,7 @@ impl AttestService {
                 })
                 .collect();
             let chunk_id = format!("{correlation_id}-c{}", i + 1);
-            messages.extend(self.messages_for(&template, devices, &chunk_id, 1).await?);
+            messages.extend(self.messages_for(&template, devices, &chunk_id, 1, &stamp).await?);
         }
         let chunks = messages.len();
         self.send(messages, Some(deadline))

@@ -211,6 +211,7 @@ impl AttestService {
             delivery_id: req.request_id.clone(),
             caller: admitted.caller,
             deadline: req.deadline,
+            stamp: None,
         };
         let on_cancel = self.forget_on_cancel(admitted.replay_key.as_deref());
         let disposition = self.deliver(delivery).await;

@@ -7,6 +7,7 @@
 //! | a delivery | `delivery#<id>` | `state` | `state` (`claimed` / `done`), `owner`, `lease_until` (ms), `chunks`, `expires_at` (s) |
 //! | a result kept for republication | `delivery#<id>` | `result#0000`... | `data` (a slice of the JSON, under the 400 KB item limit) |
 //! | a used webhook signature | `replay#<t>:<v1>` | `state` | `state` (`used`), `expires_at` |
+//! | a shared value (the key that seals service messages) | `key#<name>` | `state` | `state` (`value`), `value`; no `expires_at` |
 //!
 //! DynamoDB deletes expired items hours late, so every read compares
 //! `expires_at` itself.
@@ -334,6 +335,38 @@ impl StateStore for DynamoStore {
                 .await
                 .map_err(StoreError::from_sdk)?;
             Ok(())
+        })
+    }
+
+    fn shared_value<'a>(&'a self, key: &'a str, candidate: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            // No `expires_at`: the table's time to live never removes it.
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(key))
+                .item("sk", s("state"))
+                .item("state", s("value"))
+                .item("value", s(candidate))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await;
+            match put {
+                Ok(_) => return Ok(candidate.to_owned()),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(StoreError::from_sdk(e)),
+            }
+            let item = self.item(key).await?;
+            match item.as_ref().map(|i| (text(i, "state"), text(i, "value"))) {
+                Some(("value", value)) if !value.is_empty() => Ok(value.to_owned()),
+                _ => Err(StoreError::unreadable(
+                    key,
+                    "the shared value is missing or not a value",
+                )),
+            }
         })
     }
 }

@@ -111,6 +111,11 @@ pub trait StateStore: Send + Sync {
     /// Forgets a used key (the call it admitted was not accepted, so the
     /// caller's identical retry must pass).
     fn forget<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The value every instance shares under `key`: `candidate` when no
+    /// instance wrote one before, else the value the first writer kept. It
+    /// never expires (the key that seals the service's own messages).
+    fn shared_value<'a>(&'a self, key: &'a str, candidate: &'a str) -> BoxFuture<'a, Result<String, StoreError>>;
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +131,8 @@ enum Entry {
 pub struct MemoryStore {
     entries: Mutex<(HashMap<String, Entry>, std::collections::VecDeque<String>)>,
     capacity: usize,
+    /// Shared values, never forgotten to make room.
+    values: Mutex<HashMap<String, String>>,
 }
 
 impl Default for MemoryStore {
@@ -140,6 +147,7 @@ impl MemoryStore {
         Self {
             entries: Mutex::new((HashMap::new(), std::collections::VecDeque::new())),
             capacity: capacity.max(1),
+            values: Mutex::new(HashMap::new()),
         }
     }
 
@@ -236,6 +244,15 @@ impl StateStore for MemoryStore {
         self.with(|map| map.remove(key));
         Box::pin(async move { Ok(()) })
     }
+
+    fn shared_value<'a>(&'a self, key: &'a str, candidate: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let value = values
+            .entry(key.to_owned())
+            .or_insert_with(|| candidate.to_owned())
+            .clone();
+        Box::pin(async move { Ok(value) })
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +279,17 @@ mod tests {
         // A released claim runs again.
         s.release("m-2", "b").await.unwrap();
         assert_eq!(s.claim("m-2", "c", later).await.unwrap(), Claim::Claimed);
+    }
+
+    #[tokio::test]
+    async fn a_shared_value_is_the_first_one_written() {
+        let s = MemoryStore::new(1);
+        assert_eq!(s.shared_value("key#k", "one").await.unwrap(), "one");
+        // Neither a later candidate nor a full store replaces it.
+        let later = SystemTime::now() + Duration::from_secs(60);
+        s.claim("m-1", "a", later).await.unwrap();
+        s.claim("m-2", "a", later).await.unwrap();
+        assert_eq!(s.shared_value("key#k", "two").await.unwrap(), "one");
     }
 
     #[tokio::test]

@@ -100,6 +100,22 @@ async fn queue_messages_in_every_shape_the_host_sends_are_run() {
     assert_eq!(status, 200, "a malformed message is acknowledged");
     let rejection: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
     assert_eq!(rejection["error_type"], "InvalidRequest");
+
+    // A check or a later part the service did not seal: refused once, not
+    // retried to the poison queue.
+    for forged in [
+        json!({"managed_device_ids": [ids[0]], "verify": {"after": "1s", "until": "1h"},
+               "check": {"number": 9999, "due_at": "2026-01-01T00:00:00.000Z", "until_at": "9999-12-31T00:00:00.000Z"}}),
+        json!({"managed_device_ids": [ids[0]], "part": 5}),
+    ] {
+        let envelope =
+            json!({"Data": {"message": forged.to_string()}, "Metadata": {"Id": "forged", "DequeueCount": 1}});
+        let (status, out) = post(&h, "attest-queue", envelope).await;
+        assert_eq!(status, 200, "{out}");
+        let rejection: Value = serde_json::from_str(out["Outputs"]["result"].as_str().unwrap()).unwrap();
+        assert_eq!(rejection["error_type"], "InvalidRequest", "{rejection}");
+    }
+    assert_eq!(sim.ledger().len(), 3, "nothing more ran");
 }
 
 #[tokio::test]
@@ -147,9 +163,15 @@ async fn the_http_function_needs_a_signature_and_answers_through_its_binding() {
 }
 
 #[tokio::test]
-async fn the_timer_sweeps_the_fleet() {
+async fn the_timer_sweeps_the_fleet_where_sweeps_are_enabled() {
     let sim = Sim::start(sim_config()).await.unwrap();
-    let h = start(&sim, &[]).await;
+    // Not enabled: the tick is refused and nothing is read.
+    let off = start(&sim, &[]).await;
+    let tick = json!({"Data": {"timer": {"IsPastDue": false}}, "Metadata": {}});
+    let (_, out) = post(&off, "attest-sweep", tick).await;
+    assert!(out.to_string().contains("SWEEP_ENABLED"), "{out}");
+    assert_eq!(sim.stats().http_requests, 0);
+    let h = start(&sim, &[("SWEEP_ENABLED", "true")]).await;
     let (status, out) = post(
         &h,
         "attest-sweep",

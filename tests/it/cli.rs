@@ -525,6 +525,171 @@ async fn status_follows_the_action_to_its_verdict() {
     let _ = std::fs::remove_file(&result);
 }
 
+#[tokio::test]
+async fn status_fails_like_invoke_when_the_credentials_are_refused_or_graph_cannot_be_reached() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let id = sim.fleet()[0].id.clone();
+    let event = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [&id]})).unwrap();
+    // The secret's id pasted instead of its value.
+    let refused = invoke(
+        &sim,
+        &[("AZURE_CLIENT_SECRET", "not-the-secret")],
+        &["status", "--event", "-"],
+        Some(event.clone()),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AADSTS7000215"), "{stderr}");
+    assert!(refused.stdout.is_empty(), "no document of unread devices");
+
+    // Graph itself unreachable (the token host answers).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let graph = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let unreachable = invoke(
+        &sim,
+        &[("GRAPH_ENDPOINT", &graph)],
+        &["status", "--event", "-"],
+        Some(event),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no device could be read"), "{stderr}");
+    let doc = status_doc(&unreachable.stdout);
+    let device = &doc["devices"][0];
+    assert!(
+        device["action_state"].is_null(),
+        "an unread device is not `none`: {device}"
+    );
+    assert!(
+        device["read_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no answer from Graph"),
+        "{device}"
+    );
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/status.schema.json")).unwrap();
+    let schema = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+    let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[tokio::test]
+async fn a_filter_that_matches_nothing_succeeds_and_says_so() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let payload = serde_json::to_vec(&serde_json::json!({"device_filter": "deviceName eq 'NO-SUCH-DEVICE'"})).unwrap();
+    let json = invoke(&sim, &[], &["invoke", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(json.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["summary"]["requested"], 0);
+    assert!(doc["warnings"].to_string().contains("matched no device"), "{doc}");
+    let table = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-", "--output", "table"],
+        Some(payload),
+    )
+    .await;
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("no device: none was named"), "{text}");
+    assert!(text.contains("warning: device_filter matched no device"), "{text}");
+    assert!(!text.contains("++\n"), "an empty table box: {text}");
+}
+
+#[tokio::test]
+async fn a_timeout_too_short_for_the_devices_is_said_before_any_write() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    // 3,000 devices at 190 per window of the simulator's pace need about
+    // 15 windows; the 60 s default covers three.
+    let ids: Vec<String> = (0..3000).map(|i| format!("00000000-0000-4000-8000-{i:012}")).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids, "dry_run": true})).unwrap();
+    let env = [("ATTEST_THROTTLE_WINDOW", "20s")];
+    let checked = invoke(&sim, &env, &["check", "--event", "-"], Some(payload.clone())).await;
+    assert_eq!(checked.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    let warnings = doc["warnings"].to_string();
+    assert!(warnings.contains("3000 device(s) at the write budget"), "{warnings}");
+    assert!(warnings.contains("set timeouts.invoke to at least"), "{warnings}");
+    // Enough time: no warning.
+    let roomy =
+        serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids, "timeouts": {"invoke": "10m"}})).unwrap();
+    let checked = invoke(&sim, &env, &["check", "--event", "-"], Some(roomy)).await;
+    let doc: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert!(!doc["warnings"].to_string().contains("write budget"), "{doc}");
+    assert_eq!(sim.stats().http_requests, 0, "check calls nothing");
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_new_writes_and_still_writes_the_whole_result() {
+    let sim = Sim::start(crate::common::attestable_fleet(600)).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "managed_device_ids": ids, "validate_device_exists": false, "timeouts": {"invoke": "10m"}
+    }))
+    .unwrap();
+    let saved = std::env::temp_dir().join(format!("interrupted-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&saved);
+    // 20 writes a window: the run would take 30 windows.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["invoke", "--event", "-", "--result-file", saved.to_str().unwrap()])
+        .env_clear()
+        .envs(env_of(&sim, &[("ATTEST_WRITE_BUDGET", "20")]))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&payload).await.unwrap();
+    }
+    while sim.ledger().len() < 40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // SAFETY: signals the child this test started.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: no new call starts"), "{stderr}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(doc, on_disk, "the result file is written too");
+    let errors: Vec<String> = schema().iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let devices = doc["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 600, "every device has its outcome");
+    let initiated: std::collections::HashSet<&str> = devices
+        .iter()
+        .filter(|d| d["outcome"] == "initiated")
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    let ledger = sim.ledger_counts();
+    assert_eq!(
+        initiated.len(),
+        ledger.len(),
+        "what Graph accepted is what the result says"
+    );
+    assert!(ledger.keys().all(|id| initiated.contains(id.0.as_str())));
+    assert!(initiated.len() < 600, "the run stopped early");
+    assert_eq!(
+        devices.iter().filter(|d| d["outcome"] == "not_attempted").count(),
+        600 - initiated.len()
+    );
+    assert!(
+        doc["warnings"].to_string().contains("interrupted"),
+        "{}",
+        doc["warnings"]
+    );
+    let _ = std::fs::remove_file(&saved);
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

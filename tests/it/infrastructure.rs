@@ -223,6 +223,12 @@ fn platform_limits_are_set_where_the_code_relies_on_them() {
         "FunctionUrlAuthType"
     );
     assert_eq!(f["ReservedConcurrentExecutions"]["Ref"], "ReservedConcurrency");
+    // Lambda's own loop detection would cut a 24-hour verify schedule (96
+    // hops on the same queue) after about 16; the function's own bounds
+    // guard its chains (tests/it/service_messages.rs).
+    assert_eq!(f["RecursiveLoop"], "Allow");
+    // Sweeps only where the schedule is enabled.
+    assert_eq!(f["Environment"]["Variables"]["SWEEP_ENABLED"]["Ref"], "SweepEnabled");
     assert_eq!(
         f["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0],
         "FailedRunsQueue"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::aws::{Clients, Moto};
-use crate::common::{WINDOW, env_of, sim_config, windows_fleet};
+use crate::common::{WINDOW, env_of, payload_of, sim_config, windows_fleet};
 use graph_sim::{CLIENT_ID, CLIENT_SECRET, Sim, SimConfig, TENANT_ID};
 use intune_attest::config::Settings;
 use intune_attest::core::BoxFuture;
@@ -135,7 +135,13 @@ impl World {
             iam: !o.no_iam,
             host: false,
         };
-        let sweep = SweepSettings::from_env(|k| (k == "SWEEP_CHUNK_SIZE").then(|| "50".to_string())).unwrap();
+        // Sweeps enabled unless the options say otherwise.
+        let sweep = SweepSettings::from_env(|k| match k {
+            "SWEEP_CHUNK_SIZE" => Some("50".to_string()),
+            "SWEEP_ENABLED" => Some(env.get(k).cloned().unwrap_or_else(|| "true".into())),
+            _ => env.get(k).cloned(),
+        })
+        .unwrap();
         let tenants = o
             .tenants
             .iter()
@@ -386,7 +392,7 @@ async fn the_deadline_hands_untried_devices_to_a_continuation_that_finishes_them
     assert_eq!(first["status"], "succeeded");
     let messages = w.aws.drain(&w.work_queue).await;
     assert_eq!(messages.len(), 1);
-    let next: Value = serde_json::from_str(&messages[0]).unwrap();
+    let next = payload_of(&messages[0]);
     assert_eq!(next["part"], 2);
     assert_eq!(next["correlation_id"], "big-run");
     assert_eq!(next["managed_device_ids"].as_array().unwrap().len(), continued);
@@ -412,6 +418,40 @@ async fn the_deadline_hands_untried_devices_to_a_continuation_that_finishes_them
     assert_eq!(parts.len(), 2);
     assert!(parts.contains(&1) && parts.contains(&2));
     let _ = WINDOW;
+}
+
+#[tokio::test]
+async fn a_result_kept_for_one_caller_is_never_served_to_another() {
+    let w = world(sim_config()).await;
+    // The result cannot be published, so it is kept for the retry.
+    let app = w.app(AppOptions {
+        bus: "no-such-bus",
+        ..Default::default()
+    });
+    let ids = w.windows(2);
+    let body = json!({"managed_device_ids": ids, "validate_device_exists": false, "correlation_id": "incident-4711"})
+        .to_string();
+    let alice = "arn:aws:sts::123456789012:assumed-role/IncidentResponder/alice";
+    let mallory = "arn:aws:sts::123456789012:assumed-role/Contractor/mallory";
+    let out = app
+        .handle(http_event(&body, json!({}), Some(alice)), ctx("k-1", 60))
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 503, "{out}");
+    assert_eq!(w.sim.ledger_counts().len(), 2);
+    // The same ids and correlation id from another caller: a run of its
+    // own, not alice's kept result.
+    app.handle(http_event(&body, json!({}), Some(mallory)), ctx("k-2", 60))
+        .await
+        .unwrap();
+    let counts = w.sim.ledger_counts();
+    assert!(counts.values().all(|&n| n == 2), "mallory's request ran: {counts:?}");
+    // Alice's retry is answered from her kept result: nothing runs again.
+    app.handle(http_event(&body, json!({}), Some(alice)), ctx("k-3", 60))
+        .await
+        .unwrap();
+    let counts = w.sim.ledger_counts();
+    assert!(counts.values().all(|&n| n == 2), "alice's retry ran again: {counts:?}");
 }
 
 #[tokio::test]
@@ -522,8 +562,29 @@ async fn an_iam_authenticated_webhook_records_the_caller_and_a_queue_answers_202
     let accepted: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
     let messages = w.aws.drain(&w.work_queue).await;
     assert_eq!(messages.len(), 1);
-    let queued_payload: Value = serde_json::from_str(&messages[0]).unwrap();
+    let queued_payload = payload_of(&messages[0]);
     assert_eq!(queued_payload["correlation_id"], accepted["correlation_id"]);
+}
+
+#[tokio::test]
+async fn a_schedule_event_sweeps_nothing_where_the_deployment_enabled_no_sweep() {
+    let w = world(sim_config()).await;
+    // Built from the environment, as the function is: SWEEP_ENABLED unset.
+    let env = env_of(&w.sim, &[]);
+    let sweep = SweepSettings::from_env(|k| env.get(k).cloned()).unwrap();
+    assert!(!sweep.enabled);
+    let app = w.app(AppOptions {
+        queue: true,
+        extra_env: vec![("SWEEP_ENABLED", "false")],
+        ..Default::default()
+    });
+    let rule =
+        json!({"version": "0", "id": "evt-9", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+    let err = app.handle(rule, ctx("s-9", 60)).await.unwrap_err();
+    assert_eq!(err.error_type, "InvalidRequest");
+    assert!(err.error_message.contains("SWEEP_ENABLED"), "{}", err.error_message);
+    assert_eq!(w.sim.stats().http_requests, 0, "nothing was selected");
+    assert!(w.aws.drain(&w.work_queue).await.is_empty());
 }
 
 #[tokio::test]
@@ -543,12 +604,7 @@ async fn a_schedule_sweep_queues_the_fleet_in_chunks() {
     assert_eq!(messages.len(), windows.div_ceil(50));
     let total: usize = messages
         .iter()
-        .map(|m| {
-            serde_json::from_str::<Value>(m).unwrap()["managed_device_ids"]
-                .as_array()
-                .unwrap()
-                .len()
-        })
+        .map(|m| payload_of(m)["managed_device_ids"].as_array().unwrap().len())
         .sum();
     assert_eq!(total, windows);
     assert!(w.sim.ledger().is_empty(), "dispatching attests nothing itself");

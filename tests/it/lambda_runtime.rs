@@ -19,22 +19,38 @@ use tokio::sync::{mpsc, oneshot};
 
 type Answer = (bool, Value);
 
+/// An event's request id, body, and headers that replace the emulator's.
+type Event = (String, String, Vec<(&'static str, String)>);
+
 #[derive(Clone)]
 struct Emulator {
-    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, String)>>>,
+    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>,
 }
 
 async fn next(State(e): State<Emulator>) -> Response<Body> {
     // Never answer an idle `next` with an error: wait for an event.
-    let Some((id, event)) = e.events.lock().await.recv().await else {
+    let Some((id, event, headers)) = e.events.lock().await.recv().await else {
         std::future::pending::<()>().await;
         unreachable!()
     };
     let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() + 60_000;
-    Response::builder()
+    let header = |name: &str, default: String| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or(default, |(_, v)| v.clone())
+    };
+    let mut builder = Response::builder();
+    if let Some((_, context)) = headers.iter().find(|(n, _)| *n == "Lambda-Runtime-Client-Context") {
+        builder = builder.header("Lambda-Runtime-Client-Context", context);
+    }
+    builder
         .header("Lambda-Runtime-Aws-Request-Id", id)
-        .header("Lambda-Runtime-Deadline-Ms", deadline.to_string())
+        .header(
+            "Lambda-Runtime-Deadline-Ms",
+            header("Lambda-Runtime-Deadline-Ms", deadline.to_string()),
+        )
         .header(
             "Lambda-Runtime-Invoked-Function-Arn",
             "arn:aws:lambda:us-east-1:123456789012:function:intune-attest",
@@ -71,7 +87,7 @@ async fn error(
 }
 
 struct Running {
-    tx: mpsc::UnboundedSender<(String, String)>,
+    tx: mpsc::UnboundedSender<Event>,
     emulator: Emulator,
     child: tokio::process::Child,
     n: usize,
@@ -85,15 +101,23 @@ impl Running {
     /// Sends an event's bytes as they are, even when they are not JSON a
     /// parser with a recursion limit accepts.
     async fn invoke_raw(&mut self, event: String) -> Answer {
+        self.invoke_with(event, Vec::new())
+            .await
+            .expect("the function answered")
+    }
+
+    /// Sends an event with headers of its own; `None` when the function
+    /// never answered it.
+    async fn invoke_with(&mut self, event: String, headers: Vec<(&'static str, String)>) -> Option<Answer> {
         self.n += 1;
         let id = format!("req-{}", self.n);
         let (tx, rx) = oneshot::channel();
         self.emulator.waiting.lock().unwrap().insert(id.clone(), tx);
-        self.tx.send((id, event)).unwrap();
+        self.tx.send((id, event, headers)).unwrap();
         tokio::time::timeout(Duration::from_secs(90), rx)
             .await
-            .expect("the function answered")
-            .unwrap()
+            .expect("the function answered or stopped")
+            .ok()
     }
 }
 
@@ -153,6 +177,7 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
         .env("WEBHOOK_SECRET_ID", &webhook_secret)
         .env("FUNCTION_URL_AUTH_TYPE", "AWS_IAM")
         .env("EVENT_BUS_NAME", "attest-results")
+        .env("SWEEP_ENABLED", "true")
         .envs(moto.env())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -230,6 +255,24 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
     assert!(!ok);
     assert_eq!(failed["errorType"], "AttestationFailed", "{failed}");
 
+    // A local emulator's constant deadline (cargo-lambda sends 600000 ms
+    // since 1970): unknown, not already past; the runs go ahead.
+    let emulated = vec![("Lambda-Runtime-Deadline-Ms", "600000".to_string())];
+    let (ok, direct) = f
+        .invoke_with(sample("direct-invoke.json").to_string(), emulated.clone())
+        .await
+        .unwrap();
+    assert!(ok, "{direct}");
+    assert_eq!(direct["summary"]["initiated"], 4, "{direct}");
+    // New messages (the same ids would be repeats, acknowledged unrun).
+    let mut batch = sample("sqs-batch.json");
+    for record in batch["Records"].as_array_mut().unwrap() {
+        record["messageId"] = format!("{}-again", record["messageId"].as_str().unwrap()).into();
+    }
+    let (ok, sqs) = f.invoke_with(batch.to_string(), emulated).await.unwrap();
+    assert!(ok);
+    assert_eq!(sqs, json!({"batchItemFailures": []}), "nothing returned for retry");
+
     let events: Vec<Value> = aws
         .drain(&results)
         .await
@@ -237,21 +280,39 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
         .map(|b| serde_json::from_str(b).unwrap())
         .collect();
     let kinds = |t: &str| events.iter().filter(|e| e["detail-type"] == t).count();
-    // direct, 2 SQS messages, 2 webhooks, the sweep, the scheduler input, the failed run.
-    assert_eq!(kinds("Device Attestation Result"), 8);
-    assert_eq!(kinds("Device Attestation Request Rejected"), 1);
+    // direct, 2 SQS messages, 2 webhooks, the sweep, the scheduler input,
+    // the failed run, then the direct invoke and the SQS messages again.
+    assert_eq!(kinds("Device Attestation Result"), 11);
+    assert_eq!(kinds("Device Attestation Request Rejected"), 2);
 
-    f.child.start_kill().unwrap();
+    // A client context that is not JSON: the runtime cannot read the
+    // invocation, the process ends saying why (Lambda answers the caller
+    // Runtime.ExitError and starts a new instance), and it does not panic.
+    f.tx.send((
+        "req-unreadable".into(),
+        sample("direct-invoke.json").to_string(),
+        vec![("Lambda-Runtime-Client-Context", "not json".to_string())],
+    ))
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), f.child.wait())
+        .await
+        .expect("the process went on after an invocation it could not read")
+        .unwrap();
+    assert!(!status.success());
     let out = f.child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not read"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Said once, not once per invocation.
+    assert_eq!(stderr.matches("deadline had passed").count(), 1, "{stderr}");
     // Metrics in Embedded Metric Format, one line per run.
     let emf: Vec<Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v.get("_aws").is_some())
         .collect();
-    assert_eq!(emf.len(), 8, "{stdout}");
+    assert_eq!(emf.len(), 11, "{stdout}");
     // JSON logs that carry the request id; no secret anywhere.
     let run_lines: Vec<&str> = stderr
         .lines()

@@ -3,6 +3,7 @@
 
 mod azure_handler;
 mod bench_smoke;
+mod cargo_lambda;
 mod cli;
 mod common;
 mod docs;
@@ -17,6 +18,7 @@ mod properties;
 mod redirects;
 mod report;
 mod secret_hygiene;
+mod service_messages;
 mod shared_budget;
 mod shared_state;
 mod tenants;

@@ -10,7 +10,7 @@ use intune_attest::service::signature as webhook;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::common::attestable_fleet;
+use crate::common::{attestable_fleet, payload_of};
 use crate::lambda_handler::{AppOptions, World, ctx, http_event, now, sqs_event, world};
 
 /// Writes one row of the "platform limits" part of the fault matrix:
@@ -38,7 +38,7 @@ fn ledger_faults(w: &World, expected: usize) -> (usize, usize) {
 fn named(messages: &[String]) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for m in messages {
-        let v: Value = serde_json::from_str(m).unwrap();
+        let v = payload_of(m);
         for id in v["managed_device_ids"].as_array().into_iter().flatten() {
             *out.entry(id.as_str().unwrap().to_owned()).or_insert(0) += 1;
         }

@@ -138,7 +138,7 @@ fn valid_payload() -> impl Strategy<Value = Value> {
             Just("contains(deviceName,'LAB') and lastSyncDateTime gt 2026-11-22T00:00:00Z".to_string()),
         ]),
         (any::<bool>(), any::<bool>(), any::<bool>()),
-        prop::option::of(1u64..100_000_000_000),
+        prop::option::of(1_000_000_000u64..100_000_000_000),
         prop::option::of("[A-Za-z0-9._:/-]{1,40}"),
         (prop::option::of(1u32..1000), prop::option::of("[A-Za-z0-9._-]{1,20}"), any::<bool>()),
         // verify (after, until beyond it, in seconds), and a check's number

@@ -254,13 +254,14 @@ async fn a_forged_kept_result_for_a_predictable_request_is_not_published_and_the
     let body = json!({"managed_device_ids": &ids[..10], "validate_device_exists": false,
                       "correlation_id": "incident-7"})
     .to_string();
-    // The request's key is its payload's digest: anyone can work it out.
+    // The request's key is a digest of its caller (none, from a queue) and
+    // its payload: anyone can work it out.
     let req =
         intune_attest::core::request::AttestationRequest::from_slice(body.as_bytes(), Default::default()).unwrap();
-    let key = format!(
-        "request#{}",
-        hex::encode(Sha256::digest(req.to_payload().to_json().unwrap().as_bytes()))
-    );
+    let mut digest = Sha256::new();
+    digest.update(b"\n");
+    digest.update(req.to_payload().to_json().unwrap().as_bytes());
+    let key = format!("request#{}", hex::encode(digest.finalize()));
     // A "succeeded" document for two devices the request never named.
     let forged = json!({"schema_version": "1", "correlation_id": "incident-7", "status": "succeeded",
         "failed": false, "dry_run": false, "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",

@@ -300,7 +300,11 @@ impl Run {
             None => self.finish(
                 w,
                 Outcome::NotAttempted,
-                Some("the deadline came before this device was tried".into()),
+                Some(if self.progress.is_stopping() {
+                    "the run was interrupted before this device was tried".into()
+                } else {
+                    "the deadline came before this device was tried".into()
+                }),
                 None,
             ),
             Some(f) if f.kind == FailureKind::Throttled => self.finish(
@@ -392,6 +396,12 @@ impl<G: DeviceGateway> Engine<G> {
         ));
         self.drive(&req, &run, &devices).await;
         drop(ticker);
+        if run.progress.is_stopping() {
+            warnings.push(
+                "the run was interrupted: no call was started after the stop, and devices not tried are not_attempted"
+                    .into(),
+            );
+        }
 
         let stats_after = self.gateway.stats();
         let result = RunResult::new(RunRecord {
@@ -452,6 +462,12 @@ impl<G: DeviceGateway> Engine<G> {
         for warning in listing.warnings() {
             tracing::warn!(filter = %filter, "{warning}");
             warnings.push(warning);
+        }
+        if listing.devices.is_empty() {
+            tracing::warn!(filter = %filter, "device_filter matched no device");
+            warnings.push(format!(
+                "device_filter matched no device ({filter}); nothing was selected by it"
+            ));
         }
         let (devices, overlap) = super::device::with_selected(&req.devices, listing.devices);
         if overlap > 0 {
@@ -514,7 +530,7 @@ impl<G: DeviceGateway> Engine<G> {
             let now = Instant::now();
             st.drain_input();
             st.promote_due(now);
-            if now >= run.cutoff || st.is_done() {
+            if now >= run.cutoff || st.is_done() || run.progress.is_stopping() {
                 break;
             }
             let wake = match self.launch(&mut st, run, now) {
@@ -534,6 +550,7 @@ impl<G: DeviceGateway> Engine<G> {
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = run.progress.stopped() => {}
             }
         }
 

@@ -43,7 +43,15 @@ struct CheckedDevice {
 pub(super) fn run(event: &str, output: Output, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env(env)?;
     let bytes = read_event(event)?;
-    let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+    let mut req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+    if let Some(w) = crate::core::estimate::timeout_warning(
+        req.devices.len(),
+        req.validate_device_exists,
+        req.timeout,
+        &settings.engine,
+    ) {
+        req.warnings.push(w);
+    }
     let doc = Checked {
         devices: req
             .devices

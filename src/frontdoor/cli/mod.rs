@@ -2,7 +2,8 @@
 //! locally and prints the result document on stdout.
 //!
 //! Exit codes: 0 the run succeeded (or its failures are ignored), 1 the run
-//! failed, 2 bad input or configuration.
+//! failed, 2 bad input or configuration, 130 interrupted (the result is
+//! still written, every device in it).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -190,6 +191,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bytes = read_event(&event)?;
             // Validate before anything else, so bad input never reaches Graph.
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+            // Said before any write: the timeout cannot cover the devices.
+            if let Some(w) = crate::core::estimate::timeout_warning(
+                req.devices.len(),
+                req.validate_device_exists && !req.dry_run,
+                req.timeout,
+                &settings.engine,
+            ) {
+                eprintln!("warning: {w}");
+            }
             let creds = AppCredentials::from_env(env)?;
             let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
             let client = Arc::new(client);
@@ -200,11 +210,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = std::time::SystemTime::now();
             let progress = Arc::new(Progress::new());
             let bar = (!no_progress && std::io::stderr().is_terminal()).then(|| progress::spawn_bar(progress.clone()));
-            let outcome = engine.run(req, None, progress).await;
+            let interrupts = tokio::spawn(stop_on_interrupt(progress.clone()));
+            let outcome = engine.run(req, None, progress.clone()).await;
+            interrupts.abort();
             if let Some((bar, task)) = bar {
                 task.abort();
                 bar.finish_and_clear();
             }
+            let interrupted = progress.is_stopping();
             let mut result = match outcome {
                 Ok(r) => r,
                 Err(e) => {
@@ -216,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(code));
                 }
             };
-            if let Some(plan) = plan {
+            if let Some(plan) = plan.filter(|_| !interrupted) {
                 let reads = &settings.engine.reads;
                 let (plan, raised) = plan.for_devices(result.initiated_devices().len(), reads.budget, reads.window);
                 result.warnings.extend(raised);
@@ -236,11 +249,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if result.failed {
+            Ok(if interrupted {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else if result.failed {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
             })
         }
     }
+}
+
+/// The exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as
+/// shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// On the first SIGINT or SIGTERM, stops the run (no new call; the calls
+/// in flight end; every device is reported); on the second, exits at once.
+async fn stop_on_interrupt(progress: Arc<Progress>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("interrupts cannot be caught here; Ctrl-C ends the run without a result");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!(
+        "interrupted: no new call starts; waiting for the calls in flight, then writing the result (again to exit at once)"
+    );
+    progress.stop();
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("interrupted again: exiting without a result");
+    std::process::exit(i32::from(EXIT_INTERRUPTED));
 }

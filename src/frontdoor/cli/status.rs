@@ -49,7 +49,8 @@ fn from_result(path: &Path) -> anyhow::Result<(Vec<DeviceRef>, Option<String>)> 
 }
 
 /// Runs `status` and returns its exit code: 0 when every device was read,
-/// 1 when Graph could not be read for some, 2 for bad input.
+/// 1 when Graph could not be reached or read for some, 2 for bad input,
+/// configuration or credentials Entra ID refuses.
 pub(super) async fn run(
     event: Option<String>,
     result: Option<&Path>,
@@ -80,6 +81,16 @@ pub(super) async fn run(
         creds,
         settings.client.clone(),
     )?);
+    // Credentials refused, or Graph unreachable: said once on standard
+    // error, as `invoke` says it, instead of a document of unread devices.
+    if let Err(e) = client.prepare(deadline).await {
+        eprintln!("error: {}", crate::core::text::bounded(&e.to_string(), 4000));
+        let code = match e {
+            crate::core::gateway::GatewayError::Credentials(_) => 2,
+            _ => 1,
+        };
+        return Ok(ExitCode::from(code));
+    }
     let mut listing_warnings = Vec::new();
     if let Some(filter) = &filter {
         let selected = match client.list_devices(filter, settings.limits.max_devices, deadline).await {
@@ -104,6 +115,17 @@ pub(super) async fn run(
     match output {
         Output::Json => println!("{json}"),
         Output::Table => print!("{}", table::status(&doc)),
+    }
+    if let Some(first) = doc.devices.iter().find_map(|d| d.read_error.as_deref()) {
+        let what = if doc.summary.unread == doc.summary.devices {
+            "no device could be read".to_owned()
+        } else {
+            format!(
+                "{} of {} device(s) could not be read",
+                doc.summary.unread, doc.summary.devices
+            )
+        };
+        eprintln!("error: {what} (first: {})", crate::core::text::bounded(first, 400));
     }
     Ok(if doc.summary.unread > 0 {
         ExitCode::from(1)

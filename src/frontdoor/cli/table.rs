@@ -95,7 +95,12 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
 
     let good = |o: Outcome| matches!(o, Outcome::Initiated | Outcome::WouldInitiate);
     let others: Vec<_> = r.devices.iter().filter(|d| !good(d.outcome)).collect();
-    let mut out = format!("{head}\n{counts}\n");
+    // No device at all: said in words, not an empty box.
+    let mut out = if shown.is_empty() {
+        format!("{head}\nno device: none was named, and no device_filter selected any\n")
+    } else {
+        format!("{head}\n{counts}\n")
+    };
     let full = match saved {
         Some(path) => format!("{} lists every device with its reason and request id", path.display()),
         None => "`--output json` lists every device with its reason and request id".to_owned(),
@@ -185,7 +190,7 @@ pub fn status(doc: &StatusDocument) -> String {
     let others: Vec<_> = doc
         .devices
         .iter()
-        .filter(|d| d.action_state != ActionState::Done)
+        .filter(|d| d.action_state != Some(ActionState::Done))
         .collect();
     let header = [
         "device id",
@@ -266,7 +271,7 @@ mod tests {
                 device_id: id,
                 kind: DeviceKind::Managed,
                 device_name: Some(HOSTILE.into()),
-                action_state: ActionState::Pending,
+                action_state: Some(ActionState::Pending),
                 action_started_at: None,
                 action_updated_at: Some(HOSTILE.into()),
                 attestation_status: None,

@@ -110,21 +110,50 @@ pub fn main() -> std::process::ExitCode {
             let app = app.clone();
             async move {
                 let (raw, context) = event.into_parts();
-                let remaining = Duration::from_millis(context.deadline)
-                    .checked_sub(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
-                    .unwrap_or_default();
                 let ctx = InvocationContext {
                     request_id: context.request_id.clone(),
-                    deadline: Some(Instant::now() + remaining),
+                    deadline: time_left(context.deadline, SystemTime::now()).map(|left| Instant::now() + left),
                 };
                 let span = tracing::info_span!("invocation", request_id = %context.request_id);
                 tracing::Instrument::instrument(app.handle_raw(raw.get(), ctx), span).await
             }
         });
-        lambda_runtime::run(handler)
-            .await
-            .map_err(|e| HostError::Stopped(e.to_string()))
+        // The loop ends only when the runtime cannot read an invocation
+        // (its client context or identity is not JSON, say): the process
+        // exits, Lambda answers that invocation `Runtime.ExitError` and
+        // starts a new instance for the next.
+        lambda_runtime::run(handler).await.map_err(|e| {
+            HostError::Stopped(format!(
+                "an invocation the runtime could not read ({}); a client context or identity that is not JSON ends the process",
+                crate::core::text::bounded(&e.to_string(), 200)
+            ))
+        })
     })
+}
+
+/// Whether the deadline warning was logged already (once a process).
+static PAST_DEADLINE_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The time an invocation has left, from the runtime's deadline (ms since
+/// the epoch). A deadline already past when the event arrives is no
+/// deadline a run can use: local emulators send a constant (cargo-lambda:
+/// `600000`, ten minutes after 1970). It is then unknown, the request's own
+/// timeout bounds the run, and the log says so once.
+pub(super) fn time_left(deadline_ms: u64, now: SystemTime) -> Option<Duration> {
+    let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    match Duration::from_millis(deadline_ms).checked_sub(now_ms) {
+        Some(left) if !left.is_zero() => Some(left),
+        _ => {
+            if !PAST_DEADLINE_SEEN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    deadline_ms,
+                    "the runtime's deadline had passed when the event arrived (a local emulator's constant?); \
+                     runs are bounded by timeouts.invoke instead"
+                );
+            }
+            None
+        }
+    }
 }
 
 /// The further tenants: `TENANT_NAMES` and `TENANT_SECRET_IDS`, two
@@ -162,6 +191,22 @@ pub(super) fn tenants(names: Option<String>, ids: Option<String>) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_past_on_arrival_is_unknown_not_zero() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_764_650_000);
+        let in_a_minute = (now + Duration::from_secs(60)).duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(
+            time_left(in_a_minute.as_millis() as u64, now),
+            Some(Duration::from_secs(60))
+        );
+        // cargo-lambda's constant, and a deadline just past.
+        assert_eq!(time_left(600_000, now), None);
+        assert_eq!(
+            time_left(in_a_minute.as_millis() as u64, now + Duration::from_secs(61)),
+            None
+        );
+    }
 
     #[test]
     fn tenants_come_in_pairs_with_valid_unique_names() {

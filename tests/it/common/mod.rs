@@ -184,3 +184,13 @@ pub fn outcomes(result: &RunResult) -> HashMap<Outcome, usize> {
     }
     m
 }
+
+/// The request a work queue message carries: the payload of a message the
+/// service sealed for itself, or the message itself.
+pub fn payload_of(body: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap();
+    match v.get("service_message") {
+        Some(_) => v["payload"].clone(),
+        None => v,
+    }
+}
