@@ -44,8 +44,8 @@ impl Answering<'_> {
             return Some("it lists no devices".into());
         };
         if req.device_filter.is_some() {
-            // A filter's selection is not known here; the listing is still
-            // no longer than a run may hold.
+            // A filter's selection is not known here: the devices cannot
+            // be checked against it.
             return None;
         }
         let named: std::collections::HashSet<String> = req.devices.iter().map(|d| d.id.to_string()).collect();
