@@ -48,6 +48,41 @@ struct Allowed {
     or: bool,
 }
 
+/// OData functions and operators a caller may try that this filter does
+/// not support (Graph's `managedDevice` listing does not apply them all
+/// either): refused by name rather than taken for a property.
+const ODATA_FUNCTIONS: &[&str] = &[
+    "startswith",
+    "endswith",
+    "substringof",
+    "tolower",
+    "toupper",
+    "trim",
+    "length",
+    "indexof",
+    "substring",
+    "concat",
+    "year",
+    "month",
+    "day",
+    "hour",
+    "minute",
+    "second",
+    "date",
+    "time",
+    "now",
+    "round",
+    "floor",
+    "ceiling",
+    "cast",
+    "isof",
+    "any",
+    "all",
+    "not",
+    "in",
+    "has",
+];
+
 const fn allow(eq: bool, ne: bool, contains: bool, order: bool, or: bool) -> Allowed {
     Allowed {
         eq,
@@ -712,6 +747,9 @@ impl Parser {
                 self.expect(Kind::Close, "\")\"")?;
                 Ok(FilterExpr::Contains { field, text })
             }
+            Kind::Word(w) if ODATA_FUNCTIONS.contains(&w.to_ascii_lowercase().as_str()) => Err(FilterError(format!(
+                "{w} at character {at} is OData not supported here; supported are contains(field,'text'), eq, ne, lt, gt, and, or and parentheses"
+            ))),
             Kind::Word(_) => {
                 self.count_clause(at)?;
                 self.pos -= 1;
@@ -976,6 +1014,20 @@ mod tests {
             "2026-11-22T00:00:00.Z",
         ] {
             assert_eq!(instant(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn known_odata_functions_are_refused_as_unsupported_not_as_properties() {
+        for text in [
+            "startswith(deviceName,'LAB')",
+            "endswith(deviceName,'x')",
+            "not (model eq 'x')",
+        ] {
+            let err = DeviceFilter::parse(text).unwrap_err();
+            assert!(err.0.contains("not supported here"), "{text}: {err}");
+            assert!(err.0.contains("contains(field,'text')"), "{text}: {err}");
+            assert!(!err.0.contains("not a managedDevice property"), "{text}: {err}");
         }
     }
 

@@ -108,6 +108,10 @@ pub struct DeviceResult {
     /// Attempts whose answer never arrived (timeout, reset connection): Graph
     /// may have acted on them, so the action may have been sent more than once.
     pub lost_answers: u32,
+    /// A filter selected the device (the payload did not name it): if it
+    /// cannot attest, it is reported and does not count as a failure.
+    #[serde(rename = "selected_by_filter", skip_serializing_if = "std::ops::Not::not")]
+    pub selected: bool,
 }
 
 impl DeviceResult {
@@ -134,7 +138,15 @@ impl DeviceResult {
             request_id: None,
             attempts: 0,
             lost_answers: 0,
+            selected: false,
         }
+    }
+
+    /// Whether this device counts against the run: it was not initiated,
+    /// and it is not a device a filter selected that cannot attest.
+    pub fn counts_as_failure(&self) -> bool {
+        let excused = self.selected && self.outcome == Outcome::Unsupported;
+        !(self.outcome.is_success() || excused)
     }
 }
 
@@ -148,6 +160,17 @@ pub enum RunStatus {
     PartiallyFailed,
     /// No device was.
     Failed,
+}
+
+impl RunStatus {
+    /// The name the result document and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::PartiallyFailed => "partially_failed",
+            RunStatus::Failed => "failed",
+        }
+    }
 }
 
 /// Counts per outcome.
@@ -291,6 +314,8 @@ pub struct Timeouts {
 }
 
 const IGNORED_SUFFIX: &str = "ignored because ignore_partial_failures is true";
+/// How the warning about excused devices ends (so a refresh replaces it).
+const EXCUSED_SUFFIX: &str = "reported, not counted as failures";
 
 /// The result document.
 #[derive(Clone, Debug, Serialize)]
@@ -421,7 +446,14 @@ impl RunResult {
         } = record;
         let summary = Summary::of(&devices);
         let ok = devices.iter().filter(|d| d.outcome.is_success()).count();
-        let status = if ok == devices.len() {
+        let failures = devices.iter().filter(|d| d.counts_as_failure()).count();
+        let excused = devices.len() - ok - failures;
+        if excused > 0 {
+            warnings.push(format!(
+                "{excused} device(s) device_filter selected cannot attest (unsupported: virtual machines, Cloud PCs, builds or TPMs that cannot); {EXCUSED_SUFFIX}"
+            ));
+        }
+        let status = if failures == 0 {
             RunStatus::Succeeded
         } else if ok == 0 {
             RunStatus::Failed
@@ -500,7 +532,7 @@ impl RunResult {
             warnings: self
                 .warnings
                 .iter()
-                .filter(|w| !w.ends_with(IGNORED_SUFFIX))
+                .filter(|w| !w.ends_with(IGNORED_SUFFIX) && !w.ends_with(EXCUSED_SUFFIX))
                 .cloned()
                 .collect(),
             stats: std::mem::take(&mut self.stats),
@@ -524,6 +556,48 @@ mod tests {
     fn dev(n: u8, o: Outcome) -> DeviceResult {
         let id = DeviceId::parse(&format!("00000000-0000-0000-0000-0000000000{n:02x}")).unwrap();
         DeviceResult::new(id, DeviceKind::Managed, o)
+    }
+
+    #[test]
+    fn a_status_has_one_name_in_the_document_and_the_logs() {
+        for s in [RunStatus::Succeeded, RunStatus::PartiallyFailed, RunStatus::Failed] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn a_device_a_filter_selected_that_cannot_attest_is_reported_not_failed() {
+        let mut vm = dev(1, Outcome::Unsupported);
+        vm.selected = true;
+        let devices = vec![dev(0, Outcome::Initiated), vm.clone()];
+        let r = RunResult::new(RunRecord {
+            correlation_id: "c".into(),
+            devices,
+            ..RunRecord::default()
+        });
+        assert_eq!((r.status, r.failed), (RunStatus::Succeeded, false));
+        assert_eq!(r.summary.count(Outcome::Unsupported), 1, "still reported");
+        assert!(r.warnings[0].contains("not counted as failures"), "{:?}", r.warnings);
+        // Refreshed, the warning is not repeated.
+        let mut again = r.clone();
+        again.refresh(false);
+        assert_eq!(again.warnings.len(), 1);
+        // Named in the payload, the same device fails the run.
+        let named = RunResult::new(RunRecord {
+            correlation_id: "c".into(),
+            devices: vec![dev(0, Outcome::Initiated), dev(1, Outcome::Unsupported)],
+            ..RunRecord::default()
+        });
+        assert_eq!((named.status, named.failed), (RunStatus::PartiallyFailed, true));
+        // A selected device that failed for another reason still counts.
+        let mut broken = dev(2, Outcome::Failed);
+        broken.selected = true;
+        let r = RunResult::new(RunRecord {
+            correlation_id: "c".into(),
+            devices: vec![vm, broken],
+            ..RunRecord::default()
+        });
+        assert_eq!(r.status, RunStatus::Failed);
     }
 
     fn run(ignore: bool, outcomes: &[Outcome]) -> RunResult {

@@ -44,6 +44,10 @@ const FIELDS: &[&str] = &[
     "read_status",
 ];
 
+/// Fields only the service writes, on the messages it seals for itself:
+/// never offered to a caller.
+const SERVICE_FIELDS: &[&str] = &["part", "check"];
+
 /// The highest `part` number accepted.
 pub const MAX_PART: u64 = 100_000;
 
@@ -79,6 +83,10 @@ pub struct AttestationRequest {
     /// Read the selected devices' attestation status instead of initiating
     /// (`read_status`: a playbook's wait-and-branch).
     pub read_status: bool,
+    /// The named devices were selected by a filter, not named by a caller
+    /// (a sweep chunk, or the continuation of selected devices): not part
+    /// of the payload, set from the service's own stamp.
+    pub named_were_selected: bool,
     /// Things worth saying that do not stop the run (duplicates removed...).
     pub warnings: Vec<String>,
 }
@@ -220,10 +228,18 @@ impl AttestationRequest {
         let mut problems = Problems::default();
         for key in obj.keys() {
             if !FIELDS.contains(&key.as_str()) {
+                let callers: Vec<&str> = FIELDS.iter().copied().filter(|f| !SERVICE_FIELDS.contains(f)).collect();
+                let nearest = callers
+                    .iter()
+                    .map(|f| (strsim::jaro_winkler(key, f), *f))
+                    .filter(|(score, _)| *score > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, f)| format!("did you mean {f}? "))
+                    .unwrap_or_default();
                 problems.add(
                     excerpt(&Value::String(key.clone())),
                     "an unknown field".into(),
-                    format!("expected one of {}", FIELDS.join(", ")),
+                    format!("{nearest}expected one of {}", callers.join(", ")),
                 );
             }
         }
@@ -381,6 +397,7 @@ impl AttestationRequest {
             verify,
             check,
             read_status,
+            named_were_selected: false,
             warnings,
         })
     }
@@ -514,6 +531,7 @@ impl AttestationRequest {
             correlation_id: Some(correlation_id),
             part,
             warnings: Vec::new(),
+            named_were_selected: false,
             ..self.clone()
         }
     }
@@ -948,6 +966,16 @@ mod tests {
         }
         let r = parse(json!({"managed_device_ids": [A], "timeouts": {"invoke": "1h30m10s"}})).unwrap();
         assert_eq!(r.timeout, Duration::from_secs(5410));
+    }
+
+    #[test]
+    fn an_unknown_field_names_the_nearest_a_caller_may_send() {
+        let err = parse(json!({"managed_device_id": [A]})).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("did you mean managed_device_ids?"), "{text}");
+        assert!(!text.contains("part,") && !text.contains("check"), "{text}");
+        let err = parse(json!({"managed_device_ids": [A], "zzz": 1})).unwrap_err();
+        assert!(!err.to_string().contains("did you mean"), "{err}");
     }
 
     #[test]

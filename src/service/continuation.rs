@@ -183,15 +183,36 @@ impl AttestService {
         } else {
             stall_delay(stalled, max_delay)
         };
-        let devices = untried.iter().map(|&i| result.devices[i].device_ref()).collect();
+        // Named and filter-selected devices travel apart, so the next part
+        // still knows which the caller named.
+        let (selected, named): (Vec<usize>, Vec<usize>) = untried.iter().partition(|&&i| result.devices[i].selected);
         let next = req.for_devices(Vec::new(), result.correlation_id.clone(), part);
-        let messages = self
-            .messages_for(&next, devices, &result.correlation_id, part, &stamp)
-            .await;
-        let sent = match messages {
-            Ok(m) => {
-                self.send(m.into_iter().map(|m| m.delayed(delay)).collect(), delivery.deadline)
-                    .await
+        let mut messages = Vec::new();
+        let mut built = Ok(());
+        for (group, from_filter) in [(named, false), (selected, true)] {
+            if group.is_empty() {
+                continue;
+            }
+            let devices = group.iter().map(|&i| result.devices[i].device_ref()).collect();
+            stamp.selected = from_filter;
+            match self
+                .messages_for(&next, devices, &result.correlation_id, part, &stamp)
+                .await
+            {
+                Ok(m) => messages.extend(m),
+                Err(e) => {
+                    built = Err(e);
+                    break;
+                }
+            }
+        }
+        let sent = match built {
+            Ok(()) => {
+                self.send(
+                    messages.into_iter().map(|m| m.delayed(delay)).collect(),
+                    delivery.deadline,
+                )
+                .await
             }
             Err(e) => Err(e),
         };

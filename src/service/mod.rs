@@ -431,7 +431,7 @@ impl AttestService {
                 );
             }
         }
-        let (req, stamp) = if seal::claims_seal(&delivery.payload) {
+        let (mut req, stamp) = if seal::claims_seal(&delivery.payload) {
             if !delivery.trigger.is_queue() {
                 return refused(
                     seal::MARK,
@@ -478,6 +478,7 @@ impl AttestService {
                 if stamp.kind == seal::Kind::HandOff {
                     delivery.caller = stamp.caller.clone();
                 }
+                req.named_were_selected = stamp.selected;
             }
         }
         delivery.stamp = stamp;

@@ -73,6 +73,10 @@ pub struct Stamp {
     /// The caller a webhook authenticated, for a hand-off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// The devices it names were selected by a filter (a sweep chunk, a
+    /// continuation of selected devices), not named by a caller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub selected: bool,
 }
 
 impl Stamp {
@@ -85,6 +89,7 @@ impl Stamp {
             run_started_at: epoch_ms(run_started_at),
             stalled: 0,
             caller: None,
+            selected: false,
         }
     }
 

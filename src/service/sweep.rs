@@ -92,6 +92,7 @@ impl SweepSettings {
             verify: None,
             check: None,
             read_status: false,
+            named_were_selected: false,
             warnings: Vec::new(),
         }
     }
@@ -180,7 +181,8 @@ impl AttestService {
         let chunk_size = self.sweep.chunk_size.clamp(1, self.settings.limits.max_devices);
         // The chunks name their devices; none carries the sweep's filter.
         let template = template.for_devices(Vec::new(), correlation_id.to_owned(), 1);
-        let stamp = super::seal::Stamp::new(super::seal::Kind::SweepChunk, std::time::SystemTime::now());
+        let mut stamp = super::seal::Stamp::new(super::seal::Kind::SweepChunk, std::time::SystemTime::now());
+        stamp.selected = true;
         let mut messages = Vec::new();
         for (i, chunk) in ids.chunks(chunk_size).enumerate() {
             let devices = chunk

@@ -690,6 +690,107 @@ async fn ctrl_c_stops_new_writes_and_still_writes_the_whole_result() {
     let _ = std::fs::remove_file(&saved);
 }
 
+#[tokio::test]
+async fn devices_a_filter_selected_that_cannot_attest_are_reported_not_failures() {
+    let mut cfg = sim_config();
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 60,
+        non_windows: 0.0,
+        virtual_machines: 0.2,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let vm = sim
+        .fleet()
+        .iter()
+        .find(|d| d.model == "Virtual Machine")
+        .unwrap()
+        .id
+        .clone();
+    let by_filter = serde_json::to_vec(&serde_json::json!({"device_filter": "operatingSystem eq 'Windows'"})).unwrap();
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(by_filter)).await;
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", doc["summary"]);
+    let errors: Vec<String> = schema().iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let unsupported: Vec<&Value> = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["outcome"] == "unsupported")
+        .collect();
+    assert!(!unsupported.is_empty(), "the fleet has machines that cannot attest");
+    assert!(unsupported.iter().all(|d| d["selected_by_filter"] == true));
+    assert_eq!(doc["status"], "succeeded");
+    assert!(doc["warnings"].to_string().contains("not counted as failures"));
+    // The same machine named in the payload: a failure of the run.
+    let named = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [&vm]})).unwrap();
+    let out = invoke(&sim, &[], &["invoke", "--event", "-"], Some(named)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["devices"][0]["outcome"], "unsupported");
+    assert!(doc["devices"][0].get("selected_by_filter").is_none());
+}
+
+#[tokio::test]
+async fn devices_picked_on_the_command_line_and_a_retry_of_what_a_result_did_not_initiate() {
+    let sim = Sim::start(crate::common::attestable_fleet(10)).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let missing = "00000000-dead-4bad-8bad-000000000001";
+    let dir = std::env::temp_dir().join(format!("cli-picks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("first.json");
+    let out = invoke(
+        &sim,
+        &[],
+        &[
+            "invoke",
+            "--device-id",
+            &ids[0],
+            "--device-id",
+            &ids[1],
+            "--device-id",
+            missing,
+            "--result-file",
+            saved.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = assert_valid_result(&out.stdout);
+    assert_eq!(first["summary"]["initiated"], 2);
+    assert_eq!(first["summary"]["not_found"], 1);
+    // Again, only what the first run did not initiate.
+    let again = invoke(&sim, &[], &["check", "--retry-from", saved.to_str().unwrap()], None).await;
+    let checked: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let devices = checked["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{checked}");
+    assert_eq!(devices[0]["device_id"], missing);
+    // A payload and picked devices together: the payload's options stay.
+    let event = dir.join("event.json");
+    std::fs::write(
+        &event,
+        serde_json::json!({"dry_run": true, "managed_device_ids": [&ids[2]]}).to_string(),
+    )
+    .unwrap();
+    let both = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", event.to_str().unwrap(), "--device-id", &ids[3]],
+        None,
+    )
+    .await;
+    let doc = assert_valid_result(&both.stdout);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["summary"]["requested"], 2);
+    // Nothing at all to run: said, exit 2.
+    let none = invoke(&sim, &[], &["invoke"], None).await;
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("--device-id"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }
@@ -821,6 +922,15 @@ async fn invoke_with_verify_waits_for_the_verdict_and_adds_it_to_the_result() {
     assert_eq!(made.status.code(), Some(0), "{}", String::from_utf8_lossy(&made.stderr));
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("id=\"verdict\"") && html.contains(">not_supported<"));
+    // A status document where a result is expected: said in those words.
+    let status = dir.join("status.json");
+    let verdict = serde_json::from_slice::<Value>(&run.stdout).unwrap()["verdict"].clone();
+    std::fs::write(&status, verdict.to_string()).unwrap();
+    let wrong = make_report(&sim, &status, None, &page).await;
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr.contains("is a status document"), "{stderr}");
+    assert!(stderr.contains("--result takes a result document"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -429,7 +429,15 @@ impl<G: DeviceGateway> Engine<G> {
                 tenant: req.tenant.clone(),
                 verify: req.verify.map(Into::into),
             }),
-            devices: run.outcomes(&devices),
+            devices: {
+                // Those past the named ones came from the filter.
+                let named = if req.named_were_selected { 0 } else { req.devices.len() };
+                let mut outcomes = run.outcomes(&devices);
+                for d in outcomes.iter_mut().skip(named) {
+                    d.selected = true;
+                }
+                outcomes
+            },
         });
         log_finished(&result);
         Ok(result)
@@ -760,7 +768,7 @@ fn log_finished(result: &RunResult) {
     let s = &result.summary;
     tracing::info!(
         correlation_id = %result.correlation_id,
-        status = ?result.status,
+        status = result.status.as_str(),
         requested = s.requested,
         initiated = s.initiated,
         not_found = s.not_found,

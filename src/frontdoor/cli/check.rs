@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::{Output, read_event, table};
+use super::{Output, table};
 use crate::config::Settings;
 use crate::core::device::{DeviceId, DeviceKind};
 use crate::core::request::AttestationRequest;
@@ -40,10 +40,9 @@ struct CheckedDevice {
 }
 
 /// Runs `check`.
-pub(super) fn run(event: &str, output: Output, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+pub(super) fn run(bytes: &[u8], output: Output, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env(env)?;
-    let bytes = read_event(event)?;
-    let mut req = AttestationRequest::from_slice(&bytes, settings.limits)?;
+    let mut req = AttestationRequest::from_slice(bytes, settings.limits)?;
     if let Some(w) = crate::core::estimate::timeout_warning(
         req.devices.len(),
         req.validate_device_exists,

@@ -17,6 +17,7 @@ mod check;
 mod follow;
 mod progress;
 mod report;
+mod select;
 mod status;
 mod table;
 
@@ -48,9 +49,12 @@ struct Cli {
 enum Command {
     /// Run one request and print the result document on stdout.
     Invoke {
-        /// The request payload: a JSON file, or `-` for standard input.
+        /// The request payload: a JSON file, or `-` for standard input
+        /// (devices picked below are added to it).
         #[arg(long, value_name = "FILE|-")]
-        event: String,
+        event: Option<String>,
+        #[command(flatten)]
+        picks: select::Picks,
         /// Never draw a progress bar (progress is still logged).
         #[arg(long)]
         no_progress: bool,
@@ -96,9 +100,12 @@ enum Command {
     },
     /// Validate a payload without calling Graph; print the normalised request.
     Check {
-        /// The request payload: a JSON file, or `-` for standard input.
+        /// The request payload: a JSON file, or `-` for standard input
+        /// (devices picked below are added to it).
         #[arg(long, value_name = "FILE|-")]
-        event: String,
+        event: Option<String>,
+        #[command(flatten)]
+        picks: select::Picks,
         /// `json` (the document, for scripts) or `table` (for people).
         #[arg(long, value_enum, default_value_t = Output::Json)]
         output: Output,
@@ -179,16 +186,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             status_file,
         } => status::run(event, result.as_deref(), output, status_file.as_deref(), env).await,
-        Command::Check { event, output } => check::run(&event, output, env),
+        Command::Check { event, picks, output } => {
+            let bytes = select::payload(event.as_deref().map(read_event).transpose()?, &picks)?;
+            check::run(&bytes, output, env)
+        }
         Command::Report { result, status, out } => report::run(&result, status.as_deref(), &out),
         Command::Invoke {
             event,
+            picks,
             no_progress,
             output,
             result_file,
         } => {
             let settings = Settings::from_env(env)?;
-            let bytes = read_event(&event)?;
+            let bytes = select::payload(event.as_deref().map(read_event).transpose()?, &picks)?;
             // Validate before anything else, so bad input never reaches Graph.
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
             // Said before any write: the timeout cannot cover the devices.

@@ -12,7 +12,33 @@ use crate::report::{self, ReportInput, ResultDocument, StatusDocument};
 
 fn read<T: DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
     let bytes = super::read_document(path)?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a {what} document", path.display()))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // Only on the way out: say which document it is, if it is one.
+        let given = match kind_of(&bytes) {
+            Some(kind) if kind != what => format!("{} is a {kind} document", path.display()),
+            _ => format!("{} is not a {what} document ({e})", path.display()),
+        };
+        let expected = match what {
+            "result" => "--result takes a result document (`invoke --result-file`, or a Device Attestation Result event's detail)",
+            _ => "--status takes a status document (`status --status-file`, or a Device Attestation Verdict event's detail)",
+        };
+        anyhow::anyhow!("{given}; {expected}")
+    })
+}
+
+/// Which of the product's documents `bytes` hold, by their telling members.
+fn kind_of(bytes: &[u8]) -> Option<&'static str> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let has = |k: &str| v.get(k).is_some();
+    if has("check") && has("checked_at") {
+        Some("verdict")
+    } else if has("checked_at") {
+        Some("status")
+    } else if has("started_at") && has("devices") {
+        Some("result")
+    } else {
+        None
+    }
 }
 
 /// Writes the report; exit 0 when written, 2 when a document is unreadable.
