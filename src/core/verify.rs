@@ -20,6 +20,9 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_UNTIL: Duration = Duration::from_secs(24 * 3600);
 /// The most checks one schedule may make.
 pub const MAX_CHECKS: u32 = 10_000;
+/// A schedule's checks take at most this share of the read budget: one in
+/// four, so validation, `status` and other runs keep the rest.
+pub const READ_SHARE: u32 = 4;
 
 /// The payload's `verify` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,46 @@ pub struct VerifyPlan {
     /// No check after this long from the start of the run; the last check
     /// is at this time if devices were still pending or active.
     pub until: Duration,
+}
+
+impl VerifyPlan {
+    /// The shortest interval between two checks of `devices` devices under
+    /// a read budget of `budget` reads per `window`: each check reads every
+    /// device once, so checks that come no closer than this take at most a
+    /// [`READ_SHARE`]th of the budget (80 ms a device at Intune's 1,000
+    /// reads every 20 s), and never less than [`MIN_INTERVAL`].
+    pub fn interval_floor(devices: usize, budget: u32, window: Duration) -> Duration {
+        let per_device = window * READ_SHARE / budget.max(1);
+        let devices = u32::try_from(devices).unwrap_or(u32::MAX);
+        per_device.saturating_mul(devices).clamp(MIN_INTERVAL, MAX_UNTIL)
+    }
+
+    /// This plan for `devices` devices under that read budget: `after`
+    /// raised to [`VerifyPlan::interval_floor`], with a warning saying so
+    /// when it was raised.
+    pub fn for_devices(self, devices: usize, budget: u32, window: Duration) -> (Self, Option<String>) {
+        let floor = Self::interval_floor(devices, budget, window);
+        if self.after >= floor {
+            return (self, None);
+        }
+        let warning = format!(
+            "verify.after raised from {} to {}: checks of {devices} devices come no closer, so that they take at most a quarter of the read budget ({budget} every {})",
+            humantime::format_duration(self.after),
+            humantime::format_duration(round_to_ms(floor)),
+            humantime::format_duration(window),
+        );
+        (
+            Self {
+                after: floor,
+                until: self.until,
+            },
+            Some(warning),
+        )
+    }
+}
+
+fn round_to_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// One scheduled check, as the work queue carries it (the payload's
@@ -180,6 +223,42 @@ mod tests {
             first.arrival(t0 + MIN * 40 - Duration::from_millis(300), max),
             Arrival::Check
         );
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_number_of_devices_and_keeps_to_a_quarter_of_the_read_budget() {
+        let window = Duration::from_secs(20);
+        let floor = |n| VerifyPlan::interval_floor(n, 1000, window);
+        assert_eq!(floor(1), MIN_INTERVAL);
+        assert_eq!(floor(100), Duration::from_millis(8_000));
+        assert_eq!(floor(10_000), Duration::from_secs(800));
+        assert_eq!(floor(usize::MAX), MAX_UNTIL);
+        // `{"after": "1s", "until": "24h"}` on 10,000 pending devices: at
+        // most 108 checks in the day, not 10,000, each read at most a
+        // quarter of the read budget on average.
+        let asked = VerifyPlan {
+            after: Duration::from_secs(1),
+            until: MAX_UNTIL,
+        };
+        let (plan, warning) = asked.for_devices(10_000, 1000, window);
+        assert_eq!(plan.after, Duration::from_secs(800));
+        assert!(warning.is_some_and(|w| w.contains("raised from 1s to 13m 20s")));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut ticket = CheckTicket::first(plan, t0, t0);
+        let mut checks = 1u64;
+        while let Some(next) = ticket.next(plan, ticket.due_at) {
+            ticket = next;
+            checks += 1;
+        }
+        assert_eq!(checks, 108, "one check every 800 s, the last at the end of the day");
+        let reads_per_window = 10_000 * 20 / 800;
+        assert!(reads_per_window <= 1000 / 4, "{reads_per_window} reads a window");
+        // A plan already slower than the floor is kept as it is.
+        let slow = VerifyPlan {
+            after: Duration::from_secs(3600),
+            until: MAX_UNTIL,
+        };
+        assert_eq!(slow.for_devices(10_000, 1000, window), (slow, None));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use maud::{Markup, html};
 
+use super::document::Pace;
+
 /// One bar: its label, count and colour class.
 pub struct Bar<'a> {
     /// The label (shown as text).
@@ -44,11 +46,23 @@ pub fn bars(title: &str, bars: &[Bar<'_>]) -> Markup {
 }
 
 /// Writes per throttle window as columns, with the budget as a dashed line.
-pub fn windows(writes: &[u32], budget: u32, window_ms: u64) -> Markup {
-    let caption = format!(
-        "Writes per throttle window ({}) against the budget ({budget})",
-        seconds(window_ms)
-    );
+/// Past [`super::document::PACE_COLUMNS`] windows, each column is the
+/// busiest of several neighbouring windows, which the caption says.
+pub fn windows(pace: &Pace, budget: u32, window_ms: u64) -> Markup {
+    let per = pace.per_column.max(1);
+    let caption = if per > 1 {
+        format!(
+            "Writes per throttle window ({}) against the budget ({budget}); {} windows, each column the busiest of {per}",
+            seconds(window_ms),
+            pace.windows
+        )
+    } else {
+        format!(
+            "Writes per throttle window ({}) against the budget ({budget})",
+            seconds(window_ms)
+        )
+    };
+    let writes = &pace.columns;
     if writes.is_empty() {
         return html! {
             figure.chart {
@@ -68,6 +82,7 @@ pub fn windows(writes: &[u32], budget: u32, window_ms: u64) -> Markup {
     // A time label every few columns, at least 48 px apart.
     let step = (48.0 / col).ceil().max(1.0) as usize;
     let height = top + plot_h + bottom;
+    let span = window_ms.saturating_mul(per);
     html! {
         figure.chart {
             figcaption { (caption) }
@@ -80,10 +95,13 @@ pub fn windows(writes: &[u32], budget: u32, window_ms: u64) -> Markup {
                     @let x = left as f64 + col * i as f64;
                     @let y = y_of(w as f64);
                     rect class=(if w > budget { "over" } else { "c-initiated" }) x=(fmt(x + 1.0)) y=(fmt(y)) width=(fmt((col - 2.0).max(1.0))) height=(fmt(top as f64 + plot_h as f64 - y)) {
-                        title { (format!("window {}: {w} writes", i + 1)) }
+                        title {
+                            @if per > 1 { (format!("windows {} to {}: at most {w} writes", i as u64 * per + 1, ((i as u64 + 1) * per).min(pace.windows))) }
+                            @else { (format!("window {}: {w} writes", i + 1)) }
+                        }
                     }
                     @if i % step == 0 {
-                        text x=(fmt(x + col / 2.0)) y=(top + plot_h + 16) text-anchor="middle" class="tick" { (seconds(window_ms * i as u64)) }
+                        text x=(fmt(x + col / 2.0)) y=(top + plot_h + 16) text-anchor="middle" class="tick" { (seconds(span.saturating_mul(i as u64))) }
                     }
                 }
                 line class="budget" x1=(left) y1=(fmt(budget_y)) x2=(width - 10) y2=(fmt(budget_y)) {}
@@ -139,13 +157,13 @@ mod tests {
 
     #[test]
     fn windows_over_the_budget_are_marked_and_the_budget_line_is_drawn() {
-        let svg = windows(&[190, 200, 12], 190, 20_000).into_string();
+        let svg = windows(&Pace::of([190, 200, 12]), 190, 20_000).into_string();
         assert_eq!(svg.matches("class=\"over\"").count(), 1);
         assert_eq!(svg.matches("class=\"c-initiated\"").count(), 2);
         assert!(svg.contains("class=\"budget\""));
         assert!(svg.contains("window 2: 200 writes"));
         assert!(svg.contains("(20 s)") && svg.contains(">40 s<"));
-        assert!(windows(&[], 190, 20_000).into_string().contains("No writes"));
+        assert!(windows(&Pace::of([]), 190, 20_000).into_string().contains("No writes"));
     }
 
     #[test]

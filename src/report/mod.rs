@@ -9,6 +9,12 @@
 //! The device table filters by outcome without a server (`#outcome=failed`
 //! in the address preselects one), and a print stylesheet keeps it legible
 //! on paper.
+//!
+//! The page is bounded whatever the documents hold: what they are read into
+//! is bounded ([`document`]), the pace chart has at most
+//! [`document::PACE_COLUMNS`] columns, and device rows stop once the table
+//! reaches [`TABLE_BYTES`] (the page then says how many more the result
+//! document lists). So the page stays under [`MAX_PAGE_BYTES`].
 
 mod charts;
 pub mod document;
@@ -16,10 +22,20 @@ pub mod document;
 use std::collections::HashMap;
 
 use base64::Engine as _;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, PreEscaped, Render, html};
 use sha2::{Digest, Sha256};
 
 pub use document::{ResultDocument, StatusDocument};
+
+/// The device rows stop once they take this much of the page.
+pub const TABLE_BYTES: usize = 40 * 1024 * 1024;
+/// The largest page: the rows, one row past them, and the rest of the
+/// page, whose every part is bounded (warnings, counts, options, the
+/// chart).
+pub const MAX_PAGE_BYTES: usize = TABLE_BYTES + 4 * 1024 * 1024;
+
+/// Where the device rows go in the page's template.
+const ROWS: &str = "\u{0}rows\u{0}";
 
 use charts::Bar;
 
@@ -165,6 +181,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         .status
         .map(|s| s.devices.iter().map(|d| (d.device_id.as_str(), d)).collect())
         .unwrap_or_default();
+    let (rows, listed) = device_rows(r, input.status.is_some(), &verdicts);
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -189,13 +206,21 @@ pub fn render(input: &ReportInput<'_>) -> String {
                     p.muted { (r.stats.http_requests) " HTTP requests, " (r.stats.throttled_responses) " answered 429, in " (charts::seconds(r.stats.duration_ms)) "." }
                     (charts::windows(&r.stats.writes_per_window, r.stats.write_budget, r.stats.throttle_window_ms))
                 }
-                (device_table(r, input.status.is_some(), &verdicts))
+                (device_table(r, input.status.is_some(), listed))
                 (footer(input))
                 script { (PreEscaped(SCRIPT)) }
             }
         }
     };
-    page.into_string()
+    // The rows go into the page without a second copy of them.
+    let page = page.into_string();
+    let (head, tail) = page.split_once(ROWS).unwrap_or((&page, ""));
+    let mut out = String::with_capacity(head.len() + rows.len() + tail.len());
+    out.push_str(head);
+    out.push_str(&rows);
+    drop(rows);
+    out.push_str(tail);
+    out
 }
 
 fn count(map: &std::collections::BTreeMap<String, u64>, key: &str) -> u64 {
@@ -247,7 +272,10 @@ fn summary(r: &ResultDocument) -> Markup {
             div.charts { (charts::bars("Devices by outcome", &to_bars(&outcomes))) }
             @if !r.warnings.is_empty() {
                 h2 { "Warnings" }
-                ul.warnings { @for w in &r.warnings { li { (w) } } }
+                ul.warnings {
+                    @for w in r.warnings.iter() { li { (w) } }
+                    @if r.warnings.omitted > 0 { li.muted { "and " (r.warnings.omitted) " more in the result document" } }
+                }
             }
             @if let Some(t) = &r.truncated {
                 p.muted { "This document lists " (t.devices_listed) " devices; " (t.devices_omitted) " more are in " (t.full_result) "." }
@@ -278,14 +306,77 @@ fn verdict(s: &StatusDocument) -> Markup {
                 (charts::bars("Attestation status", &to_bars(&statuses)))
             }
             @if !s.warnings.is_empty() {
-                ul.warnings { @for w in &s.warnings { li { (w) } } }
+                ul.warnings {
+                    @for w in s.warnings.iter() { li { (w) } }
+                    @if s.warnings.omitted > 0 { li.muted { "and " (s.warnings.omitted) " more in the status document" } }
+                }
+            }
+            @if s.devices.omitted > 0 {
+                p.muted { "The status document lists " (s.devices.omitted) " devices more than the " (s.devices.len()) " read here; those show as not checked." }
             }
         }
     }
 }
 
-fn device_table(r: &ResultDocument, with_status: bool, verdicts: &HashMap<&str, &document::StatusDevice>) -> Markup {
+/// The device rows, until they reach [`TABLE_BYTES`]: the rows and how
+/// many they are.
+fn device_rows(
+    r: &ResultDocument,
+    with_status: bool,
+    verdicts: &HashMap<&str, &document::StatusDevice>,
+) -> (String, usize) {
+    let mut rows = String::new();
+    let mut listed = 0;
+    for (i, d) in r.devices.iter().enumerate() {
+        if rows.len() >= TABLE_BYTES {
+            break;
+        }
+        device_row(i, d, with_status, verdicts).render_to(&mut rows);
+        listed += 1;
+    }
+    (rows, listed)
+}
+
+fn device_row(
+    i: usize,
+    d: &document::ResultDevice,
+    with_status: bool,
+    verdicts: &HashMap<&str, &document::StatusDevice>,
+) -> Markup {
+    html! {
+        tr data-outcome=(d.outcome) data-name=(d.device_name.as_deref().unwrap_or_default()) {
+            td { (i + 1) }
+            td.id { (d.device_id) }
+            td { @if let Some(n) = &d.device_name { (n) } }
+            td { (d.kind) }
+            td { span class={"badge " (style_class(&d.outcome))} { (d.outcome) } }
+            td.msg {
+                @if let Some(code) = &d.reason_code { code { (code) } " " }
+                @if let Some(reason) = &d.reason { (reason) }
+            }
+            td { @if let Some(s) = d.http_status { (s) } }
+            td.msg {
+                @if let Some(code) = &d.error_code { code { (code) } " " }
+                @if let Some(m) = &d.message { span.graph-message { (m) } }
+            }
+            td.rid { @if let Some(rid) = &d.request_id { (rid) } }
+            @if with_status {
+                @match verdicts.get(d.device_id.as_str()) {
+                    Some(v) => {
+                        td { span class={"badge " (style_class(&v.action_state))} { (v.action_state) }
+                            @if let Some(e) = &v.read_error { " " span.muted { (e) } } }
+                        td { @if let Some(a) = &v.attestation_status { span class={"badge " (style_class(a))} { (a) } } }
+                    }
+                    None => { td.muted { "not checked" } td {} }
+                }
+            }
+        }
+    }
+}
+
+fn device_table(r: &ResultDocument, with_status: bool, listed: usize) -> Markup {
     let outcomes = ordered(&r.summary, &OUTCOMES);
+    let unlisted = (r.devices.len() - listed) as u64 + r.devices.omitted;
     html! {
         section {
             h2 { "Devices" }
@@ -299,7 +390,7 @@ fn device_table(r: &ResultDocument, with_status: bool, verdicts: &HashMap<&str, 
                 label for="name-filter" { "named like " }
                 input #name-filter type="search" placeholder="device name";
                 " "
-                span #shown.muted { (r.devices.len()) " devices" }
+                span #shown.muted { (listed) " devices" }
             }
             div.scroll { table #devices {
                 thead { tr {
@@ -307,79 +398,34 @@ fn device_table(r: &ResultDocument, with_status: bool, verdicts: &HashMap<&str, 
                     th { "HTTP" } th { "Graph error" } th { "Request ID" }
                     @if with_status { th { "Action state" } th { "Attestation" } }
                 } }
-                tbody {
-                    @for (i, d) in r.devices.iter().enumerate() {
-                        tr data-outcome=(d.outcome) data-name=(d.device_name.as_deref().unwrap_or_default()) {
-                            td { (i + 1) }
-                            td.id { (d.device_id) }
-                            td { @if let Some(n) = &d.device_name { (n) } }
-                            td { (d.kind) }
-                            td { span class={"badge " (style_class(&d.outcome))} { (d.outcome) } }
-                            td.msg {
-                                @if let Some(code) = &d.reason_code { code { (code) } " " }
-                                @if let Some(reason) = &d.reason { (reason) }
-                            }
-                            td { @if let Some(s) = d.http_status { (s) } }
-                            td.msg {
-                                @if let Some(code) = &d.error_code { code { (code) } " " }
-                                @if let Some(m) = &d.message { span.graph-message { (m) } }
-                            }
-                            td.rid { @if let Some(rid) = &d.request_id { (rid) } }
-                            @if with_status {
-                                @match verdicts.get(d.device_id.as_str()) {
-                                    Some(v) => {
-                                        td { span class={"badge " (style_class(&v.action_state))} { (v.action_state) }
-                                            @if let Some(e) = &v.read_error { " " span.muted { (e) } } }
-                                        td { @if let Some(a) = &v.attestation_status { span class={"badge " (style_class(a))} { (a) } } }
-                                    }
-                                    None => { td.muted { "not checked" } td {} }
-                                }
-                            }
-                        }
-                    }
-                }
+                tbody { (PreEscaped(ROWS)) }
             } }
+            @if unlisted > 0 {
+                p #unlisted.muted { (unlisted) " more devices are not listed here, to keep the page small: the result document lists them." }
+            }
         }
     }
 }
 
 fn footer(input: &ReportInput<'_>) -> Markup {
     let r = input.result;
-    let mut options: Vec<(String, String)> = Vec::new();
-    for (k, v) in r.options.iter().flatten() {
-        match v {
-            serde_json::Value::Object(inner) => {
-                for (ik, iv) in inner {
-                    options.push((format!("{k}.{ik}"), plain(iv)));
-                }
-            }
-            v => options.push((k.clone(), plain(v))),
-        }
-    }
+    let none = document::Fields::default();
+    let options = r.options.as_ref().unwrap_or(&none);
     html! {
         footer {
             dl {
                 dt { "Correlation id" } dd { (r.correlation_id) }
                 dt { "Run" } dd { (r.started_at) " to " (r.finished_at) " (" (charts::seconds(r.stats.duration_ms)) ")" }
                 @if let Some(inv) = &r.invocation {
-                    @for (k, v) in inv { dt { "Invocation " (k) } dd { (plain(v)) } }
+                    @for (k, v) in &inv.0 { dt { "Invocation " (k) } dd { (v) } }
                 }
                 @if let Some(s) = input.status { dt { "Verdict read at" } dd { (s.checked_at) } }
-                @for (k, v) in &options { dt { "Option " (k) } dd { (v) } }
+                @for (k, v) in &options.0 { dt { "Option " (k) } dd { (v) } }
                 dt { "Dry run" } dd { (r.dry_run) }
                 dt { "Tool" } dd { "intune-attest " (input.version) }
                 dt { "Report made" } dd { (input.generated_at) }
             }
         }
-    }
-}
-
-/// A JSON value as plain text: strings without quotes, null as a dash.
-fn plain(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
     }
 }
 

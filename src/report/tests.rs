@@ -57,7 +57,7 @@ fn the_report_reads_what_the_engine_writes() {
     let r = result();
     assert_eq!(r.summary["requested"], 2);
     assert_eq!(r.devices[1].message.as_deref(), Some(HOSTILE));
-    assert_eq!(r.stats.writes_per_window, vec![2]);
+    assert_eq!(r.stats.writes_per_window, document::Pace::of([2]));
 }
 
 #[test]
@@ -129,4 +129,143 @@ fn a_status_adds_the_verdict_and_a_column_per_device() {
 fn unknown_values_get_a_neutral_class_never_their_own_name() {
     assert_eq!(style_class("\" onmouseover=\"x"), "c-neutral");
     assert_eq!(style_class("failed"), "c-failed");
+}
+
+/// A result document (JSON) with `devices` devices, each field as long as
+/// `text` makes it, and `windows` windows of writes.
+fn big_result(devices: usize, text: &str, windows: usize) -> String {
+    let device = serde_json::to_string(&json!({
+        "device_id": text, "kind": text, "device_name": text, "outcome": "failed", "reason": text,
+        "reason_code": text, "http_status": 400, "error_code": text, "message": text, "request_id": text
+    }))
+    .unwrap();
+    let mut doc = String::from(
+        r#"{"schema_version": "1", "correlation_id": "big", "status": "failed", "started_at": "a", "finished_at": "b", "summary": {"requested": 1}, "#,
+    );
+    doc.push_str(r#""stats": {"write_budget": 190, "throttle_window_ms": 20000, "writes_per_window": ["#);
+    for i in 0..windows {
+        if i > 0 {
+            doc.push(',');
+        }
+        // One window far over the budget, in the middle.
+        doc.push_str(if i == windows / 2 { "999" } else { "1" });
+    }
+    doc.push_str(r#"]}, "devices": ["#);
+    for i in 0..devices {
+        if i > 0 {
+            doc.push(',');
+        }
+        doc.push_str(&device);
+    }
+    doc.push_str("]}");
+    doc
+}
+
+#[test]
+fn the_pace_chart_folds_millions_of_windows_into_a_few_hundred_columns_and_keeps_the_busiest() {
+    let doc = big_result(1, "x", 2_000_000);
+    let r: ResultDocument = serde_json::from_str(&doc).unwrap();
+    let pace = &r.stats.writes_per_window;
+    assert_eq!(pace.windows, 2_000_000);
+    assert!(pace.columns.len() <= document::PACE_COLUMNS && pace.columns.len() > document::PACE_COLUMNS / 4);
+    assert_eq!(
+        pace.columns.iter().filter(|&&w| w == 999).count(),
+        1,
+        "the window over the budget shows"
+    );
+    let html = render(&ReportInput {
+        result: &r,
+        status: None,
+        version: "9.9.9",
+        generated_at: "now",
+    });
+    assert!(html.matches("<rect").count() <= document::PACE_COLUMNS);
+    assert_eq!(html.matches("class=\"over\"").count(), 1);
+    assert!(html.contains(&format!("each column the busiest of {}", pace.per_column)));
+    assert!(html.len() < 200_000, "{} bytes", html.len());
+    // A few hundred windows are drawn one a column.
+    let few = document::Pace::of(std::iter::repeat_n(3, 300));
+    assert_eq!((few.columns.len(), few.per_column), (300, 1));
+}
+
+#[test]
+fn every_list_and_text_is_bounded_and_the_page_stays_under_its_size() {
+    // A megabyte of text with markup and terminal controls in every field.
+    let text = "<b>\u{1b}[2J\u{7}".repeat(100_000);
+    let r: ResultDocument = serde_json::from_str(&big_result(3, &text, 10)).unwrap();
+    let d = &r.devices[0];
+    for field in [
+        &d.device_id,
+        &d.kind,
+        d.device_name.as_ref().unwrap(),
+        d.request_id.as_ref().unwrap(),
+    ] {
+        assert!(
+            field.chars().count() <= document::SHORT_TEXT + 1,
+            "{} chars",
+            field.chars().count()
+        );
+    }
+    for field in [d.reason.as_ref().unwrap(), d.message.as_ref().unwrap()] {
+        assert!(field.chars().count() <= document::LONG_TEXT + 1);
+    }
+    assert!(!d.message.as_ref().unwrap().contains('\u{1b}'));
+
+    // More devices than are read: the rest are counted, not kept.
+    let many = big_result(document::MAX_DEVICES + 7, "00000000-0000-4000-8000-000000000001", 1);
+    let r: ResultDocument = serde_json::from_str(&many).unwrap();
+    assert_eq!((r.devices.len(), r.devices.omitted), (document::MAX_DEVICES, 7));
+    let html = render(&ReportInput {
+        result: &r,
+        status: None,
+        version: "9.9.9",
+        generated_at: "now",
+    });
+    assert!(html.len() < MAX_PAGE_BYTES);
+    assert!(
+        html.contains("7 more devices are not listed here"),
+        "the page says what it left out"
+    );
+    println!("{} devices listed in {} bytes", r.devices.len(), html.len());
+
+    // Rows of the longest text stop at the table's budget.
+    let long = "\"".repeat(document::LONG_TEXT);
+    let r: ResultDocument = serde_json::from_str(&big_result(3_000, &long, 1)).unwrap();
+    let html = render(&ReportInput {
+        result: &r,
+        status: None,
+        version: "9.9.9",
+        generated_at: "now",
+    });
+    assert!(html.len() < MAX_PAGE_BYTES, "{} bytes", html.len());
+    let rows = html.matches("<tr data-outcome=").count();
+    assert!(rows < 3_000, "{rows} rows");
+    assert!(html.contains(&format!("{} more devices are not listed here", 3_000 - rows)));
+    assert!(html.contains(&format!("{rows} devices</span>")));
+}
+
+#[test]
+fn warnings_counts_and_options_are_read_up_to_a_few_dozen() {
+    let mut doc: serde_json::Value = serde_json::from_str(&big_result(1, "x", 1)).unwrap();
+    doc["warnings"] = json!((0..1000).map(|i| format!("w{i}")).collect::<Vec<_>>());
+    doc["summary"] = json!(
+        (0..1000)
+            .map(|i| (format!("k{i:04}"), json!(1)))
+            .collect::<serde_json::Map<_, _>>()
+    );
+    doc["options"] = json!({"verify": (0..1000).map(|i| (format!("o{i:04}"), json!({"deep": [1, 2]}))).collect::<serde_json::Map<_, _>>(),
+                            "device_filter": "x"});
+    let r: ResultDocument = serde_json::from_value(doc).unwrap();
+    assert_eq!((r.warnings.len(), r.warnings.omitted), (document::MAX_WARNINGS, 950));
+    assert_eq!(r.summary.len(), document::MAX_ENTRIES);
+    let options = r.options.as_ref().unwrap();
+    assert!(options.0.len() <= document::MAX_ENTRIES);
+    assert!(options.0.iter().any(|(k, v)| k.starts_with("verify.o") && v == "{…}"));
+    let html = render(&ReportInput {
+        result: &r,
+        status: None,
+        version: "9.9.9",
+        generated_at: "now",
+    });
+    assert!(html.contains("and 950 more in the result document"));
 }

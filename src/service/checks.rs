@@ -142,6 +142,9 @@ impl AttestService {
             return;
         };
         let devices = result.initiated_devices();
+        let reads = &self.settings.engine.reads;
+        let (plan, raised) = plan.for_devices(devices.len(), reads.budget, reads.window);
+        result.warnings.extend(raised);
         let ticket = CheckTicket::first(plan, started, SystemTime::now());
         let mut arranged = Verification {
             scheduled: false,
@@ -153,7 +156,9 @@ impl AttestService {
         if devices.is_empty() {
             arranged.reason = Some("no device was initiated, so there is nothing to check".into());
         } else {
-            let template = req.for_check(Vec::new(), result.correlation_id.clone(), req.part, ticket);
+            let mut template = req.for_check(Vec::new(), result.correlation_id.clone(), req.part, ticket);
+            // Every check carries the interval in force.
+            template.verify = Some(plan);
             let stamp = Stamp::new(Kind::Check, started);
             match self.queue_check(&template, devices, &stamp, deadline).await {
                 Ok(()) => {

@@ -1,6 +1,9 @@
 //! Delivery claims: a delivery runs once across every instance; a repeat is
 //! acknowledged or its kept result republished; a claim is given back when
-//! its run fails or is cancelled.
+//! its run fails or is cancelled. A kept result is read from a table that
+//! others may write, so it is republished only when it answers the request
+//! it is kept for: a result document, with that request's correlation id
+//! when the caller named one, listing only devices the request named.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +11,64 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{AttestService, Disposition, ServiceError};
-use crate::state::{Claim, StateStore};
+use crate::core::request::AttestationRequest;
+use crate::state::{Claim, StateStore, StoreError};
+
+/// The request a kept result must answer to be republished.
+#[derive(Clone, Copy)]
+pub(super) struct Answering<'a> {
+    /// The request.
+    pub(super) req: &'a AttestationRequest,
+    /// Whether the caller named the correlation id (else each delivery
+    /// draws its own, and a redelivery's differs from the kept one's).
+    pub(super) named: bool,
+}
+
+impl Answering<'_> {
+    /// Why `doc` does not answer the request, if it does not.
+    fn refuses(&self, doc: &serde_json::Value) -> Option<String> {
+        let req = self.req;
+        let Some(correlation_id) = doc.get("correlation_id").and_then(|c| c.as_str()) else {
+            return Some("it is not a result document".into());
+        };
+        if doc.get("schema_version").is_none() || doc.get("status").and_then(|s| s.as_str()).is_none() {
+            return Some("it is not a result document".into());
+        }
+        if self.named && req.correlation_id.as_deref() != Some(correlation_id) {
+            return Some("it is for another correlation id".into());
+        }
+        if doc.get("dry_run").and_then(|d| d.as_bool()) != Some(req.dry_run) {
+            return Some("it is not for a run of the same kind (dry run or not)".into());
+        }
+        let Some(devices) = doc.get("devices").and_then(|d| d.as_array()) else {
+            return Some("it lists no devices".into());
+        };
+        if req.device_filter.is_some() {
+            // A filter's selection is not known here: the devices cannot
+            // be checked against it.
+            return None;
+        }
+        let named: std::collections::HashSet<String> = req.devices.iter().map(|d| d.id.to_string()).collect();
+        // Each named device once, or twice when it is named in both
+        // collections.
+        if devices.len() > req.devices.len() {
+            return Some(format!(
+                "it lists {} devices for a request naming {}",
+                devices.len(),
+                req.devices.len()
+            ));
+        }
+        let foreign = devices
+            .iter()
+            .filter(|d| {
+                d.get("device_id")
+                    .and_then(|i| i.as_str())
+                    .is_none_or(|id| !named.contains(&id.to_ascii_lowercase()))
+            })
+            .count();
+        (foreign > 0).then(|| format!("it lists {foreign} device(s) the request does not name"))
+    }
+}
 
 /// How long a claim outlives the host's deadline: a claim whose instance died
 /// is taken over after it, and never while its run may still be going.
@@ -33,11 +93,46 @@ impl AttestService {
         key: &str,
         deadline: Option<Instant>,
     ) -> Result<Option<Disposition>, ServiceError> {
+        self.claim_answering(key, deadline, None).await
+    }
+
+    /// [`AttestService::claim`], republishing a kept result only if it
+    /// answers `answering`.
+    pub(super) async fn claim_answering(
+        &self,
+        key: &str,
+        deadline: Option<Instant>,
+        answering: Option<Answering<'_>>,
+    ) -> Result<Option<Disposition>, ServiceError> {
         let found = self
             .store
             .claim(key, &self.instance, self.lease_until(deadline))
             .await?;
-        self.on_claim(key, found, deadline).await
+        self.on_claim(key, found, deadline, answering).await
+    }
+
+    /// A kept result, read: the document, if it answers `answering`.
+    pub(super) fn kept_document(
+        &self,
+        key: &str,
+        kept: &str,
+        answering: Option<Answering<'_>>,
+    ) -> Result<serde_json::Value, StoreError> {
+        let doc: serde_json::Value =
+            serde_json::from_str(kept).map_err(|_| StoreError::unreadable(key, "the kept result is unreadable"))?;
+        if let Some(why) = answering.and_then(|a| a.refuses(&doc)) {
+            tracing::warn!(
+                key,
+                metric = "KeptResultRefused",
+                why = %why,
+                "a kept result does not answer the request it is kept for; not published"
+            );
+            return Err(StoreError::unreadable(
+                key,
+                format!("the kept result does not answer this request: {why}"),
+            ));
+        }
+        Ok(doc)
     }
 
     pub(super) async fn on_claim(
@@ -45,6 +140,7 @@ impl AttestService {
         key: &str,
         found: Claim,
         deadline: Option<Instant>,
+        answering: Option<Answering<'_>>,
     ) -> Result<Option<Disposition>, ServiceError> {
         match found {
             Claim::Claimed => Ok(None),
@@ -64,12 +160,9 @@ impl AttestService {
                     key,
                     "repeat of a run whose result was not delivered; publishing the kept result"
                 );
-                let doc: serde_json::Value = serde_json::from_str(&kept).map_err(|_| {
-                    ServiceError::StateUnavailable(crate::state::StoreError::unreadable(
-                        key,
-                        "the kept result is unreadable",
-                    ))
-                })?;
+                let doc = self
+                    .kept_document(key, &kept, answering)
+                    .map_err(ServiceError::StateUnavailable)?;
                 self.publish(&doc, deadline).await?;
                 self.finished(key, None).await;
                 Ok(Some(Disposition::Republished(Box::new(doc))))

@@ -69,8 +69,12 @@ impl AttestService {
         // Armed before the claim is written: a cancel while it is in flight
         // gives it back too (a release only removes this instance's claim).
         let on_cancel = self.release_on_cancel(key.as_deref());
+        let answering = super::claims::Answering {
+            req: &req,
+            named: request_key.is_some(),
+        };
         if let Some(key) = &key {
-            match self.claim(key, delivery.deadline).await {
+            match self.claim_answering(key, delivery.deadline, Some(answering)).await {
                 Ok(None) => {}
                 Ok(Some(done)) => {
                     on_cancel.disarm();
@@ -104,8 +108,18 @@ impl AttestService {
                 .claim(rk, &self.instance, self.lease_until(delivery.deadline))
                 .await
             {
-                Ok(kept @ Claim::Done { undelivered: Some(_) }) => {
-                    if let Some(republished) = self.on_claim(rk, kept, delivery.deadline).await? {
+                // A kept result that does not answer this request is not
+                // published: the request runs.
+                Ok(Claim::Done {
+                    undelivered: Some(kept),
+                }) if self
+                    .kept_document(rk, &kept, Some(super::claims::Answering { req: &req, named: true }))
+                    .is_ok() =>
+                {
+                    let kept = Claim::Done {
+                        undelivered: Some(kept),
+                    };
+                    if let Some(republished) = self.on_claim(rk, kept, delivery.deadline, None).await? {
                         if let Some(key) = key {
                             self.finished(key, None).await;
                         }

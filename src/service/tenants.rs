@@ -47,15 +47,15 @@ impl AttestService {
         match name {
             None => Ok(&self.own),
             Some(n) => self.tenants.get(n).ok_or_else(|| {
-                let mut known: Vec<&str> = self.tenants.keys().map(String::as_str).collect();
-                known.sort_unstable();
+                // The names configured are not the caller's to learn: an
+                // unknown name is told only that it is unknown.
                 ServiceError::InvalidRequest(InvalidRequest::single(
                     "tenant",
                     &format!("{n:?}"),
-                    &if known.is_empty() {
-                        "no tenant field: this deployment attests in its own tenant only".to_owned()
+                    if self.tenants.is_empty() {
+                        "no tenant field: this deployment attests in its own tenant only"
                     } else {
-                        format!("one of the configured tenants: {}", known.join(", "))
+                        "the name of a tenant this deployment is configured for (its configuration lists them)"
                     },
                 ))
             }),
@@ -100,7 +100,8 @@ impl AttestService {
             Some(budget) => {
                 let key = |kind: &str, cfg: &crate::core::pacer::PacerConfig| BudgetKey {
                     key: format!("budget#{app}#{kind}"),
-                    rules: crate::state::budget::BudgetRules::new(cfg.budget, cfg.window),
+                    rules: crate::state::budget::BudgetRules::new(cfg.budget, cfg.window)
+                        .with_max_pause(self.settings.engine.max_retry_after),
                 };
                 BudgetedGateway::shared(
                     Arc::new(client),

@@ -16,6 +16,13 @@
 //! On DynamoDB the budget is one item per key, written with a version
 //! condition: one request per grant when no other instance wrote since, two
 //! when one did (the failed condition returns the current item).
+//!
+//! What is read back is bounded before it is used ([`BudgetState`]'s
+//! repair: pauses, lease ends and sizes, the number of leases), and a
+//! repaired state is written back. An item whose version is not one this
+//! service writes (not a number, or beyond [`MAX_VERSION`]) is replaced,
+//! conditioned on the value it holds, by a pause that outlasts whatever it
+//! may have held.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,12 +72,45 @@ pub trait SharedBudget: Send + Sync {
     fn requests(&self) -> u64;
 }
 
+/// The highest version this service writes: one write a millisecond for
+/// 285,000 years. A version read back beyond it is not the service's.
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// The version an item was read at: what the next write's condition
+/// compares, and the version it writes.
+#[derive(Debug, Clone, PartialEq)]
+struct Version {
+    /// The item's `version` as it was read, or `None` for no item (or an
+    /// item without one).
+    stored: Option<AttributeValue>,
+    /// Whether there was an item at all.
+    exists: bool,
+    /// The version the next write writes.
+    next: u64,
+}
+
+impl Version {
+    const NONE: Version = Version {
+        stored: None,
+        exists: false,
+        next: 1,
+    };
+
+    fn written(next: u64) -> Self {
+        Version {
+            stored: Some(AttributeValue::N(next.to_string())),
+            exists: true,
+            next: next + 1,
+        }
+    }
+}
+
 /// The budget on the DynamoDB state table.
 pub struct DynamoBudget {
     client: aws_sdk_dynamodb::Client,
     table: String,
     /// The last state seen per key, with its version.
-    cache: Mutex<HashMap<String, (u64, BudgetState)>>,
+    cache: Mutex<HashMap<String, (Version, BudgetState)>>,
     requests: AtomicU64,
     /// Reads of an item that could not be decoded.
     unreadable: AtomicU64,
@@ -94,11 +134,11 @@ impl DynamoBudget {
         }
     }
 
-    fn cached(&self, key: &str) -> Option<(u64, BudgetState)> {
+    fn cached(&self, key: &str) -> Option<(Version, BudgetState)> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    fn remember(&self, key: &str, version: u64, state: BudgetState) {
+    fn remember(&self, key: &str, version: Version, state: BudgetState) {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -111,51 +151,44 @@ impl DynamoBudget {
     /// that outlasts every lease the item may have held, written back as a
     /// valid state. So nobody writes on a budget it cannot see, and the
     /// budget recovers by itself when the pause ends. An item whose version
-    /// cannot be read cannot be replaced safely: an error, so nothing runs.
-    fn decode(
-        &self,
-        key: &str,
-        item: Option<&HashMap<String, AttributeValue>>,
-    ) -> Result<(u64, BudgetState), StoreError> {
+    /// is not one this service writes is unreadable too, and the write that
+    /// replaces it is conditioned on the version as it was read.
+    fn decode(&self, key: &str, item: Option<&HashMap<String, AttributeValue>>) -> (Version, BudgetState) {
         let Some(item) = item else {
-            return Ok((0, BudgetState::default()));
+            return (Version::NONE, BudgetState::default());
         };
-        let version = item
-            .get("version")
+        let stored = item.get("version");
+        let version = stored
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .filter(|v| *v < u64::MAX / 2)
-            .ok_or_else(|| {
-                self.unreadable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    key,
-                    metric = "BudgetStateUnreadable",
-                    "the shared budget's item has no readable version; no writes until it is valid again"
-                );
-                StoreError::unreadable(key, "the budget item has no readable version")
-            })?;
+            .filter(|v| *v <= MAX_VERSION);
         let state = item
             .get("state")
             .and_then(|v| v.as_s().ok())
             .and_then(|s| serde_json::from_str::<BudgetState>(s).ok());
-        Ok(match state {
-            Some(state) => (version, state),
-            None => {
+        match (version, state) {
+            (Some(v), Some(state)) => (Version::written(v), state),
+            (version, _) => {
                 self.unreadable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     key,
                     metric = "BudgetStateUnreadable",
+                    version_readable = version.is_some(),
                     "the shared budget's item cannot be read; no writes until it is valid again (it is replaced by a pause)"
                 );
                 (
-                    version,
+                    Version {
+                        stored: stored.cloned(),
+                        exists: true,
+                        next: version.map_or(1, |v| v + 1),
+                    },
                     BudgetState {
                         unreadable: true,
                         ..BudgetState::default()
                     },
                 )
             }
-        })
+        }
     }
 
     /// Times this instance found the budget's item unreadable.
@@ -163,7 +196,7 @@ impl DynamoBudget {
         self.unreadable.load(Ordering::Relaxed)
     }
 
-    async fn read(&self, key: &str) -> Result<(u64, BudgetState), StoreError> {
+    async fn read(&self, key: &str) -> Result<(Version, BudgetState), StoreError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let out = self
             .client
@@ -175,17 +208,17 @@ impl DynamoBudget {
             .send()
             .await
             .map_err(StoreError::from_sdk)?;
-        self.decode(key, out.item())
+        Ok(self.decode(key, out.item()))
     }
 
-    /// Writes `state` as version `version + 1` if the item is still at
-    /// `version`; on a lost race returns the current state instead.
+    /// Writes `state` as `version.next` if the item is still as it was
+    /// read; on a lost race returns the current state instead.
     async fn write(
         &self,
         key: &str,
-        version: u64,
+        version: &Version,
         state: &BudgetState,
-    ) -> Result<Result<(), (u64, BudgetState)>, StoreError> {
+    ) -> Result<Result<(), (Version, BudgetState)>, StoreError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let expires = ms(SystemTime::now()) / 1000 + 7 * 24 * 3600;
         let put = self
@@ -194,20 +227,24 @@ impl DynamoBudget {
             .table_name(&self.table)
             .item("pk", AttributeValue::S(key.to_owned()))
             .item("sk", AttributeValue::S("budget".into()))
-            .item("version", AttributeValue::N((version + 1).to_string()))
+            .item("version", AttributeValue::N(version.next.to_string()))
             .item("state", AttributeValue::S(crate::core::encode::to_string(state)?))
             .item("expires_at", AttributeValue::N(expires.to_string()))
-            .condition_expression("attribute_not_exists(pk) OR version = :v")
-            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let put = match (&version.stored, version.exists) {
+            (Some(v), _) => put
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", v.clone()),
+            (None, true) => put.condition_expression("attribute_exists(pk) AND attribute_not_exists(version)"),
+            (None, false) => put.condition_expression("attribute_not_exists(pk)"),
+        };
+        let put = put.send().await;
         match put {
             Ok(_) => Ok(Ok(())),
             Err(e) => match e.into_service_error() {
                 aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
                     match c.item() {
-                        Some(item) => Ok(Err(self.decode(key, Some(item))?)),
+                        Some(item) => Ok(Err(self.decode(key, Some(item)))),
                         // The store did not return the item: read it.
                         None => Ok(Err(self.read(key).await?)),
                     }
@@ -243,13 +280,17 @@ impl DynamoBudget {
             for (id, until) in &trims {
                 next.trim(id, *until);
             }
-            let Some(out) = change(&mut next) else {
-                // An unreadable item turned into a pause is written back even
-                // when nothing was granted, so the pause ends where it was
-                // first set instead of moving with every ask.
-                if state.unreadable && !next.unreadable {
-                    match self.write(key, version, &next).await? {
-                        Ok(()) => self.remember(key, version + 1, next),
+            let changed = change(&mut next);
+            // Written back as it is now: the repair is not redone.
+            let repaired = std::mem::take(&mut next.repaired);
+            let Some(out) = changed else {
+                // An unreadable item turned into a pause, or values out of
+                // bounds cut back, are written back even when nothing was
+                // granted, so the pause ends where it was first set instead
+                // of moving with every ask.
+                if (state.unreadable && !next.unreadable) || repaired {
+                    match self.write(key, &version, &next).await? {
+                        Ok(()) => self.remember(key, Version::written(version.next), next),
                         Err((v, s)) => self.remember(key, v, s),
                     }
                 } else {
@@ -257,9 +298,9 @@ impl DynamoBudget {
                 }
                 return Ok(None);
             };
-            match self.write(key, version, &next).await? {
+            match self.write(key, &version, &next).await? {
                 Ok(()) => {
-                    self.remember(key, version + 1, next);
+                    self.remember(key, Version::written(version.next), next);
                     if let Some(pending) = self.trims.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key) {
                         pending.retain(|t| !trims.contains(t));
                     }

@@ -11,6 +11,11 @@
 //!
 //! DynamoDB deletes expired items hours late, so every read compares
 //! `expires_at` itself.
+//!
+//! A kept result is read by its count first: a count beyond
+//! [`MAX_KEPT_CHUNKS`] is refused before any part is read, and then exactly
+//! the parts `result#0000` to the count are read, by key, each no larger
+//! than a part is written; other `result#` items are never loaded.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -24,6 +29,12 @@ use crate::core::text::bounded;
 /// The largest slice of a kept result in one item (DynamoDB's item limit is
 /// 400 KB, attribute names and keys included).
 const CHUNK_BYTES: usize = 300 * 1024;
+
+/// The largest result kept for republication: 64 MB, the largest result
+/// document the CLI reads (a 50,000-device result is about 20 MB).
+pub const MAX_KEPT_BYTES: usize = 64 * 1024 * 1024;
+/// The most parts a kept result has.
+pub const MAX_KEPT_CHUNKS: u64 = MAX_KEPT_BYTES.div_ceil(CHUNK_BYTES) as u64;
 
 /// The state store on DynamoDB.
 pub struct DynamoStore {
@@ -61,13 +72,6 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn num(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
-    item.get(name)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> &'a str {
     item.get(name)
         .and_then(|v| v.as_s().ok())
@@ -103,44 +107,47 @@ impl DynamoStore {
         Ok(out.item().cloned())
     }
 
-    async fn kept_result(&self, pk: &str, chunks: u64) -> Result<Option<String>, StoreError> {
-        if chunks == 0 {
-            return Ok(None);
-        }
-        // A query answers at most 1 MB a page: follow the pages.
-        let mut parts: Vec<(String, String)> = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
+    async fn kept_result(&self, pk: &str, chunks: Option<u64>) -> Result<Option<String>, StoreError> {
+        let chunks = match chunks {
+            Some(0) => return Ok(None),
+            Some(n) if n <= MAX_KEPT_CHUNKS => n,
+            _ => {
+                return Err(StoreError::unreadable(
+                    pk,
+                    format!("a kept result's part count is not one this service writes (at most {MAX_KEPT_CHUNKS})"),
+                ));
+            }
+        };
+        let mut kept = String::new();
+        for i in 0..chunks {
             let out = self
                 .client
-                .query()
+                .get_item()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :r)")
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":r", s("result#"))
+                .key("pk", s(pk))
+                .key("sk", s(&format!("result#{i:04}")))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(StoreError::from_sdk)?;
-            parts.extend(
-                out.items()
-                    .iter()
-                    .map(|i| (text(i, "sk").to_owned(), text(i, "data").to_owned())),
-            );
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
+            let data = out.item().and_then(|i| i.get("data")).and_then(|d| d.as_s().ok());
+            match data {
+                Some(data) if data.len() <= CHUNK_BYTES => kept.push_str(data),
+                Some(_) => {
+                    return Err(StoreError::unreadable(
+                        pk,
+                        format!("part {i} of a kept result is larger than a part is written"),
+                    ));
+                }
+                None => {
+                    return Err(StoreError::unreadable(
+                        pk,
+                        format!("a kept result has no part {i} of its {chunks}"),
+                    ));
+                }
             }
         }
-        parts.sort();
-        if parts.len() as u64 != chunks {
-            return Err(StoreError::unreadable(
-                pk,
-                format!("a kept result has {} of its {chunks} parts", parts.len()),
-            ));
-        }
-        Ok(Some(parts.into_iter().map(|(_, d)| d).collect()))
+        Ok(Some(kept))
     }
 }
 
@@ -189,7 +196,11 @@ impl StateStore for DynamoStore {
                         return Ok(Claim::HeldElsewhere);
                     };
                     if text(&item, "state") == "done" {
-                        let undelivered = self.kept_result(key, num(&item, "chunks")).await?;
+                        let chunks = match item.get("chunks") {
+                            None => Some(0),
+                            Some(v) => v.as_n().ok().and_then(|v| v.parse::<u64>().ok()),
+                        };
+                        let undelivered = self.kept_result(key, chunks).await?;
                         Ok(Claim::Done { undelivered })
                     } else {
                         Ok(Claim::HeldElsewhere)
@@ -210,6 +221,15 @@ impl StateStore for DynamoStore {
             let expires = epoch_ms(SystemTime::now() + DONE_TTL) / 1000;
             let mut chunks = 0u64;
             if let Some(result) = undelivered {
+                if result.len() > MAX_KEPT_BYTES {
+                    return Err(StoreError::unreadable(
+                        key,
+                        format!(
+                            "a result of {} bytes is larger than one kept ({MAX_KEPT_BYTES})",
+                            result.len()
+                        ),
+                    ));
+                }
                 let bytes = result.as_bytes();
                 let mut start = 0;
                 while start < bytes.len() {

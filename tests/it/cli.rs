@@ -978,3 +978,41 @@ async fn an_action_state_graph_adds_later_is_unknown_logged_once_and_checked_aga
         "logged once for the value, over every device and check: {log}"
     );
 }
+
+#[tokio::test]
+async fn report_prints_no_control_character_a_document_carries() {
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-controls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (result, status, page) = (
+        dir.join("result.json"),
+        dir.join("status.json"),
+        dir.join("report.html"),
+    );
+    // Correlation ids that would clear the screen, set the terminal's
+    // title and forge a line of their own.
+    let hostile = |run: &str| format!("{run}\u{1b}[2J\u{1b}]0;owned\u{7}\r\nerror: forged by {run}\u{202E}");
+    let result_doc = serde_json::json!({"schema_version": "1", "correlation_id": hostile("result"), "status": "succeeded",
+        "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z", "summary": {"requested": 0},
+        "devices": []});
+    let status_doc = serde_json::json!({"correlation_id": hostile("status"), "checked_at": "2026-01-01T00:01:00Z",
+        "summary": {"devices": 0}, "devices": []});
+    std::fs::write(&result, result_doc.to_string()).unwrap();
+    std::fs::write(&status, status_doc.to_string()).unwrap();
+    let made = make_report(&sim, &result, Some(&status), &page).await;
+    assert_eq!(made.status.code(), Some(0), "{}", String::from_utf8_lossy(&made.stderr));
+    let stderr = String::from_utf8(made.stderr).unwrap();
+    assert!(
+        stderr.contains("the status document is about another run"),
+        "the warning names both runs: {stderr}"
+    );
+    let acting: Vec<char> = stderr
+        .chars()
+        .filter(|c| (c.is_control() && *c != '\n') || *c == '\u{202E}')
+        .collect();
+    assert!(acting.is_empty(), "control characters reach the terminal: {acting:?}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("error: forged")),
+        "a document forged a line: {stderr}"
+    );
+}

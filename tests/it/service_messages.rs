@@ -53,9 +53,12 @@ async fn a_part_that_tries_no_device_is_handed_on_later_each_time_and_the_run_en
         .await
         .unwrap();
     let queue = stand_in(&w);
+    // A pause the deployment honours: one longer than its longest
+    // Retry-After is cut to it when read.
     let app = w.app(AppOptions {
         work_queue: Some(queue.clone()),
         state_table: Some(table),
+        extra_env: vec![("ATTEST_MAX_RETRY_AFTER", "60s")],
         ..Default::default()
     });
     let ids = w.windows(4);

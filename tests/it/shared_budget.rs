@@ -153,6 +153,164 @@ async fn an_unreadable_budget_item_stops_writes_until_it_is_valid_again() {
     assert_eq!(budget.unreadable_reads(), 1, "read once, then valid");
 }
 
+/// Writes a budget item as anyone with write access to the table could.
+async fn forge_budget_item(w: &World, table: &str, version: &str, state: Value) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    w.aws
+        .dynamodb
+        .put_item()
+        .table_name(table)
+        .item("pk", AttributeValue::S(write_key()))
+        .item("sk", AttributeValue::S("budget".into()))
+        .item("version", AttributeValue::N(version.into()))
+        .item("state", AttributeValue::S(state.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn budget_item_state(w: &World, table: &str) -> (String, Value) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let item = w
+        .aws
+        .dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(write_key()))
+        .key("sk", AttributeValue::S("budget".into()))
+        .send()
+        .await
+        .unwrap();
+    let item = item.item().unwrap();
+    (
+        item["version"].as_n().unwrap().clone(),
+        serde_json::from_str(item["state"].as_s().unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_forged_budget_item_pauses_no_longer_than_the_longest_retry_after_and_is_repaired() {
+    let w = world(attestable_fleet(1)).await;
+    let table = w.aws.state_table("budget-forged").await;
+    let budget = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
+    let max_pause = WINDOW * 2;
+    let rules = BudgetRules::new(BUDGET as u32, WINDOW).with_max_pause(max_pause);
+    let ask = |latest: SystemTime| Ask {
+        n: 19,
+        hold: WINDOW,
+        not_before: SystemTime::now(),
+        latest_start: latest,
+        spare: false,
+    };
+    let year_9999 = 253_402_300_799_000u64;
+    // Paused until the year 9999, with a lease to then holding every permit.
+    forge_budget_item(
+        &w,
+        &table,
+        "7",
+        json!({"leases": [{"id": "x", "n": u32::MAX, "start": 0, "until": year_9999, "holder": "f"}],
+               "paused_until": year_9999, "ceiling": null, "cut_at": 0}),
+    )
+    .await;
+    let asked = SystemTime::now();
+    let got = budget.acquire(&write_key(), ask(asked), rules).await.unwrap();
+    let Acquired::WaitUntil(at) = got else {
+        panic!("a paused budget granted permits: {got:?}");
+    };
+    assert!(
+        at <= asked + WINDOW * 9 + Duration::from_millis(200),
+        "asked to wait {:?}, past the pause and lease bounds",
+        at.duration_since(asked)
+    );
+    // Written back within bounds, at the next version.
+    let (version, state) = budget_item_state(&w, &table).await;
+    assert_eq!(version, "8");
+    assert!(state["paused_until"].as_u64().unwrap() < year_9999, "{state}");
+    assert!(state["leases"][0]["until"].as_u64().unwrap() < year_9999, "{state}");
+
+    // A version no instance writes (beyond u64) is replaced by a pause,
+    // not a store error every grant.
+    forge_budget_item(
+        &w,
+        &table,
+        "18446744073709551616000",
+        json!({"leases": [], "paused_until": year_9999, "ceiling": null, "cut_at": 0}),
+    )
+    .await;
+    let fresh = DynamoBudget::new(w.aws.dynamodb.clone(), table.clone());
+    let asked = SystemTime::now();
+    let got = fresh.acquire(&write_key(), ask(asked), rules).await.unwrap();
+    let Acquired::WaitUntil(at) = got else {
+        panic!("a foreign item granted permits: {got:?}");
+    };
+    assert!(
+        at <= asked + WINDOW * 3,
+        "the unreadable item's pause: {:?}",
+        at.duration_since(asked)
+    );
+    assert_eq!(fresh.unreadable_reads(), 1);
+    let (version, state) = budget_item_state(&w, &table).await;
+    assert_eq!(version, "1", "replaced at a version the service writes");
+    assert!(state["paused_until"].as_u64().unwrap() < year_9999, "{state}");
+    let got = fresh
+        .acquire(&write_key(), ask(SystemTime::now() + WINDOW * 4), rules)
+        .await
+        .unwrap();
+    assert!(matches!(got, Acquired::Granted(_)), "the budget recovers: {got:?}");
+}
+
+/// Writes one row of the "platform limits" part of the fault matrix (as
+/// `tests/it/platform_limits.rs` does).
+fn record(limit: &str, devices: usize, lost: usize, duplicated: usize) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../platform-limits");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!(
+        "{}.row",
+        limit.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    ));
+    let _ = std::fs::write(file, format!("| {limit} | {devices} | {lost} | {duplicated} |\n"));
+}
+
+#[tokio::test]
+async fn a_run_on_a_forged_budget_item_waits_a_bounded_pause_and_initiates_every_device_once() {
+    let w = world(attestable_fleet(40)).await;
+    let table = w.aws.state_table("budget-forged-run").await;
+    let year_9999 = 253_402_300_799_000u64;
+    // Paused until the year 9999, and 5,200 leases no budget holds.
+    let leases: Vec<Value> = (0..5_200)
+        .map(|i| json!({"id": format!("f{i}"), "n": 1, "start": 0, "until": year_9999, "holder": "f"}))
+        .collect();
+    forge_budget_item(
+        &w,
+        &table,
+        "3",
+        json!({"leases": leases, "paused_until": year_9999, "ceiling": null, "cut_at": 0}),
+    )
+    .await;
+    let app = w.app(AppOptions {
+        state_table: Some(table.clone()),
+        ..Default::default()
+    });
+    let out = app
+        .handle(
+            json!({"managed_device_ids": w.all_ids(), "validate_device_exists": false, "timeouts": {"invoke": "20s"}}),
+            ctx("forged-run", 60),
+        )
+        .await
+        .unwrap();
+    let ledger = w.sim.ledger_counts();
+    let lost = 40usize.saturating_sub(ledger.len());
+    let duplicated = ledger.values().filter(|&&n| n > 1).count();
+    record(
+        "shared budget item forged (paused until 9999, 5,200 leases)",
+        40,
+        lost,
+        duplicated,
+    );
+    assert_eq!(out["summary"]["initiated"], 40, "{}", out["summary"]);
+    assert_eq!((lost, duplicated), (0, 0));
+}
+
 #[tokio::test]
 async fn a_dead_instances_leases_come_back_within_a_window() {
     let w = world(attestable_fleet(100)).await;

@@ -227,3 +227,146 @@ async fn a_cancelled_run_gives_its_claim_back_so_another_instance_runs_the_retry
     let ledger = w.sim.ledger_counts();
     assert_eq!(ledger.len(), 400, "every device initiated");
 }
+
+/// Writes an item to the state table as anyone with write access could.
+async fn forge(w: &World, table: &str, pk: &str, sk: &str, attrs: &[(&str, aws_sdk_dynamodb::types::AttributeValue)]) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut put = w
+        .aws
+        .dynamodb
+        .put_item()
+        .table_name(table)
+        .item("pk", AttributeValue::S(pk.into()))
+        .item("sk", AttributeValue::S(sk.into()));
+    for (k, v) in attrs {
+        put = put.item(*k, v.clone());
+    }
+    put.send().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_kept_result_for_a_predictable_request_is_not_published_and_the_request_runs() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use sha2::{Digest, Sha256};
+    let w = world(attestable_fleet(12)).await;
+    let table = w.aws.state_table("state-forged-kept").await;
+    let ids = w.all_ids();
+    let body = json!({"managed_device_ids": &ids[..10], "validate_device_exists": false,
+                      "correlation_id": "incident-7"})
+    .to_string();
+    // The request's key is a digest of its caller (none, from a queue) and
+    // its payload: anyone can work it out.
+    let req =
+        intune_attest::core::request::AttestationRequest::from_slice(body.as_bytes(), Default::default()).unwrap();
+    let mut digest = Sha256::new();
+    digest.update(b"\n");
+    digest.update(req.to_payload().to_json().unwrap().as_bytes());
+    let key = format!("request#{}", hex::encode(digest.finalize()));
+    // A "succeeded" document for two devices the request never named.
+    let forged = json!({"schema_version": "1", "correlation_id": "incident-7", "status": "succeeded",
+        "failed": false, "dry_run": false, "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
+        "summary": {"requested": 2, "initiated": 2}, "warnings": [], "stats": {},
+        "devices": [{"device_id": ids[10], "kind": "managed", "outcome": "initiated"},
+                    {"device_id": ids[11], "kind": "managed", "outcome": "initiated"}]});
+    let expires = AttributeValue::N((now() + 3600).to_string());
+    forge(
+        &w,
+        &table,
+        &key,
+        "state",
+        &[
+            ("state", AttributeValue::S("done".into())),
+            ("owner", AttributeValue::S("forger".into())),
+            ("chunks", AttributeValue::N("1".into())),
+            ("expires_at", expires.clone()),
+        ],
+    )
+    .await;
+    forge(
+        &w,
+        &table,
+        &key,
+        "result#0000",
+        &[("data", AttributeValue::S(forged.to_string())), ("expires_at", expires)],
+    )
+    .await;
+    let app = w.app(AppOptions {
+        bus: "forged-bus",
+        ..shared(&table)
+    });
+    let events = w.aws.bus_into_queue("forged-bus").await;
+    let answer = app
+        .handle(sqs_event(&[("m-forged", body)]), ctx("f-1", 60))
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    // The request ran its own ten devices; nothing was said of the others.
+    let ledger = w.sim.ledger_counts();
+    assert_eq!(ledger.len(), 10, "the request's devices ran: {ledger:?}");
+    let published: Vec<serde_json::Value> = w
+        .aws
+        .drain(&events)
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let results: Vec<&serde_json::Value> = published
+        .iter()
+        .filter(|e| e["detail-type"] == "Device Attestation Result")
+        .collect();
+    assert_eq!(results.len(), 1, "{published:?}");
+    assert_eq!(results[0]["detail"]["summary"]["initiated"], 10);
+    assert!(
+        !results[0].to_string().contains(&ids[10]),
+        "the forged document was published"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_results_part_count_is_bounded_and_only_its_own_parts_are_read() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let w = world(attestable_fleet(1)).await;
+    let table = w.aws.state_table("state-kept-parts").await;
+    let store = DynamoStore::new(w.aws.dynamodb.clone(), table.clone());
+    let later = SystemTime::now() + Duration::from_secs(60);
+    let expires = AttributeValue::N((now() + 3600).to_string());
+    let done = |chunks: &str| {
+        vec![
+            ("state", AttributeValue::S("done".into())),
+            ("owner", AttributeValue::S("a".into())),
+            ("chunks", AttributeValue::N(chunks.into())),
+            ("expires_at", expires.clone()),
+        ]
+    };
+    // One part, and more `result#` items beside it that are not its parts.
+    forge(&w, &table, "delivery#parts", "state", &done("1")).await;
+    forge(
+        &w,
+        &table,
+        "delivery#parts",
+        "result#0000",
+        &[("data", AttributeValue::S("{\"kept\": 1}".into()))],
+    )
+    .await;
+    let filler = "x".repeat(300 * 1024);
+    for i in 1..4 {
+        forge(
+            &w,
+            &table,
+            "delivery#parts",
+            &format!("result#{i:04}"),
+            &[("data", AttributeValue::S(filler.clone()))],
+        )
+        .await;
+    }
+    assert_eq!(
+        store.claim("delivery#parts", "b", later).await.unwrap(),
+        Claim::Done {
+            undelivered: Some("{\"kept\": 1}".into())
+        }
+    );
+    // A count no result needs is refused before a part is read.
+    forge(&w, &table, "delivery#many", "state", &done("1000000")).await;
+    let err = store.claim("delivery#many", "b", later).await.unwrap_err();
+    assert!(err.to_string().contains("part count"), "{err}");
+}

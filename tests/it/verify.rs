@@ -487,3 +487,37 @@ async fn a_status_answer_stays_under_what_step_functions_keeps() {
         truncated["devices_listed"].as_u64().unwrap()
     );
 }
+
+#[tokio::test]
+async fn the_interval_between_checks_grows_with_the_number_of_devices() {
+    let w = world(fleet()).await;
+    let queue = stand_in(&w);
+    // 40 reads a (one-second) window: a quarter of it is 10 reads a
+    // second, so 29 devices are checked no closer than 2.9 s apart.
+    let app = w.app(AppOptions {
+        work_queue: Some(queue.clone()),
+        extra_env: vec![("ATTEST_READ_BUDGET", "40")],
+        ..Default::default()
+    });
+    let ids = mixed(&w);
+    let payload = json!({"managed_device_ids": ids, "validate_device_exists": false,
+                         "verify": {"after": "1s", "until": "30s"}, "correlation_id": "verify-floor"});
+    let result = app.handle(payload, ctx("v-f", 60)).await.unwrap();
+    assert_eq!(result["verification"]["devices"], 29, "{result}");
+    let warned = result["warnings"].as_array().unwrap();
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("verify.after raised from 1s to 2s 900ms")),
+        "{warned:?}"
+    );
+    let sent = queue.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        (Duration::from_millis(2400)..=Duration::from_millis(2900)).contains(&sent[0].1),
+        "the first check waits the floor, not `after`: {:?}",
+        sent[0].1
+    );
+    // The check carries the interval in force, for every check after it.
+    assert_ne!(payload_of(&sent[0].0)["verify"]["after"], "1s", "{}", sent[0].0);
+}

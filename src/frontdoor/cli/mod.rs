@@ -241,6 +241,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if let Some(plan) = plan.filter(|_| !interrupted) {
+                let reads = &settings.engine.reads;
+                let (plan, raised) = plan.for_devices(result.initiated_devices().len(), reads.budget, reads.window);
+                result.warnings.extend(raised);
                 result.verdict =
                     follow::follow(client, &result, plan, started, &pacers.read_policy(&settings.engine)).await;
             }

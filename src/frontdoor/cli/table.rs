@@ -2,7 +2,11 @@
 //! (the AWS and Azure CLIs' flag). The run's status and correlation id, the
 //! counts, and one row per device that did not reach the good end; column
 //! widths follow the terminal, and colour appears only on a terminal without
-//! `NO_COLOR`.
+//! `NO_COLOR`. Every text a document carries (Graph's device names and
+//! error codes, a caller's correlation id, warnings) is shown through the
+//! same sanitiser as the CLI's error lines: bounded, and without control or
+//! bidirectional characters, so no field can move the cursor, clear the
+//! screen, set the terminal's title or forge a line.
 
 use std::io::IsTerminal;
 
@@ -11,6 +15,17 @@ use comfy_table::{Cell, Color, ContentArrangement, Table};
 
 use crate::core::outcome::{Outcome, RunResult, RunStatus};
 use crate::core::status::{ActionState, StatusDocument};
+use crate::core::text::bounded;
+
+/// The most characters of one cell; the JSON has the whole text.
+const MAX_CELL: usize = 200;
+/// The most characters of one warning line.
+const MAX_WARNING: usize = 1000;
+
+/// A document's text as a cell may show it.
+fn text(s: &str) -> String {
+    bounded(s, MAX_CELL)
+}
 
 /// The most device rows shown; the JSON lists every device.
 pub const MAX_ROWS: usize = 50;
@@ -65,7 +80,7 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
     head.set_header(vec!["status", "correlation id", "requested", "duration"]);
     head.add_row(vec![
         status_cell(r.status, r.failed),
-        Cell::new(&r.correlation_id),
+        Cell::new(text(&r.correlation_id)),
         Cell::new(r.summary.requested),
         Cell::new(format!("{:.1} s", r.stats.duration_ms as f64 / 1000.0)),
     ]);
@@ -102,12 +117,12 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
     push_devices(&mut out, &header, &others, &full, |d| {
         vec![
             d.device_id.to_string(),
-            d.device_name.clone().unwrap_or_default(),
+            text(d.device_name.as_deref().unwrap_or_default()),
             word(d.kind).unwrap_or_default(),
             d.outcome.as_str().to_owned(),
             d.reason_code.map(|c| c.as_str().to_owned()).unwrap_or_default(),
             d.http_status.map(|s| s.to_string()).unwrap_or_default(),
-            d.error_code.clone().unwrap_or_default(),
+            text(d.error_code.as_deref().unwrap_or_default()),
         ]
     });
     push_warnings(&mut out, &r.warnings);
@@ -134,7 +149,7 @@ fn push_devices<T>(out: &mut String, header: &[&str], devices: &[T], full: &str,
 /// Appends a line per warning.
 fn push_warnings(out: &mut String, warnings: &[String]) {
     for w in warnings {
-        out.push_str(&format!("warning: {w}\n"));
+        out.push_str(&format!("warning: {}\n", bounded(w, MAX_WARNING)));
     }
 }
 
@@ -148,7 +163,7 @@ pub fn checked(rows: &[(&str, String)], warnings: &[String]) -> String {
     let mut t = table();
     t.set_header(vec!["setting", "value"]);
     for (k, v) in rows {
-        t.add_row(vec![*k, v.as_str()]);
+        t.add_row(vec![text(k), text(v)]);
     }
     let mut out = format!("{t}\n");
     push_warnings(&mut out, warnings);
@@ -161,9 +176,9 @@ pub fn status(doc: &StatusDocument) -> String {
     let mut head = table();
     head.set_header(vec!["correlation id", "devices", "checked at"]);
     head.add_row(vec![
-        doc.correlation_id.clone().unwrap_or_else(|| "-".into()),
+        doc.correlation_id.as_deref().map_or_else(|| "-".into(), text),
         doc.summary.devices.to_string(),
-        doc.checked_at.clone(),
+        text(&doc.checked_at),
     ]);
     let mut states = table();
     states.set_header(doc.summary.action_states.keys().copied().collect::<Vec<_>>());
@@ -189,12 +204,12 @@ pub fn status(doc: &StatusDocument) -> String {
     push_devices(&mut out, &header, &others, "`--output json` lists every device", |d| {
         vec![
             d.device_id.to_string(),
-            d.device_name.clone().unwrap_or_default(),
+            text(d.device_name.as_deref().unwrap_or_default()),
             word(d.kind).unwrap_or_else(|| "-".into()),
             word(d.action_state).unwrap_or_else(|| "-".into()),
             word(d.attestation_status).unwrap_or_else(|| "-".into()),
-            d.action_updated_at.clone().unwrap_or_default(),
-            d.read_error.clone().unwrap_or_default(),
+            text(d.action_updated_at.as_deref().unwrap_or_default()),
+            text(d.read_error.as_deref().unwrap_or_default()),
         ]
     });
     push_warnings(&mut out, &doc.warnings);
@@ -218,6 +233,64 @@ mod tests {
         });
         let text = result(&r, None);
         assert!(text.contains("device name") && text.contains("LAB-0042"), "{text}");
+    }
+
+    /// Text a terminal would act on: escape sequences (clear the screen,
+    /// set the title), a carriage return, a forged log line, bidi overrides.
+    const HOSTILE: &str = "LAB\u{1b}[2J\u{1b}]0;owned\u{7}\r\nerror: forged line\u{202E}x";
+
+    /// No character in `out` but the table's own line breaks a terminal
+    /// would act on, and no line a field started.
+    fn assert_inert(out: &str) {
+        let acting: Vec<char> = out.chars().filter(|c| c.is_control() && *c != '\n').collect();
+        assert!(
+            acting.is_empty(),
+            "control characters reach the terminal: {acting:?}\n{out}"
+        );
+        assert!(!out.contains('\u{202E}'), "a bidi override reaches the terminal");
+        assert!(
+            !out.lines().any(|l| l.starts_with("error: forged")),
+            "a field forged a line: {out}"
+        );
+        assert!(out.contains("LAB"), "the text is kept, cleaned: {out}");
+    }
+
+    #[test]
+    fn document_text_reaches_the_terminal_without_control_characters() {
+        use crate::core::device::{DeviceId, DeviceKind};
+        use crate::core::outcome::{DeviceResult, RunRecord};
+        use crate::core::status::{DeviceStatus, StatusSummary};
+        let id = DeviceId::parse("00000000-0000-4000-8000-000000000001").unwrap_or_else(|| unreachable!());
+        let doc = StatusDocument {
+            schema_version: "1",
+            correlation_id: Some(HOSTILE.into()),
+            checked_at: HOSTILE.into(),
+            summary: StatusSummary::default(),
+            warnings: vec![HOSTILE.into()],
+            devices: vec![DeviceStatus {
+                device_id: id,
+                kind: DeviceKind::Managed,
+                device_name: Some(HOSTILE.into()),
+                action_state: Some(ActionState::Pending),
+                action_started_at: None,
+                action_updated_at: Some(HOSTILE.into()),
+                attestation_status: None,
+                read_error: Some(HOSTILE.into()),
+            }],
+        };
+        assert_inert(&status(&doc));
+
+        let mut d = DeviceResult::new(id, DeviceKind::Managed, Outcome::Failed);
+        d.device_name = Some(HOSTILE.into());
+        d.error_code = Some(HOSTILE.into());
+        let mut r = RunResult::new(RunRecord {
+            correlation_id: HOSTILE.into(),
+            devices: vec![d],
+            ..Default::default()
+        });
+        r.warnings.push(HOSTILE.into());
+        assert_inert(&result(&r, None));
+        assert_inert(&checked(&[("correlation_id", HOSTILE.into())], &[HOSTILE.into()]));
     }
 
     #[test]
