@@ -88,6 +88,9 @@ pub enum RunError {
     /// Selecting devices by filter failed or selected too many.
     #[error("device_filter: {0}")]
     Selection(String),
+    /// A deployment setting is wrong; the message names it.
+    #[error("{0}")]
+    Configuration(String),
 }
 
 impl From<GatewayError> for RunError {
@@ -95,6 +98,7 @@ impl From<GatewayError> for RunError {
         match e {
             GatewayError::Credentials(m) => RunError::Credentials(format!("credentials refused: {m}")),
             GatewayError::Unavailable(m) => RunError::Unavailable(format!("Graph unavailable: {m}")),
+            GatewayError::Configuration(m) => RunError::Configuration(m),
             e @ (GatewayError::Refused(_) | GatewayError::TooManyDevices { .. }) => RunError::Selection(e.to_string()),
         }
     }
@@ -392,6 +396,9 @@ impl<G: DeviceGateway> Engine<G> {
         ));
         self.drive(&req, &run, &devices).await;
         drop(ticker);
+        if let Some(m) = self.gateway.configuration_error() {
+            return Err(RunError::Configuration(m));
+        }
 
         let stats_after = self.gateway.stats();
         let result = RunResult::new(RunRecord {

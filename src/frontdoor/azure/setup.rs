@@ -9,7 +9,8 @@ use secrecy::SecretString;
 use super::envelope::function_timeout;
 use super::{AzureApp, router};
 use crate::config::Settings;
-use crate::credentials::{EnvCredentials, StaticSecrets, checked_webhook_secrets};
+use crate::credentials::federation::FederationContext;
+use crate::credentials::{EnvCredentials, StaticSecrets, check_federation_settings, checked_webhook_secrets};
 use crate::frontdoor::HostError;
 use crate::service::{AttestService, SweepSettings, WebhookAuth};
 
@@ -18,6 +19,9 @@ use crate::service::{AttestService, SweepSettings, WebhookAuth};
 /// function-key authentication.
 pub fn build_service(get: impl Fn(&str) -> Option<String>) -> Result<AttestService, String> {
     let settings = Settings::from_env(&get).map_err(|e| e.0)?;
+    // Settings that select federation are checked now, not at the first
+    // request.
+    check_federation_settings(&get, &FederationContext::default()).map_err(|e| e.0)?;
     let sweep = SweepSettings::from_env(&get)?;
     let auth = match get("ATTEST_WEBHOOK_SECRETS") {
         Some(s) => {
@@ -39,11 +43,15 @@ pub fn build_service(get: impl Fn(&str) -> Option<String>) -> Result<AttestServi
         iam: false,
         host: true,
     };
-    Ok(
-        AttestService::new(settings, Arc::new(EnvCredentials), None, None, Duration::from_secs(300))
-            .with_webhook_auth(auth)
-            .with_sweep(sweep),
+    Ok(AttestService::new(
+        settings,
+        Arc::new(EnvCredentials::default()),
+        None,
+        None,
+        Duration::from_secs(300),
     )
+    .with_webhook_auth(auth)
+    .with_sweep(sweep))
 }
 
 /// Serves the custom-handler protocol on `FUNCTIONS_CUSTOMHANDLER_PORT`.
