@@ -184,6 +184,9 @@ pub struct SimConfig {
     /// The `expires_in` the token endpoint answers instead of the lifetime
     /// (any JSON: tests of token endpoints that answer odd values).
     pub token_expires_in: Option<serde_json::Value>,
+    /// The `refresh_in` the token endpoint answers (Entra sends it for
+    /// long-lived tokens); none by default.
+    pub token_refresh_in: Option<u64>,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
     /// How the device list treats `$filter`.
@@ -237,6 +240,7 @@ impl Default for SimConfig {
             retry_after: RetryAfterForm::Decimal,
             token_lifetime: Duration::from_secs(3599),
             token_expires_in: None,
+            token_refresh_in: None,
             max_page: 1000,
             filter_support: FilterSupport::default(),
             action_delay: Duration::from_secs(3),

@@ -148,10 +148,11 @@ async fn issue(state: &State, path: &str, body: &[u8]) -> Answer {
         .token_expires_in
         .clone()
         .unwrap_or_else(|| json!(lifetime.as_secs()));
-    Answer::json(
-        200,
-        json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": lifetime.as_secs(), "access_token": token}),
-    )
+    let mut answer = json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": lifetime.as_secs(), "access_token": token});
+    if let Some(r) = lock(&state.cfg).token_refresh_in {
+        answer["refresh_in"] = json!(r);
+    }
+    Answer::json(200, answer)
 }
 
 fn verify_assertion(jwt: &str, public_pem: &str, thumbprint: &str, client_id: &str, token_url: &str) -> bool {
