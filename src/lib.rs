@@ -16,7 +16,9 @@
 //!   app credentials.
 //! - Ports, each beside its adapters: [`queue`] (SQS; it shares the
 //!   [`results`] port's delivery error), [`credentials`] (azure-identity
-//!   environment variables, AWS Secrets Manager), [`results`]
+//!   environment variables, AWS Secrets Manager, workload identity
+//!   federation: a token file, GitHub Actions, an Azure managed identity,
+//!   AWS STS), [`results`]
 //!   (EventBridge), [`state`] (in process, DynamoDB).
 //! - [`report`]: the HTML report of a result document.
 //! - [`telemetry`]: logging, the same on every host.

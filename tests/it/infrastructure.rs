@@ -51,7 +51,10 @@ fn a_federated_deployment_stores_and_reads_no_secret_and_its_role_signs_only_for
         vars["ATTEST_FEDERATION"]["Fn::If"],
         serde_json::json!(["UseFederation", "aws", {"Ref": "AWS::NoValue"}])
     );
-    for (var, param) in [("AZURE_TENANT_ID", "AzureTenantId"), ("AZURE_CLIENT_ID", "AzureClientId")] {
+    for (var, param) in [
+        ("AZURE_TENANT_ID", "AzureTenantId"),
+        ("AZURE_CLIENT_ID", "AzureClientId"),
+    ] {
         assert_eq!(vars[var]["Fn::If"][0], "UseFederation");
         assert_eq!(vars[var]["Fn::If"][1]["Ref"], param);
     }
@@ -105,7 +108,10 @@ fn a_federated_deployment_stores_and_reads_no_secret_and_its_role_signs_only_for
         serde_json::json!(["AttestFunctionRole", "Arn"])
     );
     let rules = t["Rules"].to_string();
-    assert!(rules.contains("AzureTenantId") && rules.contains("AzureClientId"), "{rules}");
+    assert!(
+        rules.contains("AzureTenantId") && rules.contains("AzureClientId"),
+        "{rules}"
+    );
 }
 
 /// Every resource in a policy statement: named resources only, never `*`.
@@ -453,4 +459,9 @@ fn the_azure_function_app_matches_the_handler() {
     };
     assert_eq!(setting("WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT"), Some("1".into()));
     assert_eq!(setting("FUNCTIONS_WORKER_RUNTIME"), Some("Custom".into()));
+    // Secretless: the user-assigned identity's token is the credential.
+    assert_eq!(setting("ATTEST_FEDERATION"), Some("managed_identity".into()));
+    assert!(setting("ATTEST_MANAGED_IDENTITY_CLIENT_ID").is_some());
+    assert_eq!(setting("AZURE_CLIENT_SECRET"), None);
+    assert!(!settings.to_string().contains("KeyVault"));
 }
