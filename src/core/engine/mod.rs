@@ -396,8 +396,9 @@ impl<G: DeviceGateway> Engine<G> {
         ));
         self.drive(&req, &run, &devices).await;
         drop(ticker);
-        if let Some(m) = self.gateway.configuration_error() {
-            return Err(RunError::Configuration(m));
+        let misconfigured = self.gateway.configuration_error();
+        if let Some(m) = &misconfigured {
+            warnings.push(format!("the run stopped on a configuration error: {m}"));
         }
 
         let stats_after = self.gateway.stats();
@@ -428,6 +429,14 @@ impl<G: DeviceGateway> Engine<G> {
             }),
             devices: run.outcomes(&devices),
         });
+        // A deployment error that left nothing initiated is the run's
+        // answer; once devices were initiated, the result says what
+        // happened to each, with the error among its warnings.
+        if let Some(m) = misconfigured
+            && result.summary.initiated == 0
+        {
+            return Err(RunError::Configuration(m));
+        }
         log_finished(&result);
         Ok(result)
     }
