@@ -264,22 +264,26 @@ fn is_guid(s: &str) -> bool {
         })
 }
 
-/// An issuer URL: https, or http on the loopback interface only (where the
-/// Functions host and test stand-ins serve).
+/// An issuer URL: https, or http on the loopback interface or a link-local
+/// address only (where hosts serve their identity endpoints).
 fn issuer_url(setting: &'static str, raw: &str) -> Result<url::Url, FederationError> {
     let bad = |what: &str| FederationError::Configuration {
         setting,
         what: what.to_owned(),
     };
     let url = url::Url::parse(raw).map_err(|_| bad("is not a URL"))?;
+    // The Functions host serves its identity endpoint on the loopback
+    // interface; some hosts use a link-local address.
     let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
     };
     if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-        return Err(bad("must use https (http only on the loopback interface)"));
+        return Err(bad(
+            "must use https (http only on the loopback interface or a link-local address)",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("must not carry credentials"));
