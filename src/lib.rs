@@ -17,8 +17,9 @@
 //! - Ports, each beside its adapters: [`queue`] (SQS, Azure Storage
 //!   queues; it shares the [`results`] port's delivery error),
 //!   [`credentials`] (azure-identity environment variables, AWS Secrets
-//!   Manager), [`results`] (EventBridge), [`state`] (in process, DynamoDB,
-//!   an Azure Storage blob container).
+//!   Manager, workload identity federation: a token file, GitHub Actions,
+//!   an Azure managed identity, AWS STS), [`results`] (EventBridge),
+//!   [`state`] (in process, DynamoDB, an Azure Storage blob container).
 //! - [`azure_storage`]: the Azure Storage account both Azure adapters use
 //!   (service URLs from the host's settings, a SAS used as is or the
 //!   managed identity, errors with the SAS left out).

@@ -2,7 +2,9 @@
 //! makes, served over real HTTP on 127.0.0.1.
 //!
 //! It follows the real contract: the client-credentials token endpoint
-//! (secrets and certificate assertions), the managed-device GET with
+//! (secrets, certificate assertions, and federated credentials: an
+//! external issuer's RS256 token matched on issuer, subject and audience),
+//! the managed-device GET with
 //! `$select`, the list with `$filter`/`$top`/`@odata.nextLink`, both
 //! attestation routes (short and `microsoft.graph.`-qualified), and `$batch`
 //! with its limits. Intune's throttling windows apply, time-scaled, with
@@ -56,6 +58,43 @@ pub struct AppRegistration {
     pub certificate: Option<(String, String)>,
     /// Whether it holds the permission to run device actions.
     pub can_write: bool,
+    /// Its federated identity credentials: external tokens it accepts
+    /// instead of a secret.
+    pub federated: Vec<FederatedCredential>,
+}
+
+impl Default for AppRegistration {
+    fn default() -> Self {
+        Self {
+            client_id: CLIENT_ID.into(),
+            secret: None,
+            certificate: None,
+            can_write: true,
+            federated: Vec::new(),
+        }
+    }
+}
+
+/// A federated identity credential, as an app registration holds it:
+/// Entra matches each exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatedCredential {
+    /// The external issuer (`iss`).
+    pub issuer: String,
+    /// The subject (`sub`).
+    pub subject: String,
+    /// The audience (`aud`), `api://AzureADTokenExchange` in the global cloud.
+    pub audience: String,
+}
+
+/// An external issuer the directory trusts, with its signing keys.
+#[derive(Clone, Debug)]
+pub struct TrustedIssuer {
+    /// The issuer (`iss`) exactly as its tokens carry it.
+    pub issuer: String,
+    /// Its RSA public keys (PEM, `PUBLIC KEY`); an assertion verifies
+    /// against one of them with RS256.
+    pub public_keys_pem: Vec<String>,
 }
 
 /// Faults to inject. Rates are probabilities per request (or item).
@@ -89,6 +128,9 @@ pub struct Faults {
     pub token_delay_ms: u64,
     /// The token endpoint refuses every client with `invalid_client`.
     pub token_invalid_client: bool,
+    /// Graph refuses every token as issued for another cloud (401
+    /// `InvalidAuthenticationToken`, "Invalid audience").
+    pub invalid_audience: bool,
 }
 
 /// The `managedDevice` properties Graph's generated model documentation
@@ -123,6 +165,8 @@ pub struct SimConfig {
     pub tenant_id: String,
     /// Registered apps.
     pub apps: Vec<AppRegistration>,
+    /// External issuers whose tokens federated credentials may accept.
+    pub issuers: Vec<TrustedIssuer>,
     /// The fleet.
     pub fleet: FleetSpec,
     /// Throttling limits per window; `None` turns throttling off.
@@ -140,6 +184,9 @@ pub struct SimConfig {
     /// The `expires_in` the token endpoint answers instead of the lifetime
     /// (any JSON: tests of token endpoints that answer odd values).
     pub token_expires_in: Option<serde_json::Value>,
+    /// The `refresh_in` the token endpoint answers (Entra sends it for
+    /// long-lived tokens); none by default.
+    pub token_refresh_in: Option<u64>,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
     /// How the device list treats `$filter`.
@@ -181,11 +228,10 @@ impl Default for SimConfig {
         Self {
             tenant_id: TENANT_ID.into(),
             apps: vec![AppRegistration {
-                client_id: CLIENT_ID.into(),
                 secret: Some(CLIENT_SECRET.into()),
-                certificate: None,
-                can_write: true,
+                ..AppRegistration::default()
             }],
+            issuers: Vec::new(),
             fleet: FleetSpec::default(),
             limits: Some(Limits::default()),
             window: Duration::from_secs(20),
@@ -194,6 +240,7 @@ impl Default for SimConfig {
             retry_after: RetryAfterForm::Decimal,
             token_lifetime: Duration::from_secs(3599),
             token_expires_in: None,
+            token_refresh_in: None,
             max_page: 1000,
             filter_support: FilterSupport::default(),
             action_delay: Duration::from_secs(3),
@@ -226,6 +273,10 @@ pub struct SimStats {
     pub http_requests: u64,
     /// Token requests.
     pub token_requests: u64,
+    /// Tokens issued for a federated credential's assertion.
+    pub federated_tokens: u64,
+    /// Token requests refused (any reason).
+    pub token_refusals: u64,
     /// `$batch` calls.
     pub batches: u64,
     /// Items inside batches.

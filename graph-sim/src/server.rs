@@ -91,6 +91,10 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     let Some(rel) = path.strip_prefix("/beta") else {
         return Answer::error(400, "BadRequest", "Invalid version: expected /beta").into_response();
     };
+    if lock(&state.cfg).faults.invalid_audience {
+        lock(&state.stats).unauthorized += 1;
+        return Answer::error(401, "InvalidAuthenticationToken", "Invalid audience.").into_response();
+    }
     let Some(app) = authorise(&state, &parts.headers) else {
         lock(&state.stats).unauthorized += 1;
         return Answer::error(

@@ -1,4 +1,6 @@
-//! The Entra ID token endpoint: client secrets and certificate assertions.
+//! The Entra ID token endpoint: client secrets, certificate assertions, and
+//! federated credentials (an external issuer's token, verified against that
+//! issuer's keys and matched exactly on issuer, subject and audience).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,12 +22,21 @@ fn aad_error(status: u16, error: &str, code: u32, description: &str) -> Answer {
 
 pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
     lock(&state.stats).token_requests += 1;
-    let (faults, tenant, apps, lifetime) = {
+    let answer = issue(state, path, body).await;
+    if answer.status != 200 {
+        lock(&state.stats).token_refusals += 1;
+    }
+    answer
+}
+
+async fn issue(state: &State, path: &str, body: &[u8]) -> Answer {
+    let (faults, tenant, apps, issuers, lifetime) = {
         let cfg = lock(&state.cfg);
         (
             cfg.faults.clone(),
             cfg.tenant_id.clone(),
             cfg.apps.clone(),
+            cfg.issuers.clone(),
             cfg.token_lifetime,
         )
     };
@@ -73,15 +84,37 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
     if faults.token_invalid_client {
         return aad_error(401, "invalid_client", 7000215, "Invalid client secret provided.");
     }
+    if form.contains_key("client_secret") && form.contains_key("client_assertion") {
+        return aad_error(
+            400,
+            "invalid_request",
+            90014,
+            "A request may carry either a client secret or a client assertion, not both.",
+        );
+    }
+    let mut federated = false;
     let ok = if let Some(secret) = form.get("client_secret") {
         app.secret.as_deref() == Some(secret.as_str())
     } else if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return aad_error(400, "invalid_request", 50027, "Invalid client_assertion_type.");
+        }
         let token_url = format!("{}{}", state.base_url, path);
-        match &app.certificate {
-            Some((public_pem, thumbprint)) => {
-                verify_assertion(assertion, public_pem, thumbprint, &client_id, &token_url)
+        if unverified_issuer(assertion).as_deref() == Some(client_id.as_str()) {
+            match &app.certificate {
+                Some((public_pem, thumbprint)) => {
+                    verify_assertion(assertion, public_pem, thumbprint, &client_id, &token_url)
+                }
+                None => false,
             }
-            None => false,
+        } else {
+            if let Err((code, why)) = verify_federated(assertion, &app.federated, &issuers) {
+                return aad_error(400, "invalid_client", code, why);
+            }
+            federated = true;
+            true
         }
     } else {
         false
@@ -108,14 +141,18 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
             generation,
         },
     );
+    if federated {
+        lock(&state.stats).federated_tokens += 1;
+    }
     let expires_in = lock(&state.cfg)
         .token_expires_in
         .clone()
         .unwrap_or_else(|| json!(lifetime.as_secs()));
-    Answer::json(
-        200,
-        json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": lifetime.as_secs(), "access_token": token}),
-    )
+    let mut answer = json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": lifetime.as_secs(), "access_token": token});
+    if let Some(r) = lock(&state.cfg).token_refresh_in {
+        answer["refresh_in"] = json!(r);
+    }
+    Answer::json(200, answer)
 }
 
 fn verify_assertion(jwt: &str, public_pem: &str, thumbprint: &str, client_id: &str, token_url: &str) -> bool {
@@ -148,4 +185,94 @@ fn verify_assertion(jwt: &str, public_pem: &str, thumbprint: &str, client_id: &s
         Ok(data) => data.claims.iss == client_id && data.claims.sub == client_id,
         Err(_) => false,
     }
+}
+
+/// The `iss` claim of a JWT, read without verifying anything (to tell a
+/// certificate assertion, issued by the app itself, from an external one).
+fn unverified_issuer(jwt: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// Checks an external assertion as Entra does for a federated credential:
+/// RS256 only, signed by one of its issuer's keys, within its time range
+/// (no leeway), and issuer, subject and audience equal to one of the app's
+/// federated credentials. The error is an AADSTS number and its text.
+fn verify_federated(
+    jwt: &str,
+    credentials: &[crate::FederatedCredential],
+    issuers: &[crate::TrustedIssuer],
+) -> Result<(), (u32, &'static str)> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: String,
+        sub: String,
+        aud: serde_json::Value,
+    }
+    let header = jsonwebtoken::decode_header(jwt).map_err(|_| (50027, "The assertion is not a valid JWT."))?;
+    if header.alg != jsonwebtoken::Algorithm::RS256 {
+        return Err((5002738, "The assertion is not signed with RS256."));
+    }
+    let issuer = unverified_issuer(jwt).ok_or((50027, "The assertion has no issuer."))?;
+    let trusted = issuers.iter().find(|i| i.issuer == issuer).ok_or((
+        700211,
+        "No matching federated identity record found for presented assertion issuer.",
+    ))?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.leeway = 0;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let mut claims = None;
+    let mut expired = false;
+    for pem in &trusted.public_keys_pem {
+        let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()) else {
+            continue;
+        };
+        match jsonwebtoken::decode::<Claims>(jwt, &key, &validation) {
+            Ok(data) => {
+                claims = Some(data.claims);
+                break;
+            }
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => expired = true,
+            Err(_) => {}
+        }
+    }
+    if expired {
+        return Err((700024, "Client assertion is not within its valid time range."));
+    }
+    let claims = claims.ok_or((
+        5002738,
+        "The assertion's signature does not verify against the issuer's keys.",
+    ))?;
+    let audiences: Vec<String> = match &claims.aud {
+        serde_json::Value::String(a) => vec![a.clone()],
+        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    let of_issuer: Vec<&crate::FederatedCredential> = credentials.iter().filter(|c| c.issuer == claims.iss).collect();
+    if of_issuer.is_empty() {
+        return Err((
+            700211,
+            "No matching federated identity record found for presented assertion issuer.",
+        ));
+    }
+    let of_subject: Vec<&&crate::FederatedCredential> = of_issuer.iter().filter(|c| c.subject == claims.sub).collect();
+    if of_subject.is_empty() {
+        return Err((
+            700213,
+            "No matching federated identity record found for presented assertion subject.",
+        ));
+    }
+    if !of_subject.iter().any(|c| audiences.contains(&c.audience)) {
+        return Err((
+            700212,
+            "No matching federated identity record found for presented assertion audience.",
+        ));
+    }
+    Ok(())
 }

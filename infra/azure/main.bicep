@@ -47,8 +47,11 @@ param tenantId string
 @description('Client id of the Intune app registration.')
 param graphClientId string
 
-@description('Key Vault secret URI of the app registration\'s client secret (a Key Vault reference); empty when the credential comes otherwise.')
+@description('Key Vault secret URI of the app registration\'s client secret (a Key Vault reference); empty (the default) for no secret at all: the function app signs in to Graph with its user-assigned identity as a federated credential of the app registration.')
 param clientSecretUri string = ''
+
+@description('Whether the attest-sweep timer sweeps (SWEEP_ENABLED); its ticks are refused otherwise.')
+param sweepEnabled bool = false
 
 @description('Name of the Key Vault (in this resource group) holding that secret; empty when no secret is used.')
 param keyVaultName string = ''
@@ -283,7 +286,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: [
+      appSettings: concat([
         {
           name: 'AzureWebJobsStorage__accountName'
           value: storage.name
@@ -321,10 +324,24 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           value: graphClientId
         }
         {
-          name: 'AZURE_CLIENT_SECRET'
-          value: empty(clientSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${clientSecretUri})'
+          name: 'SWEEP_ENABLED'
+          value: string(sweepEnabled)
         }
-      ]
+      ], empty(clientSecretUri) ? [
+        {
+          name: 'ATTEST_FEDERATION'
+          value: 'managed_identity'
+        }
+        {
+          name: 'ATTEST_MANAGED_IDENTITY_CLIENT_ID'
+          value: identity.properties.clientId
+        }
+      ] : [
+        {
+          name: 'AZURE_CLIENT_SECRET'
+          value: '@Microsoft.KeyVault(SecretUri=${clientSecretUri})'
+        }
+      ])
     }
   }
   dependsOn: [

@@ -199,6 +199,10 @@ pub enum GatewayError {
     /// Graph refused a read that selection needs.
     #[error("Graph refused the request: {0}")]
     Refused(String),
+    /// A deployment setting is wrong (a federated issuer not set up, a
+    /// token for another cloud): no retry can help.
+    #[error("{0}")]
+    Configuration(String),
     /// A filter selected more devices than a request may hold.
     #[error("the filter selects more than {limit} devices")]
     TooManyDevices {
@@ -249,4 +253,11 @@ pub trait DeviceGateway: Send + Sync + 'static {
 
     /// Traffic so far.
     fn stats(&self) -> GatewayStats;
+
+    /// A configuration error the gateway met during calls (Graph refused
+    /// its token as issued for another cloud): the run that met it ends
+    /// with it instead of a result.
+    fn configuration_error(&self) -> Option<String> {
+        None
+    }
 }

@@ -1,26 +1,88 @@
 //! Entra ID app credentials and where they come from: the
 //! [`CredentialSource`] port, the azure-identity environment variables
-//! ([`EnvCredentials`]) and AWS Secrets Manager ([`secrets_manager`]). Secret material is
-//! held in [`secrecy`] wrappers: it never prints through `Debug` and is
-//! zeroed when dropped.
+//! ([`EnvCredentials`]), AWS Secrets Manager ([`secrets_manager`]), and
+//! workload identity federation, which needs no stored secret at all
+//! ([`federation`]: a token file, GitHub Actions, an Azure managed
+//! identity; [`sts`]: AWS). Secret material is held in [`secrecy`]
+//! wrappers: it never prints through `Debug` and is zeroed when dropped.
 
+pub mod federation;
 pub mod secrets_manager;
+pub mod sts;
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::core::BoxFuture;
+use federation::{AssertionSource, FederationContext, FederationError, FederationKind};
 
 /// Why credentials could not be loaded. Messages name the source and the
 /// missing or malformed field, never a secret value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct CredentialsError(pub String);
+pub struct CredentialsError(pub String, pub CredentialsFault);
+
+/// Whose move it is when credentials cannot be loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialsFault {
+    /// The store or the stored value failed (it may be fixed or reachable
+    /// later without touching the deployment).
+    Unavailable,
+    /// A deployment setting is missing or wrong (`ConfigurationError`).
+    Configuration,
+}
+
+impl CredentialsError {
+    /// A failure of the store or of the stored value.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into(), CredentialsFault::Unavailable)
+    }
+
+    /// A deployment setting is missing or wrong.
+    pub fn configuration(message: impl Into<String>) -> Self {
+        Self(message.into(), CredentialsFault::Configuration)
+    }
+
+    /// Whether a deployment setting is at fault.
+    pub fn is_configuration(&self) -> bool {
+        self.1 == CredentialsFault::Configuration
+    }
+
+    /// The same error, said of `source` (a secret's name).
+    pub fn within(self, source: &str) -> Self {
+        Self(format!("{source}: {}", self.0), self.1)
+    }
+}
+
+impl From<FederationError> for CredentialsError {
+    fn from(e: FederationError) -> Self {
+        let text = error_chain(&e);
+        if e.is_configuration() {
+            Self::configuration(text)
+        } else {
+            Self::new(text)
+        }
+    }
+}
+
+/// An error and its sources, joined with `: ` (sources carry no secret:
+/// I/O reasons and the like).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
 
 /// A national cloud.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +114,16 @@ impl Cloud {
             Cloud::Global => "https://login.microsoftonline.com",
             Cloud::UsGov | Cloud::UsGovDod => "https://login.microsoftonline.us",
             Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The audience a federated credential's external token is issued for
+    /// in this cloud.
+    pub fn federation_audience(self) -> &'static str {
+        match self {
+            Cloud::Global => "api://AzureADTokenExchange",
+            Cloud::UsGov | Cloud::UsGovDod => "api://AzureADTokenExchangeUSGov",
+            Cloud::China => "api://AzureADTokenExchangeChina",
         }
     }
 }
@@ -108,13 +180,15 @@ pub fn checked_webhook_secrets(
     source: &str,
 ) -> Result<Vec<SecretString>, CredentialsError> {
     if secrets.is_empty() {
-        return Err(CredentialsError(format!("{source}: holds no webhook signing secret")));
+        return Err(CredentialsError::new(format!(
+            "{source}: holds no webhook signing secret"
+        )));
     }
     if let Some(i) = secrets
         .iter()
         .position(|s| s.expose_secret().len() < MIN_WEBHOOK_SECRET_BYTES)
     {
-        return Err(CredentialsError(format!(
+        return Err(CredentialsError::new(format!(
             "{source}: webhook signing secret {} is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes",
             i + 1
         )));
@@ -137,6 +211,9 @@ pub enum ClientCredential {
     Secret(SecretString),
     /// A certificate: a JWT client assertion signed with its private key.
     Certificate(ClientCertificate),
+    /// Workload identity federation: an external issuer's token, fetched
+    /// fresh for each token request.
+    Federated(Arc<dyn AssertionSource>),
 }
 
 impl fmt::Debug for ClientCredential {
@@ -146,6 +223,7 @@ impl fmt::Debug for ClientCredential {
             ClientCredential::Certificate(c) => {
                 write!(f, "Certificate(x5t#S256={})", c.thumbprint_s256)
             }
+            ClientCredential::Federated(s) => write!(f, "Federated({})", s.describe()),
         }
     }
 }
@@ -163,23 +241,23 @@ impl ClientCertificate {
     /// key PEM (which may be the same text, as in azure-identity's
     /// `AZURE_CLIENT_CERTIFICATE_PATH` files).
     pub fn from_pem(certificate_pem: &str, private_key_pem: &str) -> Result<Self, CredentialsError> {
-        let blocks = pem::parse_many(certificate_pem)
-            .map_err(|_| CredentialsError("the certificate is not valid PEM".into()))?;
+        let blocks =
+            pem::parse_many(certificate_pem).map_err(|_| CredentialsError::new("the certificate is not valid PEM"))?;
         let cert = blocks
             .iter()
             .find(|b| b.tag() == "CERTIFICATE")
-            .ok_or_else(|| CredentialsError("no CERTIFICATE block in the certificate PEM".into()))?;
+            .ok_or_else(|| CredentialsError::new("no CERTIFICATE block in the certificate PEM"))?;
         let thumbprint_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(cert.contents()));
-        let keys = pem::parse_many(private_key_pem)
-            .map_err(|_| CredentialsError("the private key is not valid PEM".into()))?;
+        let keys =
+            pem::parse_many(private_key_pem).map_err(|_| CredentialsError::new("the private key is not valid PEM"))?;
         let key = keys
             .iter()
             .find(|b| b.tag() == "PRIVATE KEY" || b.tag() == "RSA PRIVATE KEY")
-            .ok_or_else(|| CredentialsError("no PRIVATE KEY or RSA PRIVATE KEY block in the key PEM".into()))?;
+            .ok_or_else(|| CredentialsError::new("no PRIVATE KEY or RSA PRIVATE KEY block in the key PEM"))?;
         let private_key_pem = SecretString::from(pem::encode(key));
         // Check the key is usable now rather than at the first token request.
         jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.expose_secret().as_bytes())
-            .map_err(|_| CredentialsError("the private key is not an RSA key jsonwebtoken can sign with".into()))?;
+            .map_err(|_| CredentialsError::new("the private key is not an RSA key jsonwebtoken can sign with"))?;
         Ok(Self {
             thumbprint_s256,
             private_key_pem,
@@ -206,31 +284,72 @@ impl AppCredentials {
     /// Reads azure-identity's environment variables: `AZURE_TENANT_ID`,
     /// `AZURE_CLIENT_ID`, and `AZURE_CLIENT_SECRET` or
     /// `AZURE_CLIENT_CERTIFICATE_PATH` (a PEM file with the certificate and
-    /// its private key).
+    /// its private key) or `AZURE_FEDERATED_TOKEN_FILE`; or, with
+    /// `ATTEST_FEDERATION`, the issuer it names (and no secret).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, CredentialsError> {
-        let need = |name: &str| {
-            get(name)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| CredentialsError(format!("{name} is not set")))
+        Self::from_env_with(get, &FederationContext::default())
+    }
+
+    /// As [`Self::from_env`], with the host's STS client for
+    /// `ATTEST_FEDERATION=aws`.
+    pub fn from_env_with(
+        get: impl Fn(&str) -> Option<String>,
+        ctx: &FederationContext,
+    ) -> Result<Self, CredentialsError> {
+        let get: &dyn Fn(&str) -> Option<String> = &get;
+        let set = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let need = |name: &str| set(name).ok_or_else(|| CredentialsError::configuration(format!("{name} is not set")));
+        let federation = match set(federation::FEDERATION_SETTING) {
+            Some(v) => Some(FederationKind::parse(&v).ok_or_else(|| {
+                CredentialsError::configuration(format!(
+                    "{}: {:?} is not an issuer; expected {}",
+                    federation::FEDERATION_SETTING,
+                    crate::core::text::bounded(&v, 40),
+                    FederationKind::VALUES
+                ))
+            })?),
+            None => None,
         };
         let tenant_id = need("AZURE_TENANT_ID")?;
         let client_id = need("AZURE_CLIENT_ID")?;
-        let credential = if let Some(secret) = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty()) {
+        let secret = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty());
+        let certificate = set("AZURE_CLIENT_CERTIFICATE_PATH");
+        let credential = if let Some(kind) = federation {
+            // A federated deployment holds no secret: one beside it is a
+            // mistake to point out, not a fallback.
+            for (name, present) in [
+                ("AZURE_CLIENT_SECRET", secret.is_some()),
+                ("AZURE_CLIENT_CERTIFICATE_PATH", certificate.is_some()),
+            ] {
+                if present {
+                    return Err(CredentialsError::configuration(format!(
+                        "{} and {name} are both set; a federated deployment holds no secret: unset {name}",
+                        federation::FEDERATION_SETTING
+                    )));
+                }
+            }
+            ClientCredential::Federated(federation::from_settings(Some(kind), get, ctx)?)
+        } else if let Some(secret) = secret {
             ClientCredential::Secret(SecretString::from(secret))
-        } else if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH").filter(|s| !s.is_empty()) {
+        } else if let Some(path) = certificate {
             let text = std::fs::read_to_string(Path::new(&path)).map_err(|e| {
-                CredentialsError(format!(
+                CredentialsError::new(format!(
                     "AZURE_CLIENT_CERTIFICATE_PATH: cannot read {path:?}: {}",
                     e.kind()
                 ))
             })?;
             let cert = ClientCertificate::from_pem(&text, &text)
-                .map_err(|e| CredentialsError(format!("AZURE_CLIENT_CERTIFICATE_PATH {path:?}: {e}")))?;
+                .map_err(|e| CredentialsError::new(format!("AZURE_CLIENT_CERTIFICATE_PATH {path:?}: {e}")))?;
             ClientCredential::Certificate(cert)
+        } else if set(federation::TOKEN_FILE_SETTING).is_some() {
+            ClientCredential::Federated(federation::from_settings(None, get, ctx)?)
         } else {
-            return Err(CredentialsError(
-                "neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set".into(),
-            ));
+            return Err(CredentialsError::configuration(format!(
+                "no credentials: set {} (or {} with {}), or AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH",
+                federation::TOKEN_FILE_SETTING,
+                federation::FEDERATION_SETTING,
+                FederationKind::VALUES
+            )));
         };
         Self::new(tenant_id, client_id, credential)
     }
@@ -238,10 +357,10 @@ impl AppCredentials {
     /// Checks the identifiers' shape (they go into the token URL and form).
     pub fn new(tenant_id: String, client_id: String, credential: ClientCredential) -> Result<Self, CredentialsError> {
         if !is_tenant(&tenant_id) {
-            return Err(CredentialsError("the tenant ID must be a GUID or a domain name".into()));
+            return Err(CredentialsError::new("the tenant ID must be a GUID or a domain name"));
         }
         if !is_tenant(&client_id) {
-            return Err(CredentialsError("the client ID must be a GUID".into()));
+            return Err(CredentialsError::new("the client ID must be a GUID"));
         }
         Ok(Self {
             tenant_id,
@@ -251,14 +370,40 @@ impl AppCredentials {
     }
 }
 
+/// Checks, at start-up, the settings of a deployment that selects
+/// federation (`ATTEST_FEDERATION` or `AZURE_FEDERATED_TOKEN_FILE`): a
+/// missing or wrong one is a configuration error naming it before any
+/// request. Other deployments are checked when their credentials load.
+pub fn check_federation_settings(
+    get: impl Fn(&str) -> Option<String>,
+    ctx: &FederationContext,
+) -> Result<(), CredentialsError> {
+    let selects = |k: &str| get(k).is_some_and(|v| !v.trim().is_empty());
+    if selects(federation::FEDERATION_SETTING) || selects(federation::TOKEN_FILE_SETTING) {
+        AppCredentials::from_env_with(&get, ctx)?;
+    }
+    Ok(())
+}
+
 /// Credentials from azure-identity's environment variables (read at each
-/// load, so a changed environment is picked up).
-pub struct EnvCredentials;
+/// load, so a changed environment is picked up), or the issuer
+/// `ATTEST_FEDERATION` names.
+#[derive(Default)]
+pub struct EnvCredentials {
+    federation: FederationContext,
+}
+
+impl EnvCredentials {
+    /// With the host's STS client for `ATTEST_FEDERATION=aws`.
+    pub fn with_federation(federation: FederationContext) -> Self {
+        Self { federation }
+    }
+}
 
 impl CredentialSource for EnvCredentials {
     fn load(&self) -> BoxFuture<'_, Result<Loaded, CredentialsError>> {
         Box::pin(async move {
-            let creds = AppCredentials::from_env(|k| std::env::var(k).ok())?;
+            let creds = AppCredentials::from_env_with(|k| std::env::var(k).ok(), &self.federation)?;
             Ok(Loaded {
                 creds,
                 cloud: None,
@@ -268,7 +413,7 @@ impl CredentialSource for EnvCredentials {
     }
 
     fn name(&self) -> String {
-        "the AZURE_* environment variables".into()
+        "the AZURE_* and ATTEST_FEDERATION environment variables".into()
     }
 }
 
@@ -276,13 +421,21 @@ impl CredentialSource for EnvCredentials {
 /// by `SECRET_ID`):
 ///
 /// ```json
+/// {"tenant_id": "...", "client_id": "...", "federation": "aws", "cloud": "global"}
 /// {"tenant_id": "...", "client_id": "...", "client_secret": "...", "cloud": "global"}
 /// {"tenant_id": "...", "client_id": "...", "certificate_pem": "-----BEGIN CERTIFICATE-----...",
 ///  "private_key_pem": "-----BEGIN PRIVATE KEY-----..."}
 /// ```
 ///
-/// Other fields are ignored. Errors name the store and the field, never a value.
-pub fn parse_stored(json: &str, source: &str) -> Result<(AppCredentials, Option<Cloud>), CredentialsError> {
+/// `federation` names an issuer instead of a secret (`aws`,
+/// `github_actions` or `managed_identity`, with the host's own settings),
+/// so a document for a further tenant need hold no secret either. Other
+/// fields are ignored. Errors name the store and the field, never a value.
+pub fn parse_stored(
+    json: &str,
+    source: &str,
+    ctx: &FederationContext,
+) -> Result<(AppCredentials, Option<Cloud>), CredentialsError> {
     #[derive(serde::Deserialize)]
     struct Stored {
         tenant_id: Option<String>,
@@ -290,40 +443,70 @@ pub fn parse_stored(json: &str, source: &str) -> Result<(AppCredentials, Option<
         client_secret: Option<SecretString>,
         certificate_pem: Option<String>,
         private_key_pem: Option<SecretString>,
+        federation: Option<String>,
         cloud: Option<String>,
     }
     let stored: Stored = serde_json::from_str(json).map_err(|_| {
-        CredentialsError(format!(
+        CredentialsError::new(format!(
             "{source}: the secret is not a JSON object of the documented shape"
         ))
     })?;
     let field = |v: Option<String>, name: &str| {
         v.filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| CredentialsError(format!("{source}: the secret has no {name}")))
+            .ok_or_else(|| CredentialsError::new(format!("{source}: the secret has no {name}")))
     };
     let tenant_id = field(stored.tenant_id, "tenant_id")?;
     let client_id = field(stored.client_id, "client_id")?;
-    let credential = match (stored.client_secret, stored.certificate_pem, stored.private_key_pem) {
-        (Some(secret), _, _) if !secret.expose_secret().is_empty() => ClientCredential::Secret(secret),
-        (_, Some(cert), Some(key)) => ClientCredential::Certificate(
+    let has_secret = stored
+        .client_secret
+        .as_ref()
+        .is_some_and(|s| !s.expose_secret().is_empty())
+        || stored.private_key_pem.is_some();
+    let credential = match (
+        stored.federation.filter(|f| !f.trim().is_empty()),
+        stored.client_secret,
+        stored.certificate_pem,
+        stored.private_key_pem,
+    ) {
+        (Some(_), ..) if has_secret => {
+            return Err(CredentialsError::configuration(format!(
+                "{source}: the secret names federation and also holds a client secret or key; \
+                 a federated tenant holds no secret"
+            )));
+        }
+        (Some(f), ..) => {
+            let kind = FederationKind::parse(&f).ok_or_else(|| {
+                CredentialsError::configuration(format!(
+                    "{source}: federation {:?} is not {}",
+                    crate::core::text::bounded(&f, 40),
+                    FederationKind::VALUES
+                ))
+            })?;
+            let host = |k: &str| std::env::var(k).ok();
+            ClientCredential::Federated(
+                federation::from_settings(Some(kind), &host, ctx)
+                    .map_err(|e| CredentialsError::from(e).within(source))?,
+            )
+        }
+        (None, Some(secret), _, _) if !secret.expose_secret().is_empty() => ClientCredential::Secret(secret),
+        (None, _, Some(cert), Some(key)) => ClientCredential::Certificate(
             ClientCertificate::from_pem(&cert, key.expose_secret())
-                .map_err(|e| CredentialsError(format!("{source}: {e}")))?,
+                .map_err(|e| CredentialsError::new(format!("{source}: {e}")))?,
         ),
         _ => {
-            return Err(CredentialsError(format!(
-                "{source}: the secret has neither client_secret nor certificate_pem with private_key_pem"
+            return Err(CredentialsError::new(format!(
+                "{source}: the secret has neither client_secret, certificate_pem with private_key_pem, nor federation"
             )));
         }
     };
-    let cloud =
-        match stored.cloud.filter(|c| !c.is_empty()) {
-            Some(c) => Some(c.parse().map_err(|_| {
-                CredentialsError(format!("{source}: cloud {c:?} is not global, usgov, usgovdod or china"))
-            })?),
-            None => None,
-        };
+    let cloud = match stored.cloud.filter(|c| !c.is_empty()) {
+        Some(c) => Some(c.parse().map_err(|_| {
+            CredentialsError::new(format!("{source}: cloud {c:?} is not global, usgov, usgovdod or china"))
+        })?),
+        None => None,
+    };
     let creds = AppCredentials::new(tenant_id, client_id, credential)
-        .map_err(|e| CredentialsError(format!("{source}: {e}")))?;
+        .map_err(|e| CredentialsError::new(format!("{source}: {e}")))?;
     Ok((creds, cloud))
 }
 
@@ -348,9 +531,11 @@ mod tests {
 
     #[test]
     fn stored_secrets_are_parsed_and_their_errors_name_the_field_only() {
+        let ctx = FederationContext::default();
         let (c, cloud) = parse_stored(
             r#"{"tenant_id": "t", "client_id": "c", "client_secret": "s3cr3t-value", "cloud": "usgov", "note": "x"}"#,
             "secret app/intune",
+            &ctx,
         )
         .unwrap();
         assert_eq!(c.client_id, "c");
@@ -358,19 +543,97 @@ mod tests {
         let err = parse_stored(
             r#"{"tenant_id": "t", "client_secret": "s3cr3t-value"}"#,
             "secret app/intune",
+            &ctx,
         )
         .unwrap_err();
         assert_eq!(err.0, "secret app/intune: the secret has no client_id");
-        let err = parse_stored(r#"{"tenant_id": "t", "client_id": "c"}"#, "secret x").unwrap_err();
+        let err = parse_stored(r#"{"tenant_id": "t", "client_id": "c"}"#, "secret x", &ctx).unwrap_err();
         assert!(err.0.contains("neither client_secret"), "{err}");
-        let err = parse_stored("s3cr3t-value", "secret x").unwrap_err();
+        let err = parse_stored("s3cr3t-value", "secret x", &ctx).unwrap_err();
         assert!(!err.0.contains("s3cr3t"), "{err}");
         let err = parse_stored(
             r#"{"tenant_id": "t", "client_id": "c", "client_secret": "s", "cloud": "mars"}"#,
             "secret x",
+            &ctx,
         )
         .unwrap_err();
         assert!(err.0.contains("mars"), "{err}");
+    }
+
+    #[test]
+    fn a_stored_document_may_name_federation_instead_of_a_secret() {
+        let ctx = FederationContext::default();
+        let (c, _) = parse_stored(
+            r#"{"tenant_id": "t", "client_id": "c", "federation": "aws"}"#,
+            "secret tenants/b",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(format!("{:?}", c.credential), "Federated(ATTEST_FEDERATION=aws)");
+        let err = parse_stored(
+            r#"{"tenant_id": "t", "client_id": "c", "federation": "aws", "client_secret": "s3cr3t-value"}"#,
+            "secret tenants/b",
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(err.is_configuration() && err.0.contains("holds no secret"), "{err}");
+        assert!(!err.0.contains("s3cr3t"));
+        let err = parse_stored(
+            r#"{"tenant_id": "t", "client_id": "c", "federation": "oidc"}"#,
+            "secret tenants/b",
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(err.is_configuration() && err.0.contains("federation \"oidc\""), "{err}");
+    }
+
+    #[test]
+    fn federation_settings_are_checked_and_named() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let err = AppCredentials::from_env(env(&[
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("ATTEST_FEDERATION", "kerberos"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.is_configuration() && err.0.starts_with("ATTEST_FEDERATION"),
+            "{err}"
+        );
+        let err = AppCredentials::from_env(env(&[
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("ATTEST_FEDERATION", "aws"),
+            ("AZURE_CLIENT_SECRET", "s3cr3t-value"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.0.contains("unset AZURE_CLIENT_SECRET") && !err.0.contains("s3cr3t"),
+            "{err}"
+        );
+        let err = AppCredentials::from_env(env(&[
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("ATTEST_FEDERATION", "managed_identity"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.is_configuration() && err.0.starts_with("IDENTITY_ENDPOINT"),
+            "{err}"
+        );
+        let ok = AppCredentials::from_env(env(&[
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(format!("{:?}", ok.credential), "Federated(AZURE_FEDERATED_TOKEN_FILE)");
+        assert_eq!(Cloud::UsGovDod.federation_audience(), "api://AzureADTokenExchangeUSGov");
     }
 
     #[test]
@@ -385,6 +648,7 @@ mod tests {
         assert!(err.0.contains("AZURE_CLIENT_SECRET"));
         let err = AppCredentials::from_env(|k| match k {
             "AZURE_TENANT_ID" => Some("../evil?".to_string()),
+            "ATTEST_FEDERATION" => None,
             _ => Some("x".to_string()),
         })
         .unwrap_err();

@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::federation::FederationContext;
 use super::{CredentialSource, CredentialsError, Loaded, WebhookSecrets, parse_stored};
 use crate::core::BoxFuture;
 
@@ -17,10 +18,10 @@ async fn read(client: &aws_sdk_secretsmanager::Client, id: &str) -> Result<(Stri
             .as_service_error()
             .map(|s| s.to_string())
             .unwrap_or_else(|| "the secret store did not answer".into());
-        CredentialsError(format!("secret {id}: {}", crate::core::text::bounded(&detail, 200)))
+        CredentialsError::new(format!("secret {id}: {}", crate::core::text::bounded(&detail, 200)))
     })?;
     let text = out.secret_string().ok_or_else(|| {
-        CredentialsError(format!(
+        CredentialsError::new(format!(
             "secret {id}: has no string value (binary secrets are not supported)"
         ))
     })?;
@@ -31,12 +32,23 @@ async fn read(client: &aws_sdk_secretsmanager::Client, id: &str) -> Result<(Stri
 pub struct SecretsManagerCredentials {
     client: aws_sdk_secretsmanager::Client,
     secret_id: String,
+    federation: FederationContext,
 }
 
 impl SecretsManagerCredentials {
     /// A source reading `secret_id`.
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String) -> Self {
-        Self { client, secret_id }
+        Self {
+            client,
+            secret_id,
+            federation: FederationContext::default(),
+        }
+    }
+
+    /// Gives documents that name federation the host's STS client.
+    pub fn with_federation(mut self, federation: FederationContext) -> Self {
+        self.federation = federation;
+        self
     }
 }
 
@@ -44,7 +56,7 @@ impl CredentialSource for SecretsManagerCredentials {
     fn load(&self) -> BoxFuture<'_, Result<Loaded, CredentialsError>> {
         Box::pin(async move {
             let (text, version) = read(&self.client, &self.secret_id).await?;
-            let (creds, cloud) = parse_stored(&text, &format!("secret {}", self.secret_id))?;
+            let (creds, cloud) = parse_stored(&text, &format!("secret {}", self.secret_id), &self.federation)?;
             Ok(Loaded { creds, cloud, version })
         })
     }

@@ -1,8 +1,11 @@
-//! OAuth2 client credentials against Entra ID: a client secret or a
-//! certificate-signed JWT assertion. Tokens are cached until shortly before
-//! they expire, fetched by one caller at a time, and dropped when Graph
-//! refuses them. The cached token never leaves this module except as a
-//! redacting [`SecretString`].
+//! OAuth2 client credentials against Entra ID: a client secret, a
+//! certificate-signed JWT assertion, or a federated credential's external
+//! token (fetched fresh for each request, never kept). Tokens are
+//! refreshed ahead of expiry (at Entra's `refresh_in`, else a share of the
+//! lifetime) by one caller at a time while the others keep using the
+//! still-valid token; a refresh that fails leaves that token serving until
+//! it expires. A token Graph refuses is dropped. The cached token never
+//! leaves this module except as a redacting [`SecretString`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::core::backoff::Backoff;
-use crate::credentials::{AppCredentials, ClientCertificate, ClientCredential};
+use crate::credentials::federation::FederationError;
+use crate::credentials::{AppCredentials, ClientCertificate, ClientCredential, error_chain};
 
 use super::endpoints::Endpoints;
 
@@ -27,13 +31,36 @@ pub enum AuthError {
     /// The token endpoint could not be reached or kept failing.
     #[error("the token endpoint is unavailable: {0}")]
     Unavailable(String),
+    /// A deployment setting is missing or wrong (a federated credential's
+    /// issuer that is not set up): no retry can help.
+    #[error("{0}")]
+    Configuration(String),
 }
 
+impl AuthError {
+    fn from_federation(e: &FederationError) -> Self {
+        let text = error_chain(e);
+        if e.is_configuration() {
+            AuthError::Configuration(text)
+        } else {
+            AuthError::Unavailable(text)
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Cached {
     token: SecretString,
+    /// When a caller should fetch the next token (ahead of expiry).
     refresh_at: Instant,
+    /// When the token stops being sent (a margin before it expires).
+    valid_until: Instant,
     generation: u64,
 }
+
+/// How long after a failed refresh-ahead the next is tried (never later
+/// than halfway to the token's end).
+const REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 /// A bearer token and the cache generation it came from.
 pub struct Token {
@@ -177,7 +204,9 @@ pub struct TokenProvider {
     creds: std::sync::RwLock<Arc<AppCredentials>>,
     reloader: Option<Reloader>,
     last_reload: std::sync::Mutex<Option<Instant>>,
-    cache: Mutex<Option<Cached>>,
+    cache: std::sync::Mutex<Option<Cached>>,
+    /// Held by the one caller fetching a token.
+    refreshing: Mutex<()>,
     generation: AtomicU64,
     requests: Arc<AtomicU64>,
     timeout: Duration,
@@ -201,7 +230,8 @@ impl TokenProvider {
             creds: std::sync::RwLock::new(Arc::new(creds)),
             reloader: None,
             last_reload: std::sync::Mutex::new(None),
-            cache: Mutex::new(None),
+            cache: std::sync::Mutex::new(None),
+            refreshing: Mutex::new(()),
             generation: AtomicU64::new(0),
             requests,
             timeout,
@@ -227,15 +257,58 @@ impl TokenProvider {
         ok
     }
 
-    /// A valid token, from the cache or freshly fetched.
+    fn cached(&self) -> Option<Cached> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A valid token: the cached one until its refresh time; then one
+    /// caller fetches the next while the others keep the cached token as
+    /// long as it is valid; without a valid token, callers wait for one.
     pub async fn token(&self, deadline: Instant) -> Result<Token, AuthError> {
-        let mut cache = self.cache.lock().await;
-        if let Some(c) = cache.as_ref().filter(|c| Instant::now() < c.refresh_at) {
-            return Ok(Token {
-                secret: c.token.clone(),
-                generation: c.generation,
-            });
+        if let Some(c) = self.cached() {
+            let now = Instant::now();
+            if now < c.refresh_at {
+                return Ok(c.into());
+            }
+            if now < c.valid_until {
+                // Someone else is refreshing: the current token serves.
+                let Ok(_refreshing) = self.refreshing.try_lock() else {
+                    return Ok(c.into());
+                };
+                if let Some(fresh) = self.cached().filter(|f| Instant::now() < f.refresh_at) {
+                    return Ok(fresh.into());
+                }
+                return match self.fetch_and_store(deadline.min(c.valid_until)).await {
+                    Ok(t) => Ok(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "token refresh failed; the current token serves until it expires");
+                        self.postpone_refresh(c.generation);
+                        Ok(c.into())
+                    }
+                };
+            }
         }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(c) = self.cached().filter(|c| Instant::now() < c.refresh_at) {
+            return Ok(c.into());
+        }
+        self.fetch_and_store(deadline).await
+    }
+
+    /// After a failed refresh-ahead, tries again a little later (while the
+    /// token is valid), not on every call.
+    fn postpone_refresh(&self, generation: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_mut().filter(|c| c.generation == generation) {
+            let now = Instant::now();
+            let half_left = c.valid_until.saturating_duration_since(now) / 2;
+            c.refresh_at = now + REFRESH_RETRY.min(half_left);
+        }
+    }
+
+    /// Fetches a token (loading the credentials again once if Entra ID
+    /// refuses them) and caches it. Called with `refreshing` held.
+    async fn fetch_and_store(&self, deadline: Instant) -> Result<Token, AuthError> {
         let (token, lifetime, refresh_in) = match self.fetch(deadline).await {
             Err(AuthError::Refused(why)) if self.may_reload() => {
                 tracing::warn!(reason = %why, "credentials refused; loading them again");
@@ -252,20 +325,20 @@ impl TokenProvider {
             other => other?,
         };
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *cache = Some(Cached {
-            token: token.clone(),
-            refresh_at: Instant::now() + refresh_after(lifetime, refresh_in),
+        let now = Instant::now();
+        let cached = Cached {
+            token,
+            refresh_at: now + refresh_after(lifetime, refresh_in),
+            valid_until: now + valid_for(lifetime),
             generation,
-        });
-        Ok(Token {
-            secret: token,
-            generation,
-        })
+        };
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
+        Ok(cached.into())
     }
 
     /// Drops the cached token if it is still the one of `generation`.
     pub async fn invalidate(&self, generation: u64) {
-        let mut cache = self.cache.lock().await;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.as_ref().is_some_and(|c| c.generation == generation) {
             *cache = None;
         }
@@ -283,7 +356,16 @@ impl TokenProvider {
             }
             let creds = self.creds();
             let token_url = self.endpoints.token_url(&creds.tenant_id);
-            let form = self.form(&creds, &token_url)?;
+            let form = match self.form(&creds, &token_url).await {
+                Ok(f) => f,
+                // An issuer that may answer on a later attempt: a fresh
+                // assertion is asked for then.
+                Err(AuthError::Unavailable(why)) => {
+                    last = why;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.requests.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .http
@@ -323,7 +405,9 @@ impl TokenProvider {
         Err(AuthError::Unavailable(last))
     }
 
-    fn form(&self, creds: &AppCredentials, token_url: &str) -> Result<Vec<(&'static str, String)>, AuthError> {
+    /// The token request's form. A federated credential's assertion is
+    /// fetched here, for this request only.
+    async fn form(&self, creds: &AppCredentials, token_url: &str) -> Result<Vec<(&'static str, String)>, AuthError> {
         let mut form = vec![
             ("grant_type", "client_credentials".to_owned()),
             ("client_id", creds.client_id.clone()),
@@ -338,6 +422,18 @@ impl TokenProvider {
                 ));
                 form.push(("client_assertion", assertion(cert, &creds.client_id, token_url)?));
             }
+            ClientCredential::Federated(source) => {
+                let audience = self.endpoints.federation_audience();
+                let external = source
+                    .assertion(audience)
+                    .await
+                    .map_err(|e| AuthError::from_federation(&e))?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push(("client_assertion", external.jwt.expose_secret().to_owned()));
+            }
         }
         Ok(form)
     }
@@ -348,6 +444,21 @@ impl TokenProvider {
 fn refresh_after(lifetime: Duration, refresh_in: Option<Duration>) -> Duration {
     let ahead = lifetime - (lifetime / 5).min(Duration::from_secs(300));
     refresh_in.map_or(ahead, |r| r.min(ahead))
+}
+
+/// How long a token is sent at all: its lifetime less a tenth (at most 30
+/// s), so a call never carries a token that expires on the way.
+fn valid_for(lifetime: Duration) -> Duration {
+    lifetime - (lifetime / 10).min(Duration::from_secs(30))
+}
+
+impl From<Cached> for Token {
+    fn from(c: Cached) -> Self {
+        Token {
+            secret: c.token,
+            generation: c.generation,
+        }
+    }
 }
 
 /// A client assertion JWT for `client_id` at `token_url`.
@@ -449,6 +560,12 @@ mod tests {
             Duration::from_secs(3299)
         );
         assert_eq!(refresh_after(Duration::from_secs(100), None), Duration::from_secs(80));
+        // The refresh comes before the token stops being sent.
+        for secs in [1, 2, 10, 100, 299, 3599, 86_400] {
+            let l = Duration::from_secs(secs);
+            assert!(refresh_after(l, None) <= valid_for(l), "{secs}");
+            assert!(valid_for(l) < l || secs == 0);
+        }
     }
 
     #[test]

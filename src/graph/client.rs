@@ -65,6 +65,10 @@ pub struct GraphClient {
     requests: Arc<AtomicU64>,
     throttled: AtomicU64,
     detail_refused: std::sync::atomic::AtomicBool,
+    /// Set when a deployment setting proved wrong (Graph refused a token
+    /// as issued for another cloud, a federated issuer is not set up): no
+    /// further call is sent, and the run ends with a configuration error.
+    misconfigured: std::sync::OnceLock<String>,
 }
 
 /// A raw item answer: status, headers and body, or a transport failure.
@@ -102,6 +106,7 @@ impl GraphClient {
             requests,
             throttled: AtomicU64::new(0),
             detail_refused: std::sync::atomic::AtomicBool::new(false),
+            misconfigured: std::sync::OnceLock::new(),
         })
     }
 
@@ -135,12 +140,47 @@ impl GraphClient {
         }
     }
 
-    fn auth_failure(e: AuthError) -> CallFailure {
+    fn auth_failure(&self, e: AuthError) -> CallFailure {
         let kind = match e {
             AuthError::Refused(_) => FailureKind::Rejected,
+            AuthError::Configuration(ref m) => {
+                let _ = self.misconfigured.set(m.clone());
+                FailureKind::Rejected
+            }
             AuthError::Unavailable(_) => FailureKind::Transient,
         };
         CallFailure::without_answer(kind, e.to_string())
+    }
+
+    /// Whether an answer is Graph refusing the token as issued for another
+    /// cloud (401 `InvalidAuthenticationToken`, "Invalid audience"); if so,
+    /// remembers it.
+    fn audience_refused(&self, status: u16, body: Option<&Value>) -> bool {
+        if status != 401 {
+            return false;
+        }
+        let err = parse_error(body);
+        let refused = err.code.as_deref() == Some("InvalidAuthenticationToken")
+            && err
+                .message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("invalid audience"));
+        if refused {
+            let _ = self.misconfigured.set(format!(
+                "Graph refused the token as issued for another cloud (401 InvalidAuthenticationToken, \
+                 Invalid audience): ATTEST_CLOUD, GRAPH_ENDPOINT and AZURE_AUTHORITY_HOST (or the stored \
+                 credentials' cloud) must name one cloud; Graph is {} and the authority {}",
+                self.endpoints.graph_root(),
+                self.endpoints.login.as_str().trim_end_matches('/')
+            ));
+        }
+        refused
+    }
+
+    fn audience_failure(&self) -> Option<CallFailure> {
+        self.misconfigured
+            .get()
+            .map(|m| CallFailure::without_answer(FailureKind::Rejected, m.clone()))
     }
 
     /// Lets the client load its credentials again when Entra ID refuses
@@ -172,9 +212,12 @@ impl GraphClient {
         };
         let url = format!("{}/$batch", self.beta);
         for auth_try in 0..2 {
+            if let Some(f) = self.audience_failure() {
+                return all(f);
+            }
             let token = match self.tokens.token(deadline).await {
                 Ok(t) => t,
-                Err(e) => return all(Self::auth_failure(e)),
+                Err(e) => return all(self.auth_failure(e)),
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -215,9 +258,17 @@ impl GraphClient {
                     ));
                 }
             };
-            if status == StatusCode::UNAUTHORIZED && auth_try == 0 {
-                self.tokens.invalidate(token.generation).await;
-                continue;
+            if status == StatusCode::UNAUTHORIZED {
+                let body = serde_json::from_slice::<Value>(&bytes).ok();
+                if self.audience_refused(401, body.as_ref())
+                    && let Some(f) = self.audience_failure()
+                {
+                    return all(f);
+                }
+                if auth_try == 0 {
+                    self.tokens.invalidate(token.generation).await;
+                    continue;
+                }
             }
             if status != StatusCode::OK {
                 let err = parse_error(serde_json::from_slice::<Value>(&bytes).ok().as_ref());
@@ -233,6 +284,11 @@ impl GraphClient {
             let mut refused_token = false;
             for item in parsed.responses {
                 refused_token |= item.status == 401;
+                if self.audience_refused(item.status, item.body.as_ref())
+                    && let Some(f) = self.audience_failure()
+                {
+                    return all(f);
+                }
                 let raw = RawItem {
                     status: item.status,
                     retry_after: item.header("retry-after"),
@@ -301,10 +357,10 @@ impl GraphClient {
         let mut attempt = 0;
         while self.cfg.page_backoff.allows(attempt) {
             attempt += 1;
-            let token = self.tokens.token(deadline).await.map_err(|e| match e {
-                AuthError::Refused(m) => GatewayError::Credentials(m),
-                AuthError::Unavailable(m) => GatewayError::Unavailable(m),
-            })?;
+            if let Some(m) = self.misconfigured.get() {
+                return Err(GatewayError::Configuration(m.clone()));
+            }
+            let token = self.tokens.token(deadline).await.map_err(gateway_error)?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -334,6 +390,13 @@ impl GraphClient {
                             Ok(v) => return Ok(v),
                             Err(_) => last = "a device list page was not valid JSON".into(),
                         },
+                        (StatusCode::UNAUTHORIZED, Ok(b))
+                            if self.audience_refused(401, serde_json::from_slice::<Value>(&b).ok().as_ref()) =>
+                        {
+                            return Err(GatewayError::Configuration(
+                                self.misconfigured.get().cloned().unwrap_or_default(),
+                            ));
+                        }
                         (StatusCode::UNAUTHORIZED, _) if !auth_retried => {
                             auth_retried = true;
                             attempt -= 1;
@@ -373,6 +436,14 @@ impl GraphClient {
         } else {
             last
         }))
+    }
+}
+
+fn gateway_error(e: AuthError) -> GatewayError {
+    match e {
+        AuthError::Refused(m) => GatewayError::Credentials(m),
+        AuthError::Unavailable(m) => GatewayError::Unavailable(m),
+        AuthError::Configuration(m) => GatewayError::Configuration(m),
     }
 }
 
@@ -505,11 +576,14 @@ impl StatusGateway for GraphClient {
 
 impl DeviceGateway for GraphClient {
     async fn prepare(&self, deadline: Instant) -> Result<(), GatewayError> {
-        match self.tokens.token(deadline).await {
-            Ok(_) => Ok(()),
-            Err(AuthError::Refused(m)) => Err(GatewayError::Credentials(m)),
-            Err(AuthError::Unavailable(m)) => Err(GatewayError::Unavailable(m)),
+        if let Some(m) = self.misconfigured.get() {
+            return Err(GatewayError::Configuration(m.clone()));
         }
+        self.tokens.token(deadline).await.map(|_| ()).map_err(gateway_error)
+    }
+
+    fn configuration_error(&self) -> Option<String> {
+        self.misconfigured.get().cloned()
     }
 
     async fn list_devices(

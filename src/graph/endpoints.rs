@@ -12,6 +12,9 @@ pub struct Endpoints {
     pub graph: Url,
     /// Entra ID authority (`https://login.microsoftonline.com`).
     pub login: Url,
+    /// The cloud the hosts belong to (it decides the audience of a
+    /// federated credential's token, whatever the hosts are overridden to).
+    pub cloud: Cloud,
 }
 
 /// A configuration value was refused; the message names the variable.
@@ -57,6 +60,7 @@ impl Endpoints {
         Self {
             graph: parse_root("graph", cloud.graph_host()).unwrap_or_else(|_| unreachable!()),
             login: parse_root("login", cloud.login_host()).unwrap_or_else(|_| unreachable!()),
+            cloud,
         }
     }
 
@@ -88,6 +92,12 @@ impl Endpoints {
             "{}/{tenant}/oauth2/v2.0/token",
             self.login.as_str().trim_end_matches('/')
         )
+    }
+
+    /// The audience to ask an external issuer for (`api://AzureADTokenExchange`
+    /// in the global cloud).
+    pub fn federation_audience(&self) -> &'static str {
+        self.cloud.federation_audience()
     }
 
     /// The client-credentials scope (`{graph}/.default`).

@@ -410,6 +410,10 @@ impl<G: DeviceGateway> DeviceGateway for BudgetedGateway<G> {
     fn stats(&self) -> GatewayStats {
         self.inner.stats()
     }
+
+    fn configuration_error(&self) -> Option<String> {
+        self.inner.configuration_error()
+    }
 }
 
 impl<G: DeviceGateway + StatusGateway> StatusGateway for BudgetedGateway<G> {

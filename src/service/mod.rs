@@ -211,6 +211,7 @@ impl From<RunError> for ServiceError {
             RunError::Credentials(m) => ServiceError::CredentialsUnavailable(m),
             RunError::Unavailable(m) => ServiceError::GraphUnavailable(m),
             RunError::Selection(m) => ServiceError::SelectionFailed(m),
+            RunError::Configuration(m) => ServiceError::Configuration(m),
         }
     }
 }

@@ -70,11 +70,13 @@ impl AttestService {
         {
             return Ok(c.client.clone());
         }
-        let loaded = tenant
-            .credentials
-            .load()
-            .await
-            .map_err(|e| ServiceError::CredentialsUnavailable(e.0))?;
+        let loaded = tenant.credentials.load().await.map_err(|e| {
+            if e.is_configuration() {
+                ServiceError::Configuration(e.0)
+            } else {
+                ServiceError::CredentialsUnavailable(e.0)
+            }
+        })?;
         if let Some(c) = cached
             .as_mut()
             .filter(|c| !fresh && c.version.is_some() && c.version == loaded.version)

@@ -35,8 +35,82 @@ fn the_function_is_provided_al2023_on_arm64_with_tracing() {
     assert_eq!(t["Parameters"]["Architecture"]["Default"], "arm64");
     assert_eq!(f["Tracing"], "Active");
     assert_eq!(
-        f["Environment"]["Variables"]["SECRET_ID"]["Ref"],
-        "CredentialsSecretArn"
+        f["Environment"]["Variables"]["SECRET_ID"]["Fn::If"],
+        serde_json::json!(["UseSecret", {"Ref": "CredentialsSecretArn"}, {"Ref": "AWS::NoValue"}])
+    );
+}
+
+#[test]
+fn a_federated_deployment_stores_and_reads_no_secret_and_its_role_signs_only_for_entra() {
+    let t = template();
+    let p = &t["Parameters"]["CredentialSource"];
+    assert_eq!(p["AllowedValues"], serde_json::json!(["secret", "federation"]));
+    let f = &t["Resources"]["AttestFunction"]["Properties"];
+    let vars = &f["Environment"]["Variables"];
+    assert_eq!(
+        vars["ATTEST_FEDERATION"]["Fn::If"],
+        serde_json::json!(["UseFederation", "aws", {"Ref": "AWS::NoValue"}])
+    );
+    for (var, param) in [
+        ("AZURE_TENANT_ID", "AzureTenantId"),
+        ("AZURE_CLIENT_ID", "AzureClientId"),
+    ] {
+        assert_eq!(vars[var]["Fn::If"][0], "UseFederation");
+        assert_eq!(vars[var]["Fn::If"][1]["Ref"], param);
+    }
+    assert_eq!(vars["ATTEST_CLOUD"]["Ref"], "Cloud");
+    // No secret is created, and with federation the credentials secret is
+    // not readable: its statement exists only when some secret is read, and
+    // names the credentials secret only with CredentialSource secret.
+    let types: Vec<&str> = t["Resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|r| r["Type"].as_str())
+        .collect();
+    assert!(!types.contains(&"AWS::SecretsManager::Secret"), "{types:?}");
+    assert_eq!(
+        t["Conditions"]["ReadsASecret"]["Fn::Or"],
+        serde_json::json!([{"Condition": "UseSecret"}, {"Condition": "HasWebhookSecret"}])
+    );
+    let statements = f["Policies"][0]["Statement"].as_array().unwrap();
+    let conditional = |sid: &str| {
+        statements
+            .iter()
+            .filter_map(|s| s.get("Fn::If"))
+            .find(|s| s[1]["Sid"] == sid)
+            .unwrap_or_else(|| panic!("no conditional statement {sid}"))
+            .clone()
+    };
+    let read = conditional("ReadTheCredentialsSecret");
+    assert_eq!(read[0], "ReadsASecret");
+    assert_eq!(
+        read[1]["Resource"][0]["Fn::If"],
+        serde_json::json!(["UseSecret", {"Ref": "CredentialsSecretArn"}, {"Ref": "AWS::NoValue"}])
+    );
+    let sign = conditional("SignInWithTheRolesWebIdentity");
+    assert_eq!(sign[0], "UseFederation");
+    assert_eq!(sign[1]["Action"], "sts:GetWebIdentityToken");
+    let condition = &sign[1]["Condition"];
+    assert_eq!(
+        condition["ForAllValues:StringEquals"]["sts:IdentityTokenAudience"][0]["Fn::FindInMap"],
+        serde_json::json!(["FederationAudience", {"Ref": "Cloud"}, "Audience"])
+    );
+    assert_eq!(condition["StringEquals"]["sts:SigningAlgorithm"], "RS256");
+    assert_eq!(condition["NumericLessThanEquals"]["sts:DurationSeconds"], 300);
+    let audiences = &t["Mappings"]["FederationAudience"];
+    assert_eq!(audiences["global"]["Audience"], "api://AzureADTokenExchange");
+    assert_eq!(audiences["usgov"]["Audience"], "api://AzureADTokenExchangeUSGov");
+    assert_eq!(audiences["china"]["Audience"], "api://AzureADTokenExchangeChina");
+    // The role to name as the federated credential's subject.
+    assert_eq!(
+        t["Outputs"]["ExecutionRoleArn"]["Value"]["Fn::GetAtt"],
+        serde_json::json!(["AttestFunctionRole", "Arn"])
+    );
+    let rules = t["Rules"].to_string();
+    assert!(
+        rules.contains("AzureTenantId") && rules.contains("AzureClientId"),
+        "{rules}"
     );
 }
 
@@ -78,6 +152,13 @@ fn the_policies_name_exactly_the_resources_they_need() {
         assert!(named.iter().all(|a| !a.contains('*')), "{named:?}");
         let action = named.join(",");
         actions.extend(named);
+        // GetWebIdentityToken has no resource type: `*`, limited by its
+        // condition keys (checked in the federation test).
+        if action == "sts:GetWebIdentityToken" {
+            assert_eq!(s["Resource"], "*");
+            assert!(s["Condition"]["ForAllValues:StringEquals"]["sts:IdentityTokenAudience"].is_array());
+            continue;
+        }
         let mut rs = Vec::new();
         resources(&s["Resource"], &mut rs);
         for r in rs {
@@ -102,7 +183,8 @@ fn the_policies_name_exactly_the_resources_they_need() {
             "secretsmanager:GetSecretValue",
             "secretsmanager:GetSecretValue",
             "sqs:GetQueueAttributes",
-            "sqs:SendMessage"
+            "sqs:SendMessage",
+            "sts:GetWebIdentityToken"
         ]
     );
     let tenants = statements
@@ -390,6 +472,11 @@ fn the_azure_function_app_matches_the_handler() {
         "the handler queues to the queue its trigger reads"
     );
     assert_eq!(setting("FUNCTIONS_WORKER_RUNTIME"), Some("Custom".into()));
+    // Secretless: the user-assigned identity's token is the credential.
+    assert_eq!(setting("ATTEST_FEDERATION"), Some("managed_identity".into()));
+    assert!(setting("ATTEST_MANAGED_IDENTITY_CLIENT_ID").is_some());
+    assert_eq!(setting("AZURE_CLIENT_SECRET"), None);
+    assert!(!settings.to_string().contains("KeyVault"));
 }
 
 /// The string a Bicep `var` is set to.

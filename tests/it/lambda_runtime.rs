@@ -86,15 +86,62 @@ async fn error(
     "{}"
 }
 
-struct Running {
+pub(crate) struct Running {
     tx: mpsc::UnboundedSender<Event>,
     emulator: Emulator,
-    child: tokio::process::Child,
+    pub(crate) child: tokio::process::Child,
     n: usize,
 }
 
+/// A Runtime API emulator on 127.0.0.1: the address to give the function
+/// and the handles to invoke it with.
+async fn runtime_api() -> (mpsc::UnboundedSender<Event>, Emulator, std::net::SocketAddr) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let emulator = Emulator {
+        events: Arc::new(tokio::sync::Mutex::new(rx)),
+        waiting: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", axum::routing::get(next))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            axum::routing::post(response),
+        )
+        .route("/2018-06-01/runtime/invocation/{id}/error", axum::routing::post(error))
+        .with_state(emulator.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (tx, emulator, api)
+}
+
+/// The built binary as a Lambda function under the emulator, with exactly
+/// `env` (and the runtime's own variables), its output piped.
+pub(crate) async fn function(env: Vec<(String, String)>) -> Running {
+    let (tx, emulator, api) = runtime_api().await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_intune-attest"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "intune-attest")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    Running {
+        tx,
+        emulator,
+        child,
+        n: 0,
+    }
+}
+
 impl Running {
-    async fn invoke(&mut self, event: Value) -> Answer {
+    pub(crate) async fn invoke(&mut self, event: Value) -> Answer {
         self.invoke_raw(event.to_string()).await
     }
 
@@ -145,23 +192,7 @@ async fn the_binary_serves_every_sample_event_through_the_runtime_api() {
         .await;
     let results = aws.bus_into_queue("attest-results").await;
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    let emulator = Emulator {
-        events: Arc::new(tokio::sync::Mutex::new(rx)),
-        waiting: Arc::new(Mutex::new(HashMap::new())),
-    };
-    let app = Router::new()
-        .route("/2018-06-01/runtime/invocation/next", axum::routing::get(next))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            axum::routing::post(response),
-        )
-        .route("/2018-06-01/runtime/invocation/{id}/error", axum::routing::post(error))
-        .with_state(emulator.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
+    let (tx, emulator, api) = runtime_api().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_intune-attest"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -11,6 +11,7 @@ mod docs;
 mod documents;
 mod engine_against_simulator;
 mod fault_matrix;
+mod federation;
 mod infrastructure;
 mod lambda_handler;
 mod lambda_runtime;

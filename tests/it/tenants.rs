@@ -26,8 +26,7 @@ pub(crate) async fn two_tenants_with(mut cfg: graph_sim::SimConfig, table: &str)
     cfg.apps.push(AppRegistration {
         client_id: FABRIKAM_CLIENT.into(),
         secret: Some(FABRIKAM_SECRET.into()),
-        certificate: None,
-        can_write: true,
+        ..Default::default()
     });
     let w = world(cfg).await;
     let table = w.aws.state_table(table).await;

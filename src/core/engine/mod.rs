@@ -88,6 +88,9 @@ pub enum RunError {
     /// Selecting devices by filter failed or selected too many.
     #[error("device_filter: {0}")]
     Selection(String),
+    /// A deployment setting is wrong; the message names it.
+    #[error("{0}")]
+    Configuration(String),
 }
 
 impl From<GatewayError> for RunError {
@@ -95,6 +98,7 @@ impl From<GatewayError> for RunError {
         match e {
             GatewayError::Credentials(m) => RunError::Credentials(format!("credentials refused: {m}")),
             GatewayError::Unavailable(m) => RunError::Unavailable(format!("Graph unavailable: {m}")),
+            GatewayError::Configuration(m) => RunError::Configuration(m),
             e @ (GatewayError::Refused(_) | GatewayError::TooManyDevices { .. }) => RunError::Selection(e.to_string()),
         }
     }
@@ -402,6 +406,10 @@ impl<G: DeviceGateway> Engine<G> {
                     .into(),
             );
         }
+        let misconfigured = self.gateway.configuration_error();
+        if let Some(m) = &misconfigured {
+            warnings.push(format!("the run stopped on a configuration error: {m}"));
+        }
 
         let stats_after = self.gateway.stats();
         let result = RunResult::new(RunRecord {
@@ -439,6 +447,14 @@ impl<G: DeviceGateway> Engine<G> {
                 outcomes
             },
         });
+        // A deployment error that left nothing initiated is the run's
+        // answer; once devices were initiated, the result says what
+        // happened to each, with the error among its warnings.
+        if let Some(m) = misconfigured
+            && result.summary.initiated == 0
+        {
+            return Err(RunError::Configuration(m));
+        }
         log_finished(&result);
         Ok(result)
     }

@@ -33,6 +33,8 @@ struct Fake {
     writes: Mutex<Vec<(Instant, Vec<DeviceId>)>>,
     reads: Mutex<usize>,
     accepted: Mutex<HashMap<DeviceId, usize>>,
+    /// A configuration error the gateway reports having met.
+    misconfigured: Option<String>,
 }
 
 impl Fake {
@@ -44,6 +46,7 @@ impl Fake {
             writes: Mutex::new(Vec::new()),
             reads: Mutex::new(0),
             accepted: Mutex::new(HashMap::new()),
+            misconfigured: None,
         }
     }
 
@@ -55,6 +58,10 @@ impl Fake {
 impl DeviceGateway for Fake {
     async fn prepare(&self, _deadline: Instant) -> Result<(), GatewayError> {
         Ok(())
+    }
+
+    fn configuration_error(&self) -> Option<String> {
+        self.misconfigured.clone()
     }
 
     async fn list_devices(
@@ -350,6 +357,37 @@ async fn a_throttle_lowers_the_pace_for_the_rest_of_the_run() {
     assert_eq!(count(&result, Outcome::Initiated), 400);
     let budget = lock(&pacers.write).effective_budget();
     assert!(budget < 190, "the ceiling was cut after the 429: {budget}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configuration_error_is_the_answer_unless_devices_were_initiated() {
+    let devices = ids(30);
+    let mut fake = Fake::new(Duration::from_millis(100), vec![]);
+    fake.misconfigured = Some("ATTEST_CLOUD: the token is for another cloud".into());
+    let (_, result) = run(fake, config(190), request(&devices, json!({}))).await;
+    // Initiated devices are reported; the error is a warning beside them.
+    assert_eq!(count(&result, Outcome::Initiated), 30);
+    assert!(
+        result.warnings.iter().any(|w| w.contains("ATTEST_CLOUD")),
+        "{:?}",
+        result.warnings
+    );
+
+    let mut fake = Fake::new(Duration::from_millis(100), vec![]);
+    fake.misconfigured = Some("ATTEST_CLOUD: the token is for another cloud".into());
+    let engine = Engine::new(Arc::new(fake), config(190));
+    let err = engine
+        .run(
+            request(&devices, json!({"dry_run": true})),
+            None,
+            Arc::new(Progress::new()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Configuration(ref m) if m.starts_with("ATTEST_CLOUD")),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,7 +9,8 @@ use secrecy::SecretString;
 use super::envelope::function_timeout;
 use super::{AzureApp, router};
 use crate::config::Settings;
-use crate::credentials::{EnvCredentials, StaticSecrets, checked_webhook_secrets};
+use crate::credentials::federation::FederationContext;
+use crate::credentials::{EnvCredentials, StaticSecrets, check_federation_settings, checked_webhook_secrets};
 use crate::frontdoor::HostError;
 use crate::queue::WorkQueue;
 use crate::queue::azure::{AzureWorkQueue, MessageEncoding};
@@ -37,6 +38,9 @@ pub fn build_service_with(
     host_json: Option<&str>,
 ) -> Result<AttestService, String> {
     let settings = Settings::from_env(&get).map_err(|e| e.0)?;
+    // Settings that select federation are checked now, not at the first
+    // request.
+    check_federation_settings(&get, &FederationContext::default()).map_err(|e| e.0)?;
     let sweep = SweepSettings::from_env(&get)?;
     let auth = match get("ATTEST_WEBHOOK_SECRETS") {
         Some(s) => {
@@ -76,7 +80,7 @@ pub fn build_service_with(
     };
     let mut service = AttestService::new(
         settings,
-        Arc::new(EnvCredentials),
+        Arc::new(EnvCredentials::default()),
         None,
         queue,
         Duration::from_secs(300),

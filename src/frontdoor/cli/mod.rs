@@ -234,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     eprintln!("error: {}", bounded(&e.to_string(), 4000));
                     let code = match e {
-                        RunError::Credentials(_) => 2,
+                        RunError::Credentials(_) | RunError::Configuration(_) => 2,
                         RunError::Selection(_) | RunError::Unavailable(_) => 1,
                     };
                     return Ok(ExitCode::from(code));

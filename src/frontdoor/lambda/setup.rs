@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use super::{InvocationContext, LambdaApp};
 use crate::config::Settings;
 use crate::core::duration::parse_go_duration;
-use crate::credentials::CredentialSource;
+use crate::credentials::federation::FederationContext;
+use crate::credentials::{CredentialSource, EnvCredentials};
 use crate::frontdoor::HostError;
 use crate::queue::WorkQueue;
 use crate::results::ResultSink;
@@ -31,12 +32,20 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
         .load()
         .await;
     let secrets_client = aws_sdk_secretsmanager::Client::new(&aws);
+    // ATTEST_FEDERATION=aws (here or in a tenant's document) signs in with
+    // the execution role's web identity token: no secret is read.
+    let federation = FederationContext {
+        sts: Some(aws_sdk_sts::Client::new(&aws)),
+    };
     let credentials: Arc<dyn CredentialSource> = match env("SECRET_ID") {
-        Some(id) => Arc::new(crate::credentials::secrets_manager::SecretsManagerCredentials::new(
-            secrets_client.clone(),
-            id,
-        )),
-        None => Arc::new(crate::credentials::EnvCredentials),
+        Some(id) => Arc::new(
+            crate::credentials::secrets_manager::SecretsManagerCredentials::new(secrets_client.clone(), id)
+                .with_federation(federation.clone()),
+        ),
+        None => {
+            crate::credentials::check_federation_settings(env, &federation).map_err(|e| e.0)?;
+            Arc::new(EnvCredentials::with_federation(federation.clone()))
+        }
     };
     let sink: Option<Arc<dyn ResultSink>> = env("EVENT_BUS_NAME").map(|bus| {
         Arc::new(crate::results::eventbridge::EventBridgeSink::new(
@@ -70,7 +79,8 @@ pub(super) async fn build_app() -> Result<LambdaApp, String> {
         .into_iter()
         .map(|(name, id)| {
             let source: Arc<dyn CredentialSource> = Arc::new(
-                crate::credentials::secrets_manager::SecretsManagerCredentials::new(secrets_client.clone(), id),
+                crate::credentials::secrets_manager::SecretsManagerCredentials::new(secrets_client.clone(), id)
+                    .with_federation(federation.clone()),
             );
             (name, source)
         })

@@ -72,7 +72,7 @@ pub fn certificate_app(thumbprint: Option<&str>) -> (SimConfig, String) {
         client_id: graph_sim::CLIENT_ID.into(),
         secret: None,
         certificate: Some((public, thumbprint.unwrap_or(real.trim()).to_owned())),
-        can_write: true,
+        ..Default::default()
     }];
     (cfg, format!("{fixtures}/test-app-certificate.pem"))
 }
