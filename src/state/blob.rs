@@ -515,8 +515,14 @@ impl BlobBudget {
             for (id, until) in &trims {
                 next.trim(id, *until);
             }
-            let Some(out) = change(&mut next) else {
-                if state.unreadable && !next.unreadable {
+            let changed = change(&mut next);
+            // Written back as it is now: the repair is not redone.
+            let repaired = std::mem::take(&mut next.repaired);
+            let Some(out) = changed else {
+                // Values out of bounds cut back, or an unreadable blob turned
+                // into a pause, are written back even when nothing was
+                // granted (the rule of `DynamoBudget`).
+                if (state.unreadable && !next.unreadable) || repaired {
                     match self.write(key, &version, &next).await? {
                         Ok(v) => self.remember(key, v, next),
                         Err((v, s)) => self.remember(key, v, s),
