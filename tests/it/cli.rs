@@ -791,6 +791,44 @@ async fn devices_picked_on_the_command_line_and_a_retry_of_what_a_result_did_not
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_one_line_summary_for_a_ticket_and_the_devices_as_csv() {
+    let sim = Sim::start(crate::common::attestable_fleet(6)).await.unwrap();
+    let mut ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    ids.push("00000000-dead-4bad-8bad-000000000001".into());
+    let payload =
+        serde_json::to_vec(&serde_json::json!({"managed_device_ids": ids, "correlation_id": "incident-4711"})).unwrap();
+    let summary = invoke(
+        &sim,
+        &[],
+        &["invoke", "--event", "-", "--output", "summary"],
+        Some(payload.clone()),
+    )
+    .await;
+    let line = String::from_utf8(summary.stdout).unwrap();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with("incident-4711: partially_failed; 6 initiated, 1 not_found"),
+        "{line}"
+    );
+    let csv = invoke(&sim, &[], &["invoke", "--event", "-", "--output", "csv"], Some(payload)).await;
+    let text = String::from_utf8(csv.stdout).unwrap();
+    let mut rows = text.lines();
+    assert!(rows.next().unwrap().starts_with("device_id,device_name,kind,outcome"));
+    assert_eq!(rows.count(), 7, "{text}");
+    assert!(text.contains("00000000-dead-4bad-8bad-000000000001"));
+    let status = invoke(
+        &sim,
+        &[],
+        &["status", "--output", "csv", "--event", "-"],
+        Some(serde_json::to_vec(&serde_json::json!({"managed_device_ids": &ids[..2]})).unwrap()),
+    )
+    .await;
+    let text = String::from_utf8(status.stdout).unwrap();
+    assert!(text.starts_with("device_id,device_name,kind,action_state"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

@@ -75,8 +75,25 @@ pub(super) fn run(bytes: &[u8], output: Output, env: impl Fn(&str) -> Option<Str
         dry_run: req.dry_run,
         warnings: &req.warnings,
     };
+    let count = |k: DeviceKind| doc.devices.iter().filter(|d| d.kind == k).count();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Output::Summary => println!(
+            "{}",
+            super::export::checked_line(
+                count(DeviceKind::Managed),
+                count(DeviceKind::Comanaged),
+                doc.device_filter.as_deref()
+            )
+        ),
+        Output::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["device_id", "kind"])?;
+            for d in &doc.devices {
+                w.write_record([d.device_id.to_string(), super::export::kind_word(d.kind)])?;
+            }
+            print!("{}", String::from_utf8(w.into_inner()?)?);
+        }
         Output::Table => {
             let count = |k: DeviceKind| doc.devices.iter().filter(|d| d.kind == k).count().to_string();
             let mut rows = vec![

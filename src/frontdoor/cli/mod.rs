@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod export;
 mod follow;
 mod progress;
 mod report;
@@ -259,6 +260,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         print!("{}", table::status(verdict));
                     }
                 }
+                Output::Summary => println!("{}", export::result_line(&result)),
+                Output::Csv => print!("{}", export::result_csv(&result)?),
             }
             Ok(if interrupted {
                 ExitCode::from(EXIT_INTERRUPTED)

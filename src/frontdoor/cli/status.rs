@@ -115,6 +115,8 @@ pub(super) async fn run(
     match output {
         Output::Json => println!("{json}"),
         Output::Table => print!("{}", table::status(&doc)),
+        Output::Summary => println!("{}", super::export::status_line(&doc)),
+        Output::Csv => print!("{}", super::export::status_csv(&doc)?),
     }
     if let Some(first) = doc.devices.iter().find_map(|d| d.read_error.as_deref()) {
         let what = if doc.summary.unread == doc.summary.devices {

@@ -37,6 +37,10 @@ pub enum Output {
     Json,
     /// Tables, for people.
     Table,
+    /// One line, for a ticket or a chat.
+    Summary,
+    /// The device list as CSV, for a spreadsheet.
+    Csv,
 }
 
 fn colour() -> bool {
