@@ -173,16 +173,49 @@ impl TokenError {
             );
         }
         let aadsts: Vec<String> = numbers.iter().map(|n| format!("AADSTS{n}")).collect();
+        let advice = numbers.iter().find_map(|n| aadsts_advice(*n));
         format!(
-            "HTTP {status}{}: {meaning}{}",
+            "HTTP {status}{}: {meaning}{}{}",
             code.map(|c| format!(" {c}")).unwrap_or_default(),
             if aadsts.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", aadsts.join(", "))
-            }
+            },
+            advice.map(|a| format!(": {a}")).unwrap_or_default()
         )
     }
+}
+
+/// What the common AADSTS codes mean for whoever set this up, and what to
+/// do (Microsoft's error reference, in the words of this product's
+/// settings).
+pub fn aadsts_advice(code: u64) -> Option<&'static str> {
+    Some(match code {
+        7000215 => {
+            "the client secret is not valid; usually the secret's ID was pasted instead of its Value (copy the Value column of Certificates & secrets into AZURE_CLIENT_SECRET)"
+        }
+        7000222 => "the client secret has expired; create a new one on the app registration",
+        700016 => {
+            "the application was not found in the tenant: check AZURE_CLIENT_ID and AZURE_TENANT_ID, and that the app is registered or consented there"
+        }
+        90002 => {
+            "the tenant was not found: check AZURE_TENANT_ID (a tenant id or a verified domain) and the cloud (ATTEST_CLOUD)"
+        }
+        900023 => "AZURE_TENANT_ID is neither a tenant id nor a domain name",
+        7000112 => "the application is disabled in this tenant",
+        700027 => {
+            "the client assertion's signature does not verify: the certificate is not one uploaded to the app registration"
+        }
+        700024 => {
+            "the client assertion is outside its valid time: check the machine's clock, or the federated token has expired"
+        }
+        70021 => {
+            "no federated credential matches the assertion: add one to the app registration with its issuer, subject and audience (docs/security.md)"
+        }
+        500011 => "the Graph resource was not found in the tenant: check the cloud (ATTEST_CLOUD, GRAPH_ENDPOINT)",
+        _ => return None,
+    })
 }
 
 /// Loads the credentials again (after Entra ID refused the current ones, as
@@ -495,8 +528,10 @@ fn assertion(cert: &ClientCertificate, client_id: &str, token_url: &str) -> Resu
         .map_err(|_| AuthError::Refused("the client assertion could not be signed".into()))
 }
 
-/// Describes a transport error without its URL (which may carry a tenant)
-/// or any header.
+/// Describes a transport error by its host (from deployment config) and
+/// cause, without the rest of its URL (a path may carry a tenant) or any
+/// header: `login.microsoftonline.com: could not connect (DNS lookup
+/// failed)`.
 pub fn describe_transport(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "timed out"
@@ -509,12 +544,106 @@ pub fn describe_transport(e: &reqwest::Error) -> String {
     } else {
         "transport error"
     };
-    what.to_owned()
+    let host = e.url().and_then(|u| u.host_str()).map(str::to_owned);
+    let cause = transport_cause(e);
+    match (host, cause) {
+        (Some(h), Some(c)) => format!("{h}: {what} ({c})"),
+        (Some(h), None) => format!("{h}: {what}"),
+        (None, Some(c)) => format!("{what} ({c})"),
+        (None, None) => what.to_owned(),
+    }
+}
+
+/// The cause under a transport error, in fixed words: refused, reset,
+/// DNS, TLS (the certificate), or a timeout.
+fn transport_cause(e: &reqwest::Error) -> Option<&'static str> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        // An I/O error may wrap another (its own `source` skips it).
+        let mut io = s.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io
+            .and_then(|e| e.get_ref())
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+        {
+            io = Some(inner);
+        }
+        if let Some(io) = io {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return Some("connection refused"),
+                std::io::ErrorKind::ConnectionReset => return Some("connection reset"),
+                std::io::ErrorKind::TimedOut => return Some("timed out"),
+                // What rustls reports for a handshake it cannot complete.
+                std::io::ErrorKind::InvalidData => return Some("TLS handshake failed: check the host's certificate"),
+                _ => {}
+            }
+        }
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("dns error") || text.contains("failed to lookup") || text.contains("name or service") {
+            return Some("DNS lookup failed");
+        }
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+            return Some("TLS handshake failed: check the host's certificate");
+        }
+        if text.contains("connection refused") {
+            return Some("connection refused");
+        }
+        source = s.source();
+    }
+    e.is_timeout().then_some("timed out")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_aadsts_codes_say_what_to_do() {
+        let said = |code: u64| {
+            TokenError {
+                error: Some("invalid_client".into()),
+                error_description: None,
+                error_codes: vec![code],
+            }
+            .describe(401)
+        };
+        assert!(said(7000215).contains("the secret's ID was pasted instead of its Value"));
+        assert!(said(700016).contains("application was not found in the tenant"));
+        assert!(said(90002).contains("the tenant was not found"));
+        for code in [7000222, 900023, 7000112, 700027, 700024, 70021, 500011] {
+            assert!(aadsts_advice(code).is_some(), "{code}");
+            assert!(said(code).contains(&format!("AADSTS{code}: ")) || said(code).contains(&format!("(AADSTS{code})")));
+        }
+        assert!(aadsts_advice(12345).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_transport_failure_names_the_host_and_its_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/tenant-secret/oauth2/v2.0/token",
+            closed.local_addr().unwrap()
+        );
+        drop(closed);
+        let e = reqwest::Client::new().get(&url).send().await.unwrap_err();
+        let said = describe_transport(&e);
+        assert_eq!(said, "127.0.0.1: could not connect (connection refused)");
+        assert!(!said.contains("tenant-secret"), "no path");
+        // A TLS client meeting a server that does not speak TLS.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut s, _)) = plain.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let e = reqwest::Client::new()
+            .get(format!("https://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(describe_transport(&e).contains("TLS"), "{}", describe_transport(&e));
+    }
 
     fn parts(body: &str) -> Result<(Duration, Option<Duration>), AuthError> {
         let parsed: TokenResponse = serde_json::from_str(body).unwrap();
@@ -576,9 +705,9 @@ mod tests {
         )
         .unwrap();
         let text = echoed.describe(401);
-        assert_eq!(
-            text,
-            "HTTP 401 invalid_client: the app's credentials were refused (AADSTS7000215)"
+        assert!(
+            text.starts_with("HTTP 401 invalid_client: the app's credentials were refused (AADSTS7000215): "),
+            "{text}"
         );
         let odd: TokenError =
             serde_json::from_str(r#"{"error": "Weird <b>code</b>", "error_description": "AADSTS50034 no such user"}"#)
