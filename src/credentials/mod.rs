@@ -298,7 +298,6 @@ impl AppCredentials {
     ) -> Result<Self, CredentialsError> {
         let get: &dyn Fn(&str) -> Option<String> = &get;
         let set = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let need = |name: &str| set(name).ok_or_else(|| CredentialsError::configuration(format!("{name} is not set")));
         let federation = match set(federation::FEDERATION_SETTING) {
             Some(v) => Some(FederationKind::parse(&v).ok_or_else(|| {
                 CredentialsError::configuration(format!(
@@ -310,10 +309,33 @@ impl AppCredentials {
             })?),
             None => None,
         };
-        let tenant_id = need("AZURE_TENANT_ID")?;
-        let client_id = need("AZURE_CLIENT_ID")?;
         let secret = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty());
         let certificate = set("AZURE_CLIENT_CERTIFICATE_PATH");
+        // Every setting missing is said at once, not one a run.
+        let (tenant_id, client_id) = (set("AZURE_TENANT_ID"), set("AZURE_CLIENT_ID"));
+        let mut missing: Vec<String> = [("AZURE_TENANT_ID", &tenant_id), ("AZURE_CLIENT_ID", &client_id)]
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| (*n).to_owned())
+            .collect();
+        let has_credential = federation.is_some()
+            || secret.is_some()
+            || certificate.is_some()
+            || set(federation::TOKEN_FILE_SETTING).is_some();
+        if !has_credential {
+            missing.push(format!(
+                "a credential ({}, or {} with {}, or AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH)",
+                federation::TOKEN_FILE_SETTING,
+                federation::FEDERATION_SETTING,
+                FederationKind::VALUES
+            ));
+        }
+        let (Some(tenant_id), Some(client_id), true) = (tenant_id, client_id, has_credential) else {
+            return Err(CredentialsError::configuration(format!(
+                "not set: {}",
+                missing.join("; ")
+            )));
+        };
         let credential = if let Some(kind) = federation {
             // A federated deployment holds no secret: one beside it is a
             // mistake to point out, not a fallback.
@@ -341,15 +363,9 @@ impl AppCredentials {
             let cert = ClientCertificate::from_pem(&text, &text)
                 .map_err(|e| CredentialsError::new(format!("AZURE_CLIENT_CERTIFICATE_PATH {path:?}: {e}")))?;
             ClientCredential::Certificate(cert)
-        } else if set(federation::TOKEN_FILE_SETTING).is_some() {
-            ClientCredential::Federated(federation::from_settings(None, get, ctx)?)
         } else {
-            return Err(CredentialsError::configuration(format!(
-                "no credentials: set {} (or {} with {}), or AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH",
-                federation::TOKEN_FILE_SETTING,
-                federation::FEDERATION_SETTING,
-                FederationKind::VALUES
-            )));
+            // The token file, the one credential left (`has_credential`).
+            ClientCredential::Federated(federation::from_settings(None, get, ctx)?)
         };
         Self::new(tenant_id, client_id, credential)
     }
@@ -639,7 +655,19 @@ mod tests {
     #[test]
     fn missing_settings_are_named() {
         let err = AppCredentials::from_env(|k| (k == "AZURE_TENANT_ID").then(|| "t".to_string())).unwrap_err();
-        assert_eq!(err.0, "AZURE_CLIENT_ID is not set");
+        assert!(
+            err.0.starts_with("not set: AZURE_CLIENT_ID; a credential ("),
+            "{}",
+            err.0
+        );
+        // Nothing set: every setting named in one message.
+        let err = AppCredentials::from_env(|_| None).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("not set: AZURE_TENANT_ID; AZURE_CLIENT_ID; a credential"),
+            "{}",
+            err.0
+        );
         let err = AppCredentials::from_env(|k| match k {
             "AZURE_TENANT_ID" | "AZURE_CLIENT_ID" => Some("x".to_string()),
             _ => None,
