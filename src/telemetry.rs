@@ -13,6 +13,8 @@ pub struct LogStyle {
     pub ansi: bool,
     /// Timestamps (off where the platform stamps lines itself).
     pub timestamps: bool,
+    /// A level the command line chose (`-q`, `-v`), over `ATTEST_LOG`.
+    pub level: Option<&'static str>,
 }
 
 fn env_is(name: &str, value: &str) -> bool {
@@ -24,8 +26,10 @@ pub fn init<W>(writer: W, style: LogStyle)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_env("ATTEST_LOG")
-        .ok()
+    let filter = style
+        .level
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_env("ATTEST_LOG").ok())
         .or_else(|| {
             std::env::var("AWS_LAMBDA_LOG_LEVEL")
                 .ok()

@@ -829,6 +829,35 @@ async fn a_one_line_summary_for_a_ticket_and_the_devices_as_csv() {
     assert_eq!(text.lines().count(), 3, "{text}");
 }
 
+#[tokio::test]
+async fn version_completions_and_quiet_or_verbose_logs() {
+    let sim = Sim::start(crate::common::attestable_fleet(2)).await.unwrap();
+    let version = invoke(&sim, &[], &["--version"], None).await;
+    let text = String::from_utf8(version.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("intune-attest {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = invoke(&sim, &[], &["completions", shell], None).await;
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("intune-attest") && script.contains("retry-from"),
+            "{shell}"
+        );
+    }
+    let id = sim.fleet()[0].id.clone();
+    // ATTEST_LOG=info (the helper's) and -q: warnings only.
+    let quiet = invoke(&sim, &[], &["invoke", "-q", "--device-id", &id], None).await;
+    assert_eq!(quiet.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("INFO"), "{stderr}");
+    let loud = invoke(&sim, &[], &["invoke", "-v", "--device-id", &id], None).await;
+    let stderr = String::from_utf8_lossy(&loud.stderr);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

@@ -110,6 +110,7 @@ pub fn main() -> std::process::ExitCode {
     let style = crate::telemetry::LogStyle {
         ansi: false,
         timestamps: true,
+        level: None,
     };
     crate::telemetry::init(std::io::stderr, style);
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());

@@ -35,15 +35,29 @@ use crate::graph::GraphClient;
 /// Largest event file read, in bytes.
 const MAX_EVENT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// `--version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("INTUNE_ATTEST_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "intune-attest",
-    version,
+    version = VERSION,
     about = "Start TPM device attestation on Intune-managed Windows devices, in bulk."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Only warnings and errors on standard error (over ATTEST_LOG).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More on standard error: -v debug, -vv trace (over ATTEST_LOG).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +125,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Json)]
         output: Output,
     },
+    /// Print a shell completion script (`source <(intune-attest completions bash)`).
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn read_event(source: &str) -> anyhow::Result<Vec<u8>> {
@@ -158,6 +177,12 @@ pub fn main() -> ExitCode {
         crate::telemetry::LogStyle {
             ansi: std::io::stderr().is_terminal(),
             timestamps: true,
+            level: match (cli.quiet, cli.verbose) {
+                (true, _) => Some("warn"),
+                (_, 0) => None,
+                (_, 1) => Some("debug"),
+                _ => Some("trace"),
+            },
         },
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -187,6 +212,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             status_file,
         } => status::run(event, result.as_deref(), output, status_file.as_deref(), env).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "intune-attest", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { event, picks, output } => {
             let bytes = select::payload(event.as_deref().map(read_event).transpose()?, &picks)?;
             check::run(&bytes, output, env)

@@ -109,6 +109,7 @@ pub fn main() -> std::process::ExitCode {
     let style = crate::telemetry::LogStyle {
         ansi: false,
         timestamps: false,
+        level: None,
     };
     crate::telemetry::init(std::io::stderr, style);
     crate::frontdoor::host(async {
