@@ -98,7 +98,9 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
     counts.add_row(shown.iter().map(|o| r.summary.count(*o)).collect::<Vec<_>>());
 
     let good = |o: Outcome| matches!(o, Outcome::Initiated | Outcome::WouldInitiate);
-    let others: Vec<_> = r.devices.iter().filter(|d| !good(d.outcome)).collect();
+    let mut others: Vec<_> = r.devices.iter().filter(|d| !good(d.outcome)).collect();
+    // What needs action first; a device that cannot attest last.
+    others.sort_by_key(|d| needs_action_first(d.outcome));
     // No device at all: said in words, not an empty box.
     let mut out = if shown.is_empty() {
         format!("{head}\nno device: none was named, and no device_filter selected any\n")
@@ -118,6 +120,19 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
         "HTTP",
         "Graph error",
     ];
+    let mut reasons: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for d in &others {
+        // The reason code where there is one, else the outcome.
+        *reasons
+            .entry(d.reason_code.map_or(d.outcome.as_str(), |c| c.as_str()))
+            .or_default() += 1;
+    }
+    if !others.is_empty() {
+        let mut by: Vec<(&str, usize)> = reasons.into_iter().collect();
+        by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let said: Vec<String> = by.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        out.push_str(&format!("not initiated, by reason: {}\n", said.join(", ")));
+    }
     push_devices(&mut out, &header, &others, &full, |d| {
         vec![
             d.device_id.to_string(),
@@ -131,6 +146,21 @@ pub fn result(r: &RunResult, saved: Option<&std::path::Path>) -> String {
     });
     push_warnings(&mut out, &r.warnings);
     out
+}
+
+/// The order rows are shown in: what a responder acts on first (a refusal,
+/// throttling, a missing permission), what may pass on a retry next, and
+/// devices that cannot attest last.
+fn needs_action_first(o: Outcome) -> u8 {
+    match o {
+        Outcome::Failed => 0,
+        Outcome::Forbidden => 1,
+        Outcome::Throttled => 2,
+        Outcome::NotAttempted => 3,
+        Outcome::NotFound => 4,
+        Outcome::Unsupported => 6,
+        _ => 5,
+    }
 }
 
 /// Appends a table of the first [`MAX_ROWS`] of `devices` (none if there
@@ -191,11 +221,22 @@ pub fn status(doc: &StatusDocument) -> String {
     verdicts.set_header(doc.summary.attestation_statuses.keys().copied().collect::<Vec<_>>());
     verdicts.add_row(doc.summary.attestation_statuses.values().collect::<Vec<_>>());
     let mut out = format!("{head}\naction states\n{states}\nattestation statuses\n{verdicts}\n");
-    let others: Vec<_> = doc
+    let mut others: Vec<_> = doc
         .devices
         .iter()
         .filter(|d| d.action_state != Some(ActionState::Done))
         .collect();
+    // Untrusted, failed and unread first; still pending after them.
+    others.sort_by_key(|d| {
+        let untrusted = d.attestation_status.and_then(word).as_deref() == Some("untrusted");
+        match (untrusted, d.action_state) {
+            (true, _) => 0,
+            (_, Some(ActionState::Failed)) => 1,
+            (_, None) => 2,
+            (_, Some(ActionState::NotSupported)) => 4,
+            _ => 3,
+        }
+    });
     let header = [
         "device id",
         "device name",
@@ -237,6 +278,33 @@ mod tests {
         });
         let text = result(&r, None);
         assert!(text.contains("device name") && text.contains("LAB-0042"), "{text}");
+    }
+
+    #[test]
+    fn failures_come_before_devices_that_cannot_attest_and_reasons_are_counted() {
+        use crate::core::device::{DeviceId, DeviceKind};
+        use crate::core::outcome::{DeviceResult, RunRecord};
+        let dev = |n: u8, o: Outcome| {
+            let id = DeviceId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02x}"))
+                .unwrap_or_else(|| unreachable!());
+            DeviceResult::new(id, DeviceKind::Managed, o)
+        };
+        let r = RunResult::new(RunRecord {
+            devices: vec![
+                dev(1, Outcome::Unsupported),
+                dev(2, Outcome::Failed),
+                dev(3, Outcome::Unsupported),
+            ],
+            ..Default::default()
+        });
+        let text = result(&r, None);
+        let failed = text.find("00000000-0000-4000-8000-000000000002").unwrap_or_default();
+        let unsupported = text.find("00000000-0000-4000-8000-000000000001").unwrap_or_default();
+        assert!(failed < unsupported, "{text}");
+        assert!(
+            text.contains("not initiated, by reason: 2 unsupported, 1 failed"),
+            "{text}"
+        );
     }
 
     /// Text a terminal would act on: escape sequences (clear the screen,
