@@ -858,6 +858,75 @@ async fn version_completions_and_quiet_or_verbose_logs() {
     assert!(stderr.contains("DEBUG"), "{stderr}");
 }
 
+#[tokio::test]
+async fn fail_on_sets_the_exit_code_from_the_verdict() {
+    let mut cfg = sim_config();
+    cfg.action_delay = std::time::Duration::from_millis(300);
+    cfg.serve_attestation_detail = true;
+    cfg.fleet = graph_sim::FleetSpec {
+        size: 100,
+        non_windows: 0.0,
+        virtual_machines: 0.0,
+        tpm_1_2: 0.3,
+        windows_no_tpm: 0.0,
+        windows_unknown_tpm: 0.0,
+        ..graph_sim::FleetSpec::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let pick = |f: &dyn Fn(&graph_sim::SimDevice) -> bool| sim.fleet().iter().find(|d| f(d)).unwrap().id.clone();
+    let good = pick(&|d| d.tpm.is_some_and(|t| t.starts_with('2')));
+    let old_tpm = pick(&|d| d.tpm.is_some_and(|t| t.starts_with("1.")));
+    let run = |ids: Vec<String>| {
+        serde_json::to_vec(
+            &serde_json::json!({"managed_device_ids": ids, "validate_device_exists": false,
+            "verify": {"after": "1s", "until": "20s"}}),
+        )
+        .unwrap()
+    };
+    let args = ["invoke", "--event", "-", "--fail-on", "untrusted,failed"];
+    // Every initiation succeeds, but one device's verdict is untrusted.
+    let mixed = invoke(&sim, DETAIL, &args, Some(run(vec![good.clone(), old_tpm.clone()]))).await;
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert_eq!(mixed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--fail-on"), "{stderr}");
+    let doc: Value = serde_json::from_slice(&mixed.stdout).unwrap();
+    assert_eq!(doc["status"], "succeeded");
+    // Only trusted devices: 0.
+    let trusted = invoke(&sim, DETAIL, &args, Some(run(vec![good.clone()]))).await;
+    assert_eq!(
+        trusted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    // status reads the same way.
+    let event = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [&good, &old_tpm]})).unwrap();
+    let status = invoke(
+        &sim,
+        DETAIL,
+        &["status", "--event", "-", "--fail-on", "untrusted"],
+        Some(event),
+    )
+    .await;
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    // Where Graph serves no verdict, a done device cannot be shown trusted.
+    sim.configure(|c| c.serve_attestation_detail = false);
+    let only_good = serde_json::to_vec(&serde_json::json!({"managed_device_ids": [&good]})).unwrap();
+    let unknown = invoke(
+        &sim,
+        DETAIL,
+        &["status", "--event", "-", "--fail-on", "untrusted"],
+        Some(only_good),
+    )
+    .await;
+    assert_eq!(unknown.status.code(), Some(1));
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

@@ -65,3 +65,73 @@ pub(super) async fn follow<G: StatusGateway>(
         }
     }
 }
+
+/// A state `--fail-on` may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Intune's verdict is untrusted, or there is no verdict for a device
+    /// whose action is done (it cannot be shown trusted).
+    Untrusted,
+    /// The attestation action failed.
+    Failed,
+    /// The device cannot attest (the action is not supported).
+    NotSupported,
+    /// Still pending or active when the wait ended.
+    Pending,
+    /// The device could not be read.
+    Unread,
+}
+
+/// The devices of `doc` in any of `states`.
+pub(super) fn failing(doc: &StatusDocument, states: &[FailOn]) -> usize {
+    use crate::core::status::{ActionState, AttestationStatus};
+    doc.devices
+        .iter()
+        .filter(|d| {
+            states.iter().any(|s| match s {
+                FailOn::Untrusted => match d.attestation_status {
+                    Some(status) => status == AttestationStatus::Untrusted,
+                    None => d.action_state == Some(ActionState::Done),
+                },
+                FailOn::Failed => d.action_state == Some(ActionState::Failed),
+                FailOn::NotSupported => d.action_state == Some(ActionState::NotSupported),
+                FailOn::Pending => matches!(d.action_state, Some(ActionState::Pending | ActionState::Active)),
+                FailOn::Unread => d.read_error.is_some(),
+            })
+        })
+        .count()
+}
+
+/// The verify schedule `--wait` asks for: a check every `after` until
+/// `wait` has passed, added to the payload (and validated with it).
+pub(super) fn with_wait(payload: Vec<u8>, wait: &str) -> anyhow::Result<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|_| anyhow::anyhow!("--wait needs a payload that is a JSON object"))?;
+    let Some(obj) = v.as_object_mut() else {
+        anyhow::bail!("--wait needs a payload that is a JSON object");
+    };
+    if obj.contains_key("verify") {
+        anyhow::bail!("--wait and the payload's verify both set a schedule: give one");
+    }
+    obj.insert(
+        "verify".into(),
+        serde_json::json!({"after": WAIT_INTERVAL, "until": wait}),
+    );
+    Ok(serde_json::to_vec(&v)?)
+}
+
+/// How often `--wait` and `status --watch` read (the verify floor may
+/// raise it for many devices).
+pub(super) const WAIT_INTERVAL: &str = "30s";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_adds_a_schedule_and_refuses_a_second() {
+        let v: serde_json::Value = serde_json::from_slice(&with_wait(b"{}".to_vec(), "20m").unwrap()).unwrap();
+        assert_eq!(v["verify"], serde_json::json!({"after": "30s", "until": "20m"}));
+        assert!(with_wait(br#"{"verify": {"after": "1m"}}"#.to_vec(), "20m").is_err());
+    }
+}

@@ -25,6 +25,7 @@ mod table;
 pub use table::Output;
 
 use crate::config::Settings;
+use crate::core::duration::parse_go_duration;
 use crate::core::engine::{Engine, RunError};
 use crate::core::progress::Progress;
 use crate::core::request::AttestationRequest;
@@ -80,6 +81,15 @@ enum Command {
         /// table`, the full list stays at hand).
         #[arg(long, value_name = "FILE")]
         result_file: Option<PathBuf>,
+        /// Wait for Intune's verdict, reading every 30 s until every action
+        /// is over or this long has passed (a Go duration such as `20m`).
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
+        /// Exit 1 if any device's verdict ends in one of these states
+        /// (comma-separated: untrusted, failed, not-supported, pending,
+        /// unread); 0 when none does.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        fail_on: Vec<follow::FailOn>,
     },
     /// Read whether attestation happened: each device's attestation action
     /// and Intune's verdict, for the devices a payload selects or a result
@@ -97,6 +107,14 @@ enum Command {
         /// Also write the status document to this file (for `report`).
         #[arg(long, value_name = "FILE")]
         status_file: Option<PathBuf>,
+        /// Read again every 30 s until every action is over or this long
+        /// has passed (a Go duration such as `20m`).
+        #[arg(long, value_name = "DURATION")]
+        watch: Option<String>,
+        /// Exit 1 if any device ends in one of these states
+        /// (comma-separated: untrusted, failed, not-supported, pending, unread).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        fail_on: Vec<follow::FailOn>,
     },
     /// Write one self-contained HTML page about a run: outcomes, pace
     /// against the budget, every device, and the verdict if a status
@@ -211,7 +229,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result,
             output,
             status_file,
-        } => status::run(event, result.as_deref(), output, status_file.as_deref(), env).await,
+            watch,
+            fail_on,
+        } => {
+            let watch = watch
+                .map(|w| parse_go_duration(&w).map_err(|e| anyhow::anyhow!("--watch: {w:?}: {e}")))
+                .transpose()?;
+            status::run(
+                event,
+                result.as_deref(),
+                output,
+                status_file.as_deref(),
+                watch,
+                &fail_on,
+                env,
+            )
+            .await
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "intune-attest", &mut std::io::stdout());
@@ -228,9 +262,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_progress,
             output,
             result_file,
+            wait,
+            fail_on,
         } => {
             let settings = Settings::from_env(env)?;
-            let bytes = select::payload(event.as_deref().map(read_event).transpose()?, &picks)?;
+            let mut bytes = select::payload(event.as_deref().map(read_event).transpose()?, &picks)?;
+            if let Some(wait) = &wait {
+                bytes = follow::with_wait(bytes, wait)?;
+            }
             // Validate before anything else, so bad input never reaches Graph.
             let req = AttestationRequest::from_slice(&bytes, settings.limits)?;
             // Said before any write: the timeout cannot cover the devices.
@@ -293,8 +332,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Summary => println!("{}", export::result_line(&result)),
                 Output::Csv => print!("{}", export::result_csv(&result)?),
             }
+            let verdict_fails = !fail_on.is_empty()
+                && result
+                    .verdict
+                    .as_ref()
+                    .is_some_and(|v| follow::failing(v, &fail_on) > 0);
             Ok(if interrupted {
                 ExitCode::from(EXIT_INTERRUPTED)
+            } else if verdict_fails {
+                eprintln!("error: devices ended in a state --fail-on names");
+                ExitCode::from(1)
+            } else if !fail_on.is_empty() && result.verdict.is_some() {
+                // The verdict decides, as asked.
+                ExitCode::SUCCESS
             } else if result.failed {
                 ExitCode::from(1)
             } else {

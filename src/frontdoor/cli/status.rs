@@ -56,6 +56,8 @@ pub(super) async fn run(
     result: Option<&Path>,
     output: Output,
     status_file: Option<&Path>,
+    watch: Option<Duration>,
+    fail_on: &[super::follow::FailOn],
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env(&env)?;
@@ -106,7 +108,28 @@ pub(super) async fn run(
         devices = crate::core::device::with_selected(&devices, selected).0;
     }
     let policy = crate::core::engine::Pacers::new(&settings.engine).read_policy(&settings.engine);
-    let mut doc = status::read(client, &devices, correlation_id, &policy, deadline).await;
+    let mut doc = status::read(client.clone(), &devices, correlation_id.clone(), &policy, deadline).await;
+    // --watch: again every interval until every action is over or the
+    // time is up.
+    if let Some(watch) = watch {
+        let until = Instant::now() + watch;
+        let every = Duration::from_secs(30);
+        while !doc.all_terminal() && Instant::now() + every <= until {
+            tracing::info!(
+                states = %serde_json::json!(doc.summary.action_states),
+                "status: actions still going; reading again in 30 s"
+            );
+            tokio::time::sleep(every).await;
+            doc = status::read(
+                client.clone(),
+                &devices,
+                correlation_id.clone(),
+                &policy,
+                deadline.max(until),
+            )
+            .await;
+        }
+    }
     doc.warnings.extend(listing_warnings);
     let json = serde_json::to_string_pretty(&doc)?;
     if let Some(path) = status_file {
@@ -128,6 +151,13 @@ pub(super) async fn run(
             )
         };
         eprintln!("error: {what} (first: {})", crate::core::text::bounded(first, 400));
+    }
+    if !fail_on.is_empty() {
+        let n = super::follow::failing(&doc, fail_on);
+        if n > 0 {
+            eprintln!("error: {n} device(s) in a state --fail-on names");
+        }
+        return Ok(ExitCode::from(u8::from(n > 0)));
     }
     Ok(if doc.summary.unread > 0 {
         ExitCode::from(1)
