@@ -316,3 +316,41 @@ fn outcome_and_reason_code_names_are_the_same_in_code_schema_and_docs() {
         assert_eq!(serde_json::to_value(o).unwrap().as_str(), Some(o.as_str()));
     }
 }
+
+#[test]
+fn every_command_the_readme_shows_exists_with_its_flags() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut in_sh = false;
+    let mut checked = 0;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let command = line.split('#').next().unwrap_or_default();
+        let Some(at) = command.find("intune-attest ") else {
+            continue;
+        };
+        let words: Vec<&str> = command[at + "intune-attest ".len()..].split_whitespace().collect();
+        // A subcommand's own help, or the top level's for a global flag.
+        let sub = words.first().filter(|w| !w.starts_with('-')).copied();
+        let mut help = std::process::Command::new(env!("CARGO_BIN_EXE_intune-attest"));
+        help.env_clear();
+        match sub {
+            Some(sub) => help.args([sub, "--help"]),
+            None => help.arg("--help"),
+        };
+        let out = help.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "README: {line}: no such command\n{text}");
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            let name = flag.split('=').next().unwrap_or(flag);
+            assert!(text.contains(name), "README: {line}: {name} is not a flag of {sub:?}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} commands found in the README");
+}
