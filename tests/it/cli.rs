@@ -927,6 +927,47 @@ async fn fail_on_sets_the_exit_code_from_the_verdict() {
     assert_eq!(unknown.status.code(), Some(1));
 }
 
+#[tokio::test]
+async fn on_a_terminal_the_bar_replaces_the_progress_lines_which_stay_in_logs() {
+    let sim = Sim::start(crate::common::attestable_fleet(120)).await.unwrap();
+    let ids: Vec<String> = sim.fleet().iter().map(|d| d.id.clone()).collect();
+    let dir = std::env::temp_dir().join(format!("cli-bar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event = dir.join("event.json");
+    std::fs::write(
+        &event,
+        serde_json::json!({"managed_device_ids": ids, "validate_device_exists": false}).to_string(),
+    )
+    .unwrap();
+    // 20 writes a window and a progress line every 200 ms: several lines
+    // in the run's six windows.
+    let extra = [("ATTEST_WRITE_BUDGET", "20"), ("ATTEST_PROGRESS_INTERVAL", "200ms")];
+    let logged = invoke(&sim, &extra, &["invoke", "--event", event.to_str().unwrap()], None).await;
+    let piped = String::from_utf8_lossy(&logged.stderr);
+    assert!(piped.matches(" progress ").count() >= 2, "{piped}");
+    // The same under a terminal (script(1) gives the command a pty).
+    let command = format!(
+        "{BIN} invoke --event {} > {}",
+        event.display(),
+        dir.join("out.json").display()
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .envs(env_of(&sim, &extra))
+        .env("ATTEST_LOG", "info")
+        .env("TERM", "xterm");
+    let tty = cmd.output().await.unwrap();
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(0), "{screen}");
+    assert!(!screen.contains(" progress "), "progress lines under the bar: {screen}");
+    assert!(
+        screen.contains("run finished") || screen.contains("finished"),
+        "{screen}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

@@ -286,11 +286,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = Arc::new(client);
             // One read budget for the run's validation and its verdict's reads.
             let pacers = crate::core::engine::Pacers::new(&settings.engine);
-            let engine = Engine::with_pacers(client.clone(), settings.engine.clone(), pacers.clone());
+            // On a terminal the bar shows progress: no progress lines too
+            // (they stay in logs when standard error is not a terminal).
+            let draw_bar = !no_progress && std::io::stderr().is_terminal();
+            let mut engine_cfg = settings.engine.clone();
+            if draw_bar {
+                engine_cfg.progress_interval = PROGRESS_LINES_OFF;
+            }
+            let engine = Engine::with_pacers(client.clone(), engine_cfg, pacers.clone());
             let plan = req.verify;
             let started = std::time::SystemTime::now();
             let progress = Arc::new(Progress::new());
-            let bar = (!no_progress && std::io::stderr().is_terminal()).then(|| progress::spawn_bar(progress.clone()));
+            let bar = draw_bar.then(|| progress::spawn_bar(progress.clone()));
             let interrupts = tokio::spawn(stop_on_interrupt(progress.clone()));
             let outcome = engine.run(req, None, progress.clone()).await;
             interrupts.abort();
@@ -353,6 +360,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// The progress-line interval while the bar is drawn: longer than any run.
+const PROGRESS_LINES_OFF: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 
 /// The exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as
 /// shells report it).
