@@ -540,9 +540,10 @@ pub struct StatusDevice {
     /// The device ID.
     #[serde(deserialize_with = "short")]
     pub device_id: String,
-    /// Where the attestation action stands.
-    #[serde(deserialize_with = "short")]
-    pub action_state: String,
+    /// Where the attestation action stands; `None` when the device could
+    /// not be read.
+    #[serde(default, deserialize_with = "short_opt")]
+    pub action_state: Option<String>,
     /// When the action last changed.
     #[serde(default, deserialize_with = "short_opt")]
     pub action_updated_at: Option<String>,

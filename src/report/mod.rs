@@ -6,9 +6,10 @@
 //! Graph or from the payload is escaped by the template engine; the page's
 //! Content-Security-Policy allows only its own style and script, by hash,
 //! so even markup that slipped through could not load or run anything.
-//! The device table filters by outcome without a server (`#outcome=failed`
-//! in the address preselects one), and a print stylesheet keeps it legible
-//! on paper.
+//! The device table filters by outcome and, with a status document, by
+//! verdict without a server (`#outcome=failed`, `#verdict=untrusted` or
+//! both joined by `&` in the address preselect them), and a print
+//! stylesheet keeps it legible on paper.
 //!
 //! The page is bounded whatever the documents hold: what they are read into
 //! is bounded ([`document`]), the pace chart has at most
@@ -99,6 +100,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; min-width: 130px; }
 .card .n { font-size: 24px; font-weight: 600; display: block; }
+.card.alert { border-color: var(--bad); border-width: 2px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; color: #fff; font-size: 12px; }
 .badge.c-initiated, rect.c-initiated { background: var(--ok); fill: var(--ok); }
 .badge.c-progress, rect.c-progress { background: var(--progress); fill: var(--progress); }
@@ -117,7 +119,7 @@ table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: #f3f5f7; position: sticky; top: 0; }
 td.id, td.rid { font-family: ui-monospace, "Cascadia Mono", Consolas, monospace; }
-td.id { white-space: nowrap; } td.rid { font-size: 11px; overflow-wrap: anywhere; min-width: 120px; }
+td.id, td.rid { white-space: nowrap; } td.rid { font-size: 11px; }
 .scroll { overflow-x: auto; }
 td.msg { min-width: 180px; max-width: 380px; overflow-wrap: anywhere; }
 footer { margin-top: 32px; border-top: 1px solid var(--line); padding-top: 8px; font-size: 12px; color: #5f6b76; }
@@ -136,13 +138,16 @@ footer dt { font-weight: 600; } footer dd { margin: 0; overflow-wrap: anywhere; 
 const SCRIPT: &str = r#"
 (function () {
   var select = document.getElementById('outcome-filter');
+  var verdict = document.getElementById('verdict-filter');
   var name = document.getElementById('name-filter');
   var rows = document.querySelectorAll('#devices tbody tr');
   var shown = document.getElementById('shown');
   function apply() {
     var want = select.value, text = name.value.toLowerCase(), n = 0;
+    var wantVerdict = verdict ? verdict.value : '';
     for (var i = 0; i < rows.length; i++) {
       var hide = (want !== '' && rows[i].getAttribute('data-outcome') !== want)
+        || (wantVerdict !== '' && rows[i].getAttribute('data-verdict') !== wantVerdict)
         || (text !== '' && (rows[i].getAttribute('data-name') || '').toLowerCase().indexOf(text) < 0);
       rows[i].hidden = hide;
       if (!hide) { n++; }
@@ -150,9 +155,15 @@ const SCRIPT: &str = r#"
     shown.textContent = n + ' of ' + rows.length + ' devices shown';
   }
   select.addEventListener('change', apply);
+  if (verdict) { verdict.addEventListener('change', apply); }
   name.addEventListener('input', apply);
-  var wanted = /^#outcome=([a-z_]+)$/.exec(location.hash);
-  if (wanted) { select.value = wanted[1]; }
+  var parts = location.hash.replace(/^#/, '').split('&');
+  for (var j = 0; j < parts.length; j++) {
+    var pair = /^(outcome|verdict)=([a-z_]+)$/.exec(parts[j]);
+    if (!pair) { continue; }
+    if (pair[1] === 'outcome') { select.value = pair[2]; }
+    else if (verdict) { verdict.value = pair[2]; }
+  }
   apply();
 })();
 "#;
@@ -181,7 +192,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         .status
         .map(|s| s.devices.iter().map(|d| (d.device_id.as_str(), d)).collect())
         .unwrap_or_default();
-    let (rows, listed) = device_rows(r, input.status.is_some(), &verdicts);
+    let rows = device_rows(r, input.status.is_some(), &verdicts);
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -199,14 +210,14 @@ pub fn render(input: &ReportInput<'_>) -> String {
                     p.muted { "Run " code { (r.correlation_id) } " · " (r.started_at) " to " (r.finished_at)
                         @if r.dry_run { " · dry run" } }
                 }
-                (summary(r))
+                (summary(r, input.status))
                 @if let Some(status) = input.status { (verdict(status)) }
                 section #throughput {
                     h2 { "Pace" }
                     p.muted { (r.stats.http_requests) " HTTP requests, " (r.stats.throttled_responses) " answered 429, in " (charts::seconds(r.stats.duration_ms)) "." }
                     (charts::windows(&r.stats.writes_per_window, r.stats.write_budget, r.stats.throttle_window_ms))
                 }
-                (device_table(r, input.status.is_some(), listed))
+                (device_table(r, input.status.is_some(), &rows))
                 (footer(input))
                 script { (PreEscaped(SCRIPT)) }
             }
@@ -214,6 +225,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
     };
     // The rows go into the page without a second copy of them.
     let page = page.into_string();
+    let rows = rows.html;
     let (head, tail) = page.split_once(ROWS).unwrap_or((&page, ""));
     let mut out = String::with_capacity(head.len() + rows.len() + tail.len());
     out.push_str(head);
@@ -253,7 +265,10 @@ fn to_bars<'a>(items: &[(&'a str, u64)]) -> Vec<Bar<'a>> {
         .collect()
 }
 
-fn summary(r: &ResultDocument) -> Markup {
+fn summary(r: &ResultDocument, status: Option<&StatusDocument>) -> Markup {
+    // Every initiation may have succeeded while Intune found devices
+    // untrusted: the status card says so too.
+    let untrusted = status.map_or(0, |s| count(&s.summary.attestation_statuses, "untrusted"));
     let requested = count(&r.summary, "requested");
     let good: u64 = ["initiated", "would_initiate", "continued"]
         .iter()
@@ -264,7 +279,8 @@ fn summary(r: &ResultDocument) -> Markup {
         section #summary {
             h2 { "Outcome" }
             div.cards {
-                div.card { span.n { span class={"badge " (style_class(&r.status))} { (r.status) } } "status" @if r.failed { " (failed for the caller)" } }
+                div.card { span.n { span class={"badge " (style_class(&r.status))} { (r.status) } } "status" @if r.failed { " (failed for the caller)" }
+                    @if untrusted > 0 { " " span.badge.c-failed #untrusted-badge { (untrusted) " untrusted" } } }
                 div.card #requested { span.n { (requested) } "devices requested" }
                 div.card #initiated { span.n { (good) } @if r.dry_run { "would be initiated" } @else { "initiated" } }
                 div.card #not-initiated { span.n { (requested.saturating_sub(good)) } "not initiated" }
@@ -288,7 +304,7 @@ fn verdict(s: &StatusDocument) -> Markup {
     let states = ordered(&s.summary.action_states, &ACTION_STATES);
     let statuses = ordered(&s.summary.attestation_statuses, &ATTESTATION_STATUSES);
     let in_progress = count(&s.summary.action_states, "pending") + count(&s.summary.action_states, "active");
-    let ended_badly = count(&s.summary.action_states, "failed") + count(&s.summary.action_states, "not_supported");
+    let untrusted = count(&s.summary.attestation_statuses, "untrusted");
     html! {
         section #verdict {
             h2 { "Verdict" }
@@ -297,8 +313,10 @@ fn verdict(s: &StatusDocument) -> Markup {
                 div.card #checked { span.n { (s.summary.devices) } "devices checked" }
                 div.card #done { span.n { (count(&s.summary.action_states, "done")) } "attestation done" }
                 div.card #in-progress { span.n { (in_progress) } "still pending or active" }
-                div.card #ended-badly { span.n { (ended_badly) } "failed or not supported" }
+                div.card #failed { span.n { (count(&s.summary.action_states, "failed")) } "attestation failed" }
+                div.card #not-supported { span.n { (count(&s.summary.action_states, "not_supported")) } "not supported" }
                 div.card #trusted { span.n { (count(&s.summary.attestation_statuses, "trusted")) } "trusted" }
+                div.card.alert[untrusted > 0] #untrusted { span.n { (untrusted) } "untrusted" }
                 @if s.summary.unread > 0 { div.card #unread { span.n { (s.summary.unread) } "could not be read" } }
             }
             div.charts {
@@ -320,21 +338,46 @@ fn verdict(s: &StatusDocument) -> Markup {
 
 /// The device rows, until they reach [`TABLE_BYTES`]: the rows and how
 /// many they are.
-fn device_rows(
+fn device_rows<'a>(
     r: &ResultDocument,
     with_status: bool,
-    verdicts: &HashMap<&str, &document::StatusDevice>,
-) -> (String, usize) {
-    let mut rows = String::new();
-    let mut listed = 0;
+    verdicts: &HashMap<&str, &'a document::StatusDevice>,
+) -> Rows<'a> {
+    let mut rows = Rows::default();
     for (i, d) in r.devices.iter().enumerate() {
-        if rows.len() >= TABLE_BYTES {
+        if rows.html.len() >= TABLE_BYTES {
             break;
         }
-        device_row(i, d, with_status, verdicts).render_to(&mut rows);
-        listed += 1;
+        if with_status {
+            *rows.verdicts.entry(verdict_key(verdicts, &d.device_id)).or_default() += 1;
+        }
+        device_row(i, d, with_status, verdicts).render_to(&mut rows.html);
+        rows.listed += 1;
     }
-    (rows, listed)
+    rows
+}
+
+/// The rendered device rows and what the table's filters need of them.
+#[derive(Default)]
+struct Rows<'a> {
+    html: String,
+    listed: usize,
+    /// The listed rows by verdict key, for the verdict filter.
+    verdicts: std::collections::BTreeMap<&'a str, u64>,
+}
+
+/// What the verdict filter matches a device by: its attestation status
+/// when Intune gave one, else its action state; `unread` when the status
+/// read failed, `not_checked` when the status document does not list it.
+fn verdict_key<'a>(verdicts: &HashMap<&str, &'a document::StatusDevice>, id: &str) -> &'a str {
+    match verdicts.get(id) {
+        None => "not_checked",
+        Some(v) => match (&v.attestation_status, &v.action_state) {
+            (_, None) => "unread",
+            (Some(status), Some(_)) => status.as_str(),
+            (None, Some(state)) => state.as_str(),
+        },
+    }
 }
 
 fn device_row(
@@ -344,7 +387,8 @@ fn device_row(
     verdicts: &HashMap<&str, &document::StatusDevice>,
 ) -> Markup {
     html! {
-        tr data-outcome=(d.outcome) data-name=(d.device_name.as_deref().unwrap_or_default()) {
+        tr data-outcome=(d.outcome) data-verdict=[with_status.then(|| verdict_key(verdicts, &d.device_id))]
+            data-name=(d.device_name.as_deref().unwrap_or_default()) {
             td { (i + 1) }
             td.id { (d.device_id) }
             td { @if let Some(n) = &d.device_name { (n) } }
@@ -363,7 +407,11 @@ fn device_row(
             @if with_status {
                 @match verdicts.get(d.device_id.as_str()) {
                     Some(v) => {
-                        td { span class={"badge " (style_class(&v.action_state))} { (v.action_state) }
+                        td {
+                            @match &v.action_state {
+                                Some(state) => { span class={"badge " (style_class(state))} { (state) } }
+                                None => { span.muted { "not read" } }
+                            }
                             @if let Some(e) = &v.read_error { " " span.muted { (e) } } }
                         td { @if let Some(a) = &v.attestation_status { span class={"badge " (style_class(a))} { (a) } } }
                     }
@@ -374,8 +422,12 @@ fn device_row(
     }
 }
 
-fn device_table(r: &ResultDocument, with_status: bool, listed: usize) -> Markup {
+fn device_table(r: &ResultDocument, with_status: bool, rows: &Rows<'_>) -> Markup {
+    let listed = rows.listed;
     let outcomes = ordered(&r.summary, &OUTCOMES);
+    let mut verdicts: Vec<(&str, u64)> = rows.verdicts.iter().map(|(k, n)| (*k, *n)).collect();
+    // Untrusted first: it is what a reviewer filters for.
+    verdicts.sort_by_key(|(k, _)| (*k != "untrusted", *k));
     let unlisted = (r.devices.len() - listed) as u64 + r.devices.omitted;
     html! {
         section {
@@ -385,6 +437,14 @@ fn device_table(r: &ResultDocument, with_status: bool, listed: usize) -> Markup 
                 select #outcome-filter {
                     option value="" { "every outcome" }
                     @for (o, n) in &outcomes { option value=(o) { (o) " (" (n) ")" } }
+                }
+                @if with_status {
+                    " "
+                    label for="verdict-filter" { "with verdict " }
+                    select #verdict-filter {
+                        option value="" { "any verdict" }
+                        @for (v, n) in &verdicts { option value=(v) { (v) " (" (n) ")" } }
+                    }
                 }
                 " "
                 label for="name-filter" { "named like " }

@@ -126,6 +126,55 @@ fn a_status_adds_the_verdict_and_a_column_per_device() {
 }
 
 #[test]
+fn a_device_the_status_could_not_read_parses_and_shows_as_not_read() {
+    // `status` writes `action_state: null` with the cause for a device it
+    // could not read; the report takes that document.
+    let s: StatusDocument = serde_json::from_value(json!({
+        "schema_version": "1", "correlation_id": "incident-<7>", "checked_at": "2026-11-29T10:20:00Z",
+        "summary": {"devices": 1, "action_states": {}, "attestation_statuses": {}, "unread": 1},
+        "warnings": [],
+        "devices": [{"device_id": "00000000-0000-4000-8000-000000000001", "kind": "managed", "action_state": null,
+                     "read_error": "HTTP 503", "attestation_status": null}]
+    }))
+    .unwrap();
+    assert_eq!(s.devices[0].action_state, None);
+    let html = page(Some(&s));
+    assert!(html.contains(r#"<span class="muted">not read</span> <span class="muted">HTTP 503</span>"#));
+    assert!(html.contains(r#"data-verdict="unread""#));
+    assert!(html.contains("id=\"unread\""));
+}
+
+#[test]
+fn the_verdict_filter_offers_the_verdicts_present_untrusted_first_and_untrusted_is_its_own_card() {
+    let s: StatusDocument = serde_json::from_value(json!({
+        "schema_version": "1", "correlation_id": "incident-<7>", "checked_at": "2026-11-29T10:20:00Z",
+        "summary": {"devices": 1, "action_states": {"done": 1}, "attestation_statuses": {"untrusted": 1}, "unread": 0},
+        "warnings": [],
+        "devices": [{"device_id": "00000000-0000-4000-8000-000000000001", "kind": "managed", "action_state": "done",
+                     "attestation_status": "untrusted"}]
+    }))
+    .unwrap();
+    let html = page(Some(&s));
+    let filter = &html[html.find(r#"<select id="verdict-filter">"#).expect("a verdict filter")..];
+    let filter = &filter[..filter.find("</select>").unwrap()];
+    let untrusted = filter
+        .find(r#"<option value="untrusted">untrusted (1)</option>"#)
+        .expect("untrusted offered");
+    let unchecked = filter
+        .find(r#"<option value="not_checked">not_checked (1)</option>"#)
+        .expect("not checked offered");
+    assert!(untrusted < unchecked, "{filter}");
+    assert!(html.contains(r#"data-verdict="untrusted""#));
+    assert!(html.contains(r#"class="card alert" id="untrusted""#));
+    // Every initiation that was tried succeeded or failed, and still the
+    // status card says devices are untrusted.
+    assert!(html.contains(r#"id="untrusted-badge">1 untrusted</span>"#));
+    assert!(SCRIPT.contains("data-verdict"));
+    // Without a status document there is no verdict filter.
+    assert!(!page(None).contains(r#"<select id="verdict-filter">"#));
+}
+
+#[test]
 fn unknown_values_get_a_neutral_class_never_their_own_name() {
     assert_eq!(style_class("\" onmouseover=\"x"), "c-neutral");
     assert_eq!(style_class("failed"), "c-failed");
