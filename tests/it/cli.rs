@@ -968,6 +968,48 @@ async fn on_a_terminal_the_bar_replaces_the_progress_lines_which_stay_in_logs() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn at_sixty_columns_the_table_output_is_records_and_no_line_wraps() {
+    // A run with every kind of device that is not initiated: the device
+    // table would be over 100 columns wide.
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let mut ids: Vec<String> = sim.fleet().iter().take(300).map(|d| d.id.clone()).collect();
+    ids.push("00000000-dead-4bad-8bad-000000000001".into());
+    let dir = std::env::temp_dir().join(format!("cli-narrow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event = dir.join("event.json");
+    std::fs::write(&event, serde_json::json!({"managed_device_ids": ids}).to_string()).unwrap();
+    let screen = |cols: u16| {
+        let command = format!(
+            "stty cols {cols} rows 200; {BIN} -q invoke --no-progress --output table --event {}",
+            event.display()
+        );
+        let mut cmd = tokio::process::Command::new("script");
+        cmd.args(["-qec", &command, "/dev/null"])
+            .env_clear()
+            .envs(env_of(&sim, &[]))
+            .env("TERM", "xterm")
+            .env("NO_COLOR", "1");
+        cmd
+    };
+    for cols in [60u16, 200] {
+        let out = screen(cols).output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert!(text.contains("ResourceNotFound"), "{text}");
+        let longest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(longest <= usize::from(cols), "{longest} columns at {cols}:\n{text}");
+        let missing = "00000000-dead-4bad-8bad-000000000001";
+        if cols == 60 {
+            // Records: the id whole on a line of its own, its fields under it.
+            assert!(text.lines().any(|l| l == missing), "{text}");
+            assert!(!text.contains("│ device id"), "{text}");
+        } else {
+            assert!(text.contains("│ device id"), "a table where it fits: {text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn json_str(s: &str) -> Value {
     Value::String(s.to_owned())
 }

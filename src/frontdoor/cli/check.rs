@@ -127,7 +127,7 @@ pub(super) fn run(bytes: &[u8], output: Output, env: impl Fn(&str) -> Option<Str
                 ("ignore_partial_failures", doc.ignore_partial_failures.to_string()),
                 ("dry_run", doc.dry_run.to_string()),
             ]);
-            print!("{}", table::checked(&rows, doc.warnings));
+            print!("{}", table::checked(&rows, doc.warnings, table::View::of_stdout()));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -331,9 +331,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match output {
                 Output::Json => println!("{doc}"),
                 Output::Table => {
-                    print!("{}", table::result(&result, result_file.as_deref()));
+                    print!(
+                        "{}",
+                        table::result(&result, result_file.as_deref(), table::View::of_stdout())
+                    );
                     if let Some(verdict) = &result.verdict {
-                        print!("{}", table::status(verdict));
+                        print!("{}", table::status(verdict, table::View::of_stdout()));
                     }
                 }
                 Output::Summary => println!("{}", export::result_line(&result)),

@@ -137,7 +137,7 @@ pub(super) async fn run(
     }
     match output {
         Output::Json => println!("{json}"),
-        Output::Table => print!("{}", table::status(&doc)),
+        Output::Table => print!("{}", table::status(&doc, table::View::of_stdout())),
         Output::Summary => println!("{}", super::export::status_line(&doc)),
         Output::Csv => print!("{}", super::export::status_csv(&doc)?),
     }
