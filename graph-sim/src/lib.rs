@@ -7,11 +7,15 @@
 //! the managed-device GET with
 //! `$select`, the list with `$filter`/`$top`/`@odata.nextLink`, both
 //! attestation routes (short and `microsoft.graph.`-qualified), and `$batch`
-//! with its limits. Intune's throttling windows apply, time-scaled, with
+//! with its limits. Users sign in with the device code flow (the
+//! `/devicecode` endpoint, polling with `authorization_pending` and
+//! `slow_down`, a verification page a test or a person signs in at, and
+//! refresh tokens), and act with their own Intune role. Intune's throttling windows apply, time-scaled, with
 //! `Retry-After` in every form seen in the wild, and faults can be injected.
 //! A ledger records every attestation it accepted, so tests can check the
 //! client's result against what "Graph" actually did.
 
+mod device_code;
 mod fleet;
 pub mod odata;
 mod server;
@@ -61,6 +65,9 @@ pub struct AppRegistration {
     /// Its federated identity credentials: external tokens it accepts
     /// instead of a secret.
     pub federated: Vec<FederatedCredential>,
+    /// "Allow public client flows": whether a user may sign in to it with
+    /// the device code flow, with no secret (off by default, as in Entra).
+    pub public_client: bool,
 }
 
 impl Default for AppRegistration {
@@ -71,8 +78,19 @@ impl Default for AppRegistration {
             certificate: None,
             can_write: true,
             federated: Vec::new(),
+            public_client: false,
         }
     }
+}
+
+/// A user who signs in with the device code flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimUser {
+    /// The user's sign-in name.
+    pub upn: String,
+    /// Whether the user holds an Intune role that allows remote tasks: a
+    /// delegated write needs it as well as the app's permission.
+    pub intune_role: bool,
 }
 
 /// A federated identity credential, as an app registration holds it:
@@ -187,6 +205,11 @@ pub struct SimConfig {
     /// The `refresh_in` the token endpoint answers (Entra sends it for
     /// long-lived tokens); none by default.
     pub token_refresh_in: Option<u64>,
+    /// The `interval` the device code endpoint asks clients to poll at
+    /// (Entra: 5 s); a poll sooner than that is answered `slow_down`.
+    pub device_code_interval: Duration,
+    /// How long a device code may be used (Entra: 15 minutes).
+    pub device_code_lifetime: Duration,
     /// Largest `$top` honoured on lists.
     pub max_page: usize,
     /// How the device list treats `$filter`.
@@ -241,6 +264,8 @@ impl Default for SimConfig {
             token_lifetime: Duration::from_secs(3599),
             token_expires_in: None,
             token_refresh_in: None,
+            device_code_interval: Duration::from_secs(5),
+            device_code_lifetime: Duration::from_secs(900),
             max_page: 1000,
             filter_support: FilterSupport::default(),
             action_delay: Duration::from_secs(3),
@@ -262,6 +287,8 @@ pub struct LedgerEntry {
     pub kind: &'static str,
     /// The client id of the app registration that asked.
     pub app: String,
+    /// The user it acted for, with a delegated token.
+    pub user: Option<String>,
     /// When it was accepted.
     pub at: Instant,
 }
@@ -275,6 +302,14 @@ pub struct SimStats {
     pub token_requests: u64,
     /// Tokens issued for a federated credential's assertion.
     pub federated_tokens: u64,
+    /// Tokens issued for a signed-in user (device code or refresh token).
+    pub delegated_tokens: u64,
+    /// Token requests that redeemed a refresh token.
+    pub refresh_grants: u64,
+    /// Device code polls of the token endpoint.
+    pub device_code_polls: u64,
+    /// Polls answered `slow_down` (sooner than the interval).
+    pub slow_downs: u64,
     /// Token requests refused (any reason).
     pub token_refusals: u64,
     /// `$batch` calls.
@@ -297,6 +332,7 @@ pub struct SimStats {
 
 struct IssuedToken {
     client_id: String,
+    user: Option<SimUser>,
     expires: Instant,
     generation: u64,
 }
@@ -309,6 +345,12 @@ struct State {
     stats: Mutex<SimStats>,
     throttle: Mutex<throttle::Throttle>,
     tokens: Mutex<HashMap<String, IssuedToken>>,
+    /// Device codes handed out, by device code.
+    device_codes: Mutex<HashMap<String, device_code::Pending>>,
+    /// Device codes already redeemed (kept for leak checks).
+    redeemed_device_codes: Mutex<Vec<String>>,
+    /// Refresh tokens issued to signed-in users.
+    refresh_tokens: Mutex<HashMap<String, device_code::Refresh>>,
     token_generation: Mutex<u64>,
     rng: Mutex<fastrand::Rng>,
     rotate: Mutex<usize>,
@@ -347,6 +389,9 @@ impl Sim {
             stats: Mutex::new(SimStats::default()),
             throttle: Mutex::new(throttle::Throttle::default()),
             tokens: Mutex::new(HashMap::new()),
+            device_codes: Mutex::new(HashMap::new()),
+            redeemed_device_codes: Mutex::new(Vec::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
             token_generation: Mutex::new(0),
             rotate: Mutex::new(0),
             base_url: format!("http://{addr}"),
@@ -411,9 +456,26 @@ impl Sim {
         f(&mut lock(&self.state.cfg));
     }
 
-    /// Every access token issued so far (for tests that prove none leaks).
+    /// Every access token, refresh token and device code issued so far
+    /// (for tests that prove none leaks).
     pub fn issued_tokens(&self) -> Vec<String> {
-        lock(&self.state.tokens).keys().cloned().collect()
+        let mut all: Vec<String> = lock(&self.state.tokens).keys().cloned().collect();
+        all.extend(lock(&self.state.refresh_tokens).keys().cloned());
+        all.extend(lock(&self.state.device_codes).keys().cloned());
+        all.extend(lock(&self.state.redeemed_device_codes).iter().cloned());
+        all
+    }
+
+    /// `user` signs in with `user_code` at the verification page, as a
+    /// person would in a browser; false if no waiting sign-in has it.
+    pub fn sign_in(&self, user_code: &str, user: SimUser) -> bool {
+        device_code::decide(&self.state, user_code, Some(user))
+    }
+
+    /// The user declines the sign-in with `user_code`; false if no waiting
+    /// sign-in has it.
+    pub fn decline_sign_in(&self, user_code: &str) -> bool {
+        device_code::decide(&self.state, user_code, None)
     }
 
     /// Invalidates every token issued so far (as if they all expired).

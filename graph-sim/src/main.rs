@@ -54,6 +54,11 @@ struct Args {
     /// Write `KEY=VALUE` lines for intune-attest to this file.
     #[arg(long)]
     env_file: Option<std::path::PathBuf>,
+    /// Let users sign in to the app with the device code flow (`intune-attest
+    /// --device-code`); they sign in by posting the code to `/devicelogin`
+    /// (`curl -d user_code=CODE URL/devicelogin`).
+    #[arg(long)]
+    public_client: bool,
 }
 
 #[tokio::main]
@@ -109,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(l) = cfg.limits.as_mut() {
         l.app_writes = args.app_writes;
+    }
+    for app in &mut cfg.apps {
+        app.public_client = args.public_client;
     }
     let sim = Sim::start_on(cfg, args.port).await?;
     let mut env: Vec<(String, String)> = sim.client_env();

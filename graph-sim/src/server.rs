@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::{LedgerEntry, RetryAfterForm, State, lock, token};
+use crate::{LedgerEntry, RetryAfterForm, SimUser, State, device_code, lock, token};
 
 /// A dispatched answer, before it is written to the wire.
 pub(crate) struct Answer {
@@ -81,6 +81,12 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     if parts.method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
         return token::handle(&state, &path, &body).await.into_response();
     }
+    if parts.method == Method::POST && path.ends_with("/oauth2/v2.0/devicecode") {
+        return device_code::authorize(&state, &path, &body).into_response();
+    }
+    if parts.method == Method::POST && path == "/devicelogin" {
+        return device_code::sign_in_form(&state, &body).into_response();
+    }
     if path == "/_sim/ledger" {
         let counts: Vec<Value> = lock(&state.ledger)
             .iter()
@@ -95,7 +101,7 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
         lock(&state.stats).unauthorized += 1;
         return Answer::error(401, "InvalidAuthenticationToken", "Invalid audience.").into_response();
     }
-    let Some(app) = authorise(&state, &parts.headers) else {
+    let Some(caller) = authorise(&state, &parts.headers) else {
         lock(&state.stats).unauthorized += 1;
         return Answer::error(
             401,
@@ -146,13 +152,13 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     }
 
     let answer = if is_batch {
-        batch(&state, &app, &body)
+        batch(&state, &caller, &body)
     } else {
         let pq = match &query {
             Some(q) => format!("{rel}?{q}"),
             None => rel.to_owned(),
         };
-        dispatch(&state, parts.method.as_str(), &pq, &app)
+        dispatch(&state, parts.method.as_str(), &pq, &caller)
     };
 
     if roll(&state, faults.drop_after_accept) {
@@ -183,7 +189,14 @@ async fn handle(state: Arc<State>, req: Request<Body>) -> Response {
     answer.into_response()
 }
 
-fn authorise(state: &State, headers: &HeaderMap) -> Option<String> {
+/// Who a valid token speaks for: an app, and for a delegated token the
+/// user who signed in.
+pub(crate) struct Caller {
+    app: String,
+    user: Option<SimUser>,
+}
+
+fn authorise(state: &State, headers: &HeaderMap) -> Option<Caller> {
     let value = headers
         .get("authorization")
         .and_then(|v: &HeaderValue| v.to_str().ok())?;
@@ -191,7 +204,10 @@ fn authorise(state: &State, headers: &HeaderMap) -> Option<String> {
     let generation = *lock(&state.token_generation);
     let tokens = lock(&state.tokens);
     let t = tokens.get(token)?;
-    (t.expires > Instant::now() && t.generation == generation).then(|| t.client_id.clone())
+    (t.expires > Instant::now() && t.generation == generation).then(|| Caller {
+        app: t.client_id.clone(),
+        user: t.user.clone(),
+    })
 }
 
 pub(crate) fn retry_after_value(state: &State, wait: Duration) -> Option<String> {
@@ -221,7 +237,7 @@ pub(crate) fn retry_after_value(state: &State, wait: Duration) -> Option<String>
     }
 }
 
-fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
+fn batch(state: &State, caller: &Caller, body: &[u8]) -> Answer {
     let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
         return Answer::error(400, "BadRequest", "Invalid batch payload format.");
     };
@@ -264,7 +280,7 @@ fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
                 let status = [500, 502, 503, 504][lock(&state.rng).usize(..4)];
                 Answer::error(status, "ServiceUnavailable", "Transient failure.")
             } else {
-                dispatch(state, method, url, app)
+                dispatch(state, method, url, caller)
             };
             let headers: serde_json::Map<String, Value> =
                 answer.headers.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
@@ -291,7 +307,8 @@ fn batch(state: &State, app: &str, body: &[u8]) -> Answer {
 
 /// Serves one Graph request (direct, or an item of a batch). `target` is
 /// relative to the version root and may carry a query.
-fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
+fn dispatch(state: &State, method: &str, target: &str, caller: &Caller) -> Answer {
+    let app = caller.app.as_str();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let write = method != "GET";
@@ -376,7 +393,10 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
             ],
         ) if *action == "initiateDeviceAttestation" || *action == "microsoft.graph.initiateDeviceAttestation" => {
             lock(&state.stats).writes += 1;
-            let can_write = lock(&state.cfg).apps.iter().any(|a| a.client_id == app && a.can_write);
+            // A delegated token acts for its user: the app's permission and
+            // the user's Intune role both.
+            let can_write = lock(&state.cfg).apps.iter().any(|a| a.client_id == app && a.can_write)
+                && caller.user.as_ref().is_none_or(|u| u.intune_role);
             if !can_write {
                 return Answer::error(
                     403,
@@ -400,6 +420,7 @@ fn dispatch(state: &State, method: &str, target: &str, app: &str) -> Answer {
                         device_id: d.id.clone(),
                         kind: if comanaged_route { "comanaged" } else { "managed" },
                         app: app.to_string(),
+                        user: caller.user.as_ref().map(|u| u.upn.clone()),
                         at: Instant::now(),
                     });
                     Answer {

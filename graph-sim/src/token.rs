@@ -1,6 +1,7 @@
 //! The Entra ID token endpoint: client secrets, certificate assertions, and
 //! federated credentials (an external issuer's token, verified against that
-//! issuer's keys and matched exactly on issuer, subject and audience).
+//! issuer's keys and matched exactly on issuer, subject and audience); the
+//! device code and refresh token grants are in [`crate::device_code`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 use crate::server::Answer;
 use crate::{IssuedToken, State, lock};
 
-fn aad_error(status: u16, error: &str, code: u32, description: &str) -> Answer {
+pub(crate) fn aad_error(status: u16, error: &str, code: u32, description: &str) -> Answer {
     Answer::json(
         status,
         json!({"error": error, "error_description": format!("AADSTS{code}: {description}"),
@@ -30,14 +31,13 @@ pub(crate) async fn handle(state: &State, path: &str, body: &[u8]) -> Answer {
 }
 
 async fn issue(state: &State, path: &str, body: &[u8]) -> Answer {
-    let (faults, tenant, apps, issuers, lifetime) = {
+    let (faults, tenant, apps, issuers) = {
         let cfg = lock(&state.cfg);
         (
             cfg.faults.clone(),
             cfg.tenant_id.clone(),
             cfg.apps.clone(),
             cfg.issuers.clone(),
-            cfg.token_lifetime,
         )
     };
     if faults.token_delay_ms > 0 {
@@ -56,6 +56,11 @@ async fn issue(state: &State, path: &str, body: &[u8]) -> Answer {
         return aad_error(400, "invalid_request", 90002, "Tenant not found.");
     }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    match form.get("grant_type").map(String::as_str) {
+        Some(crate::device_code::GRANT) => return crate::device_code::redeem(state, &form),
+        Some("refresh_token") => return crate::device_code::refresh(state, &form),
+        _ => {}
+    }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return aad_error(
             400,
@@ -127,23 +132,34 @@ async fn issue(state: &State, path: &str, body: &[u8]) -> Answer {
             "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value.",
         );
     }
+    if federated {
+        lock(&state.stats).federated_tokens += 1;
+    }
+    mint(state, &client_id, None, false)
+}
+
+/// Issues an access token for `client_id` (acting for `user`, when
+/// delegated), and a refresh token too when `offline`.
+pub(crate) fn mint(state: &State, client_id: &str, user: Option<crate::SimUser>, offline: bool) -> Answer {
+    let lifetime = lock(&state.cfg).token_lifetime;
     let token = format!(
         "sim.{}.{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
     let generation = *lock(&state.token_generation);
+    if user.is_some() {
+        lock(&state.stats).delegated_tokens += 1;
+    }
     lock(&state.tokens).insert(
         token.clone(),
         IssuedToken {
-            client_id: client_id.clone(),
+            client_id: client_id.to_owned(),
+            user: user.clone(),
             expires: Instant::now() + lifetime,
             generation,
         },
     );
-    if federated {
-        lock(&state.stats).federated_tokens += 1;
-    }
     let expires_in = lock(&state.cfg)
         .token_expires_in
         .clone()
@@ -151,6 +167,12 @@ async fn issue(state: &State, path: &str, body: &[u8]) -> Answer {
     let mut answer = json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": lifetime.as_secs(), "access_token": token});
     if let Some(r) = lock(&state.cfg).token_refresh_in {
         answer["refresh_in"] = json!(r);
+    }
+    if let (Some(user), true) = (user, offline) {
+        let refresh = crate::device_code::issue_refresh(state, client_id, user);
+        answer["refresh_token"] = json!(refresh);
+        answer["scope"] =
+            json!("DeviceManagementManagedDevices.PrivilegedOperations.All DeviceManagementManagedDevices.Read.All");
     }
     Answer::json(200, answer)
 }

@@ -3,9 +3,11 @@
 //! ([`EnvCredentials`]), AWS Secrets Manager ([`secrets_manager`]), and
 //! workload identity federation, which needs no stored secret at all
 //! ([`federation`]: a token file, GitHub Actions, an Azure managed
-//! identity; [`sts`]: AWS). Secret material is held in [`secrecy`]
+//! identity; [`sts`]: AWS), or a person's own sign-in ([`delegated`]).
+//! Secret material is held in [`secrecy`]
 //! wrappers: it never prints through `Debug` and is zeroed when dropped.
 
+pub mod delegated;
 pub mod federation;
 pub mod secrets_manager;
 pub mod sts;
@@ -214,6 +216,9 @@ pub enum ClientCredential {
     /// Workload identity federation: an external issuer's token, fetched
     /// fresh for each token request.
     Federated(Arc<dyn AssertionSource>),
+    /// No credential of the app's: a user signed in (the device code flow)
+    /// and the tokens act for them.
+    Delegated(Arc<delegated::DelegatedSession>),
 }
 
 impl fmt::Debug for ClientCredential {
@@ -224,6 +229,7 @@ impl fmt::Debug for ClientCredential {
                 write!(f, "Certificate(x5t#S256={})", c.thumbprint_s256)
             }
             ClientCredential::Federated(s) => write!(f, "Federated({})", s.describe()),
+            ClientCredential::Delegated(_) => f.write_str("Delegated([signed-in user])"),
         }
     }
 }
@@ -274,6 +280,18 @@ pub struct AppCredentials {
     pub client_id: String,
     /// Secret or certificate.
     pub credential: ClientCredential,
+}
+
+/// Checks a tenant and a client id have the shape they may go into a
+/// token URL and form with.
+pub fn check_identifiers(tenant_id: &str, client_id: &str) -> Result<(), CredentialsError> {
+    if !is_tenant(tenant_id) {
+        return Err(CredentialsError::new("the tenant ID must be a GUID or a domain name"));
+    }
+    if !is_tenant(client_id) {
+        return Err(CredentialsError::new("the client ID must be a GUID"));
+    }
+    Ok(())
 }
 
 fn is_tenant(s: &str) -> bool {
@@ -372,12 +390,7 @@ impl AppCredentials {
 
     /// Checks the identifiers' shape (they go into the token URL and form).
     pub fn new(tenant_id: String, client_id: String, credential: ClientCredential) -> Result<Self, CredentialsError> {
-        if !is_tenant(&tenant_id) {
-            return Err(CredentialsError::new("the tenant ID must be a GUID or a domain name"));
-        }
-        if !is_tenant(&client_id) {
-            return Err(CredentialsError::new("the client ID must be a GUID"));
-        }
+        check_identifiers(&tenant_id, &client_id)?;
         Ok(Self {
             tenant_id,
             client_id,

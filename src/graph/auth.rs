@@ -1,6 +1,7 @@
 //! OAuth2 client credentials against Entra ID: a client secret, a
 //! certificate-signed JWT assertion, or a federated credential's external
-//! token (fetched fresh for each request, never kept). Tokens are
+//! token (fetched fresh for each request, never kept); or, for a person
+//! signed in with the device code flow, the refresh token grant. Tokens are
 //! refreshed ahead of expiry (at Entra's `refresh_in`, else a share of the
 //! lifetime) by one caller at a time while the others keep using the
 //! still-valid token; a refresh that fails leaves that token serving until
@@ -71,9 +72,13 @@ pub struct Token {
 }
 
 #[derive(Deserialize)]
-struct TokenResponse {
+pub(super) struct TokenResponse {
     #[serde(default)]
     access_token: Option<String>,
+    /// With a user's sign-in and `offline_access`: the token that gets
+    /// the next access token.
+    #[serde(default)]
+    pub(super) refresh_token: Option<String>,
     #[serde(default)]
     expires_in: Option<serde_json::Value>,
     #[serde(default)]
@@ -107,7 +112,7 @@ fn lifetime_field(name: &str, v: &serde_json::Value) -> Result<Duration, AuthErr
 impl TokenResponse {
     /// The token, its lifetime, and when Entra asks for a refresh
     /// (`refresh_in`), from a successful answer.
-    fn into_parts(self) -> Result<(SecretString, Duration, Option<Duration>), AuthError> {
+    pub(super) fn into_parts(self) -> Result<(SecretString, Duration, Option<Duration>), AuthError> {
         let token = self
             .access_token
             .filter(|t| !t.is_empty())
@@ -132,9 +137,9 @@ impl TokenResponse {
 }
 
 #[derive(Deserialize, Default)]
-struct TokenError {
+pub(super) struct TokenError {
     #[serde(default)]
-    error: Option<String>,
+    pub(super) error: Option<String>,
     #[serde(default)]
     error_description: Option<String>,
     #[serde(default)]
@@ -147,7 +152,7 @@ impl TokenError {
     /// and a fixed description. The endpoint's own text is never echoed (a
     /// misconfigured or hostile endpoint may echo the posted form, secret
     /// included).
-    fn describe(&self, status: u16) -> String {
+    pub(super) fn describe(&self, status: u16) -> String {
         let code = self
             .error
             .as_deref()
@@ -158,6 +163,9 @@ impl TokenError {
             Some("invalid_request") => "the token request was refused as malformed",
             Some("invalid_scope") => "the Graph scope was refused",
             Some("invalid_grant") => "the grant was refused",
+            Some("authorization_declined") => "the sign-in was declined",
+            Some("expired_token") => "the sign-in code expired before the sign-in finished: run again",
+            Some("bad_verification_code") => "the sign-in code was not recognised",
             Some("temporarily_unavailable") => "Entra ID is temporarily unavailable",
             _ => "the token endpoint refused the request",
         };
@@ -204,6 +212,13 @@ pub fn aadsts_advice(code: u64) -> Option<&'static str> {
         }
         900023 => "AZURE_TENANT_ID is neither a tenant id nor a domain name",
         7000112 => "the application is disabled in this tenant",
+        7000218 => {
+            "the app registration does not allow public client flows: turn on \"Allow public client flows\" under its Authentication settings for --device-code, or sign in with a secret or federation"
+        }
+        65001 => {
+            "the delegated permissions have no consent: an administrator grants admin consent to them on the app registration (docs/security.md)"
+        }
+        50076 | 50079 => "the sign-in needs multi-factor authentication: finish it in the browser",
         700027 => {
             "the client assertion's signature does not verify: the certificate is not one uploaded to the app registration"
         }
@@ -388,6 +403,12 @@ impl TokenProvider {
                 break;
             }
             let creds = self.creds();
+            // A user's sign-in brought its first token with it.
+            if let ClientCredential::Delegated(session) = &creds.credential
+                && let Some((token, lifetime)) = session.take_first()
+            {
+                return Ok((token, lifetime, None));
+            }
             let token_url = self.endpoints.token_url(&creds.tenant_id);
             let form = match self.form(&creds, &token_url).await {
                 Ok(f) => f,
@@ -423,8 +444,13 @@ impl TokenProvider {
                 }
             };
             if status.is_success() {
-                let parsed: TokenResponse = serde_json::from_slice(&body)
+                let mut parsed: TokenResponse = serde_json::from_slice(&body)
                     .map_err(|_| AuthError::Unavailable("the token endpoint's answer is not a JSON object".into()))?;
+                if let ClientCredential::Delegated(session) = &creds.credential
+                    && let Some(next) = parsed.refresh_token.take().filter(|t| !t.is_empty())
+                {
+                    session.rotate(SecretString::from(next));
+                }
                 return parsed.into_parts();
             }
             let err: TokenError = serde_json::from_slice(&body).unwrap_or_default();
@@ -441,6 +467,21 @@ impl TokenProvider {
     /// The token request's form. A federated credential's assertion is
     /// fetched here, for this request only.
     async fn form(&self, creds: &AppCredentials, token_url: &str) -> Result<Vec<(&'static str, String)>, AuthError> {
+        if let ClientCredential::Delegated(session) = &creds.credential {
+            // The user's next token, from the refresh token (no secret).
+            let refresh = session.refresh_token().ok_or_else(|| {
+                AuthError::Refused(
+                    "the signed-in user's token has expired and Entra ID gave no refresh token: run again with --device-code"
+                        .into(),
+                )
+            })?;
+            return Ok(vec![
+                ("grant_type", "refresh_token".to_owned()),
+                ("client_id", creds.client_id.clone()),
+                ("refresh_token", refresh.expose_secret().to_owned()),
+                ("scope", super::device_code::scope(&self.endpoints)),
+            ]);
+        }
         let mut form = vec![
             ("grant_type", "client_credentials".to_owned()),
             ("client_id", creds.client_id.clone()),
@@ -467,6 +508,8 @@ impl TokenProvider {
                 ));
                 form.push(("client_assertion", external.jwt.expose_secret().to_owned()));
             }
+            // Its form is the refresh token grant, above.
+            ClientCredential::Delegated(_) => {}
         }
         Ok(form)
     }
@@ -609,7 +652,9 @@ mod tests {
         assert!(said(7000215).contains("the secret's ID was pasted instead of its Value"));
         assert!(said(700016).contains("application was not found in the tenant"));
         assert!(said(90002).contains("the tenant was not found"));
-        for code in [7000222, 900023, 7000112, 700027, 700024, 70021, 500011] {
+        assert!(said(7000218).contains("Allow public client flows"));
+        assert!(said(65001).contains("admin consent"));
+        for code in [7000222, 900023, 7000112, 700027, 700024, 70021, 500011, 50076, 50079] {
             assert!(aadsts_advice(code).is_some(), "{code}");
             assert!(said(code).contains(&format!("AADSTS{code}: ")) || said(code).contains(&format!("(AADSTS{code})")));
         }

@@ -79,15 +79,22 @@ struct RawItem {
     body: Option<Value>,
 }
 
+/// The HTTP client every Graph and token request goes through: no
+/// redirects followed (a bearer token never follows one elsewhere), the
+/// product's user agent, rustls.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("intune-attest/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(16)
+        .build()
+}
+
 impl GraphClient {
     /// Builds a client. Redirects are never followed, so the bearer token
     /// cannot be carried to another host.
     pub fn new(endpoints: Endpoints, creds: AppCredentials, cfg: ClientConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("intune-attest/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(16)
-            .build()?;
+        let http = http_client()?;
         let requests = Arc::new(AtomicU64::new(0));
         let tokens = TokenProvider::new(
             http.clone(),

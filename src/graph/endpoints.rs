@@ -94,6 +94,14 @@ impl Endpoints {
         )
     }
 
+    /// The device authorization endpoint of a tenant (the device code flow).
+    pub fn device_code_url(&self, tenant: &str) -> String {
+        format!(
+            "{}/{tenant}/oauth2/v2.0/devicecode",
+            self.login.as_str().trim_end_matches('/')
+        )
+    }
+
     /// The audience to ask an external issuer for (`api://AzureADTokenExchange`
     /// in the global cloud).
     pub fn federation_audience(&self) -> &'static str {

@@ -1,5 +1,6 @@
 //! The Microsoft Graph adapter: endpoints per national cloud, the
-//! client-credentials token flow, `$batch`, and the mapping of Graph's
+//! client-credentials token flow, a person's sign-in with the device code
+//! flow ([`device_code`]), `$batch`, and the mapping of Graph's
 //! answers onto the engine's [`DeviceGateway`](crate::core::gateway::DeviceGateway).
 //!
 //! Layers stay separate: [`auth`] obtains and caches tokens, [`wire`] is the
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod device_code;
 pub mod endpoints;
 pub mod retry_after;
 pub mod wire;

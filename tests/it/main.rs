@@ -7,6 +7,7 @@ mod bench_smoke;
 mod cargo_lambda;
 mod cli;
 mod common;
+mod device_code;
 mod docs;
 mod documents;
 mod engine_against_simulator;

@@ -30,7 +30,8 @@ pub use super::gateway::MAX_BATCH;
 /// The hint given with every `forbidden` outcome.
 pub const FORBIDDEN_HINT: &str = "the app registration lacks a Graph permission: grant \
 DeviceManagementManagedDevices.PrivilegedOperations.All (needed by Intune device actions) as well as the documented \
-DeviceManagementConfiguration.Read.All and DeviceManagementManagedDevices.Read.All, with admin consent";
+DeviceManagementConfiguration.Read.All and DeviceManagementManagedDevices.Read.All, with admin consent; \
+signed in as a user (--device-code), the user also needs an Intune role that allows remote tasks";
 
 /// Tuning of the engine. The defaults follow Intune's documented limits.
 #[derive(Clone, Debug)]

@@ -19,6 +19,7 @@ mod follow;
 mod progress;
 mod report;
 mod select;
+mod sign_in;
 mod status;
 mod table;
 
@@ -30,7 +31,6 @@ use crate::core::engine::{Engine, RunError};
 use crate::core::progress::Progress;
 use crate::core::request::AttestationRequest;
 use crate::core::text::bounded;
-use crate::credentials::AppCredentials;
 use crate::graph::GraphClient;
 
 /// Largest event file read, in bytes.
@@ -71,6 +71,8 @@ enum Command {
         event: Option<String>,
         #[command(flatten)]
         picks: select::Picks,
+        #[command(flatten)]
+        sign_in: sign_in::SignIn,
         /// Never draw a progress bar (progress is still logged).
         #[arg(long)]
         no_progress: bool,
@@ -115,6 +117,8 @@ enum Command {
         /// (comma-separated: untrusted, failed, not-supported, pending, unread).
         #[arg(long, value_enum, value_delimiter = ',')]
         fail_on: Vec<follow::FailOn>,
+        #[command(flatten)]
+        sign_in: sign_in::SignIn,
     },
     /// Write one self-contained HTML page about a run: outcomes, pace
     /// against the budget, every device, and the verdict if a status
@@ -231,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_file,
             watch,
             fail_on,
+            sign_in,
         } => {
             let watch = watch
                 .map(|w| parse_go_duration(&w).map_err(|e| anyhow::anyhow!("--watch: {w:?}: {e}")))
@@ -238,10 +243,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status::run(
                 event,
                 result.as_deref(),
-                output,
-                status_file.as_deref(),
-                watch,
-                &fail_on,
+                status::Options {
+                    output,
+                    status_file: status_file.as_deref(),
+                    watch,
+                    fail_on: &fail_on,
+                    sign_in: &sign_in,
+                },
                 env,
             )
             .await
@@ -259,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke {
             event,
             picks,
+            sign_in,
             no_progress,
             output,
             result_file,
@@ -281,7 +290,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ) {
                 eprintln!("warning: {w}");
             }
-            let creds = AppCredentials::from_env(env)?;
+            let creds = match sign_in::credentials(&sign_in, &settings, env).await {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
             let client = GraphClient::new(settings.endpoints.clone(), creds, settings.client.clone())?;
             let client = Arc::new(client);
             // One read budget for the run's validation and its verdict's reads.

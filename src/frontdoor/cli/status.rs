@@ -17,7 +17,6 @@ use crate::core::device::{DeviceId, DeviceKind, DeviceRef};
 use crate::core::gateway::DeviceGateway;
 use crate::core::request::AttestationRequest;
 use crate::core::status;
-use crate::credentials::AppCredentials;
 use crate::graph::GraphClient;
 
 /// How long a status read may take.
@@ -48,18 +47,36 @@ fn from_result(path: &Path) -> anyhow::Result<(Vec<DeviceRef>, Option<String>)> 
     Ok((out, doc["correlation_id"].as_str().map(str::to_owned)))
 }
 
+/// How `status` reads and says what it read.
+pub(super) struct Options<'a> {
+    /// The view on standard output.
+    pub output: Output,
+    /// Where the status document is written too.
+    pub status_file: Option<&'a Path>,
+    /// Read again until every action is over or this long has passed.
+    pub watch: Option<Duration>,
+    /// The states that make the exit code 1.
+    pub fail_on: &'a [super::follow::FailOn],
+    /// How to sign in.
+    pub sign_in: &'a super::sign_in::SignIn,
+}
+
 /// Runs `status` and returns its exit code: 0 when every device was read,
 /// 1 when Graph could not be reached or read for some, 2 for bad input,
 /// configuration or credentials Entra ID refuses.
 pub(super) async fn run(
     event: Option<String>,
     result: Option<&Path>,
-    output: Output,
-    status_file: Option<&Path>,
-    watch: Option<Duration>,
-    fail_on: &[super::follow::FailOn],
+    how: Options<'_>,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    let Options {
+        output,
+        status_file,
+        watch,
+        fail_on,
+        sign_in,
+    } = how;
     let settings = Settings::from_env(&env)?;
     let deadline = Instant::now() + READ_TIMEOUT;
     let (mut devices, correlation_id, filter) = match (event, result) {
@@ -77,7 +94,10 @@ pub(super) async fn run(
         }
         _ => anyhow::bail!("give one of --event or --result"),
     };
-    let creds = AppCredentials::from_env(&env)?;
+    let creds = match super::sign_in::credentials(sign_in, &settings, &env).await {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
     let client = Arc::new(GraphClient::new(
         settings.endpoints.clone(),
         creds,
