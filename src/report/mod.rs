@@ -77,6 +77,9 @@ const ACTION_STATES: [&str; 7] = [
 
 const ATTESTATION_STATUSES: [&str; 5] = ["trusted", "untrusted", "not_supported", "incomplete_data", "unknown"];
 
+/// How a device without an attestation status is shown.
+const NOT_SERVED: &str = "not served by Graph";
+
 /// The colour class of a value the documents use; values the report does
 /// not know get a neutral class (class names never come from a document).
 pub fn style_class(value: &str) -> &'static str {
@@ -119,9 +122,9 @@ table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: #f3f5f7; position: sticky; top: 0; }
 td.id, td.rid { font-family: ui-monospace, "Cascadia Mono", Consolas, monospace; }
-td.id, td.rid { white-space: nowrap; } td.rid { font-size: 11px; }
+td.id, td.rid, td.name { white-space: nowrap; } td.id { font-size: 11.5px; } td.rid { font-size: 10.5px; }
 .scroll { overflow-x: auto; }
-td.msg { min-width: 180px; max-width: 380px; overflow-wrap: anywhere; }
+td.msg { min-width: 110px; max-width: 360px; overflow-wrap: anywhere; }
 footer { margin-top: 32px; border-top: 1px solid var(--line); padding-top: 8px; font-size: 12px; color: #5f6b76; }
 footer dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0; }
 footer dt { font-weight: 600; } footer dd { margin: 0; overflow-wrap: anywhere; }
@@ -154,6 +157,12 @@ const SCRIPT: &str = r#"
     }
     shown.textContent = n + ' of ' + rows.length + ' devices shown';
   }
+  var scroller = document.getElementById('devices-scroll');
+  var hint = document.getElementById('scroll-hint');
+  function fit() { hint.hidden = scroller.scrollWidth <= scroller.clientWidth + 1; }
+  window.addEventListener('resize', fit);
+  window.addEventListener('load', fit);
+  fit();
   select.addEventListener('change', apply);
   if (verdict) { verdict.addEventListener('change', apply); }
   name.addEventListener('input', apply);
@@ -258,7 +267,8 @@ fn to_bars<'a>(items: &[(&'a str, u64)]) -> Vec<Bar<'a>> {
     items
         .iter()
         .map(|(label, count)| Bar {
-            label,
+            // The status document counts devices without a status as `null`.
+            label: if *label == "null" { NOT_SERVED } else { label },
             count: *count,
             class: style_class(label),
         })
@@ -305,6 +315,7 @@ fn verdict(s: &StatusDocument) -> Markup {
     let statuses = ordered(&s.summary.attestation_statuses, &ATTESTATION_STATUSES);
     let in_progress = count(&s.summary.action_states, "pending") + count(&s.summary.action_states, "active");
     let untrusted = count(&s.summary.attestation_statuses, "untrusted");
+    let unserved = count(&s.summary.attestation_statuses, "null");
     html! {
         section #verdict {
             h2 { "Verdict" }
@@ -318,6 +329,10 @@ fn verdict(s: &StatusDocument) -> Markup {
                 div.card #trusted { span.n { (count(&s.summary.attestation_statuses, "trusted")) } "trusted" }
                 div.card.alert[untrusted > 0] #untrusted { span.n { (untrusted) } "untrusted" }
                 @if s.summary.unread > 0 { div.card #unread { span.n { (s.summary.unread) } "could not be read" } }
+            }
+            @if unserved > 0 && unserved == s.summary.devices.saturating_sub(s.summary.unread) {
+                p #no-verdict.muted { "Graph served no attestation status for any device read (the beta schema does not carry one today): "
+                    "an action that is done has run, but says nothing of trust; the Intune admin center shows each device's verdict." }
             }
             div.charts {
                 (charts::bars("Attestation action state", &to_bars(&states)))
@@ -391,15 +406,15 @@ fn device_row(
             data-name=(d.device_name.as_deref().unwrap_or_default()) {
             td { (i + 1) }
             td.id { (d.device_id) }
-            td { @if let Some(n) = &d.device_name { (n) } }
+            td.name { @if let Some(n) = &d.device_name { (n) } }
             td { (d.kind) }
             td { span class={"badge " (style_class(&d.outcome))} { (d.outcome) } }
             td.msg {
                 @if let Some(code) = &d.reason_code { code { (code) } " " }
                 @if let Some(reason) = &d.reason { (reason) }
             }
-            td { @if let Some(s) = d.http_status { (s) } }
             td.msg {
+                @if let Some(s) = d.http_status { span.http { (s) } " " }
                 @if let Some(code) = &d.error_code { code { (code) } " " }
                 @if let Some(m) = &d.message { span.graph-message { (m) } }
             }
@@ -452,10 +467,11 @@ fn device_table(r: &ResultDocument, with_status: bool, rows: &Rows<'_>) -> Marku
                 " "
                 span #shown.muted { (listed) " devices" }
             }
-            div.scroll { table #devices {
+            p #scroll-hint.muted { "More columns to the right: scroll the table sideways." }
+            div.scroll #devices-scroll { table #devices {
                 thead { tr {
                     th { "#" } th { "Device ID" } th { "Device name" } th { "Kind" } th { "Outcome" } th { "Reason" }
-                    th { "HTTP" } th { "Graph error" } th { "Request ID" }
+                    th { "Graph answer" } th { "Request ID" }
                     @if with_status { th { "Action state" } th { "Attestation" } }
                 } }
                 tbody { (PreEscaped(ROWS)) }

@@ -104,7 +104,7 @@ fn device_names_have_a_column_and_the_filter_matches_them() {
         "escaped in the attribute"
     );
     assert!(
-        html.contains("<td>LAB-&lt;b&gt;07&lt;/b&gt;</td>"),
+        html.contains(r#"<td class="name">LAB-&lt;b&gt;07&lt;/b&gt;</td>"#),
         "escaped in the cell"
     );
     assert!(html.contains(r#"id="name-filter""#));

@@ -226,6 +226,22 @@ async fn the_report_opens_in_chromium_with_the_runs_numbers_and_shows_graph_text
         "device names"
     );
 
+    // Nothing is cut off at 1280 px: the device table fits, so the page's
+    // script keeps the scroll hint hidden; in a narrower window it shows.
+    let hint_hidden = |dom: &str| {
+        let at = dom.find("id=\"scroll-hint\"").expect("the scroll hint");
+        let open = dom[..at].rfind('<').unwrap();
+        let close = at + dom[at..].find('>').unwrap();
+        dom[open..close].contains("hidden")
+    };
+    let wide = browse(&url, &["--window-size=1280,1000", "--dump-dom"]).await;
+    assert!(hint_hidden(&wide), "the table overflows at 1280 px");
+    let narrow = browse(&url, &["--window-size=900,1000", "--dump-dom"]).await;
+    assert!(!hint_hidden(&narrow), "a 900 px window scrolls the table and says so");
+    // This Graph serves no attestation status: the page says what "done"
+    // does not tell.
+    assert!(dom.contains("id=\"no-verdict\""), "the verdict's absence is said");
+
     // A screenshot of the page as a reviewer sees it.
     let shot = dir.join("report.png");
     let _ = std::fs::remove_file(&shot);

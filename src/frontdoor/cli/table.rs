@@ -379,7 +379,10 @@ pub fn status(doc: &StatusDocument, view: View) -> String {
     );
     let counts = |map: &std::collections::BTreeMap<&str, usize>| {
         view.grid(
-            &map.keys().copied().collect::<Vec<_>>(),
+            // The document counts devices without a status as `null`.
+            &map.keys()
+                .map(|k| if *k == "null" { "not served by Graph" } else { k })
+                .collect::<Vec<_>>(),
             vec![map.values().map(Cell::new).collect()],
             false,
         )
