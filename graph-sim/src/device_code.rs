@@ -176,6 +176,7 @@ pub(crate) fn redeem(state: &State, form: &HashMap<String, String>) -> Answer {
     let now = Instant::now();
     if now >= p.expires {
         codes.remove(&code);
+        lock(&state.redeemed_device_codes).push(code.clone());
         return aad_error(
             400,
             "expired_token",
@@ -206,6 +207,7 @@ pub(crate) fn redeem(state: &State, form: &HashMap<String, String>) -> Answer {
         ),
         Decision::Declined => {
             codes.remove(&code);
+            lock(&state.redeemed_device_codes).push(code.clone());
             aad_error(
                 400,
                 "authorization_declined",
@@ -250,7 +252,10 @@ pub(crate) fn refresh(state: &State, form: &HashMap<String, String>) -> Answer {
     let grant = {
         let mut tokens = lock(&state.refresh_tokens);
         match tokens.get(&token) {
-            Some(r) if r.client_id == client_id => tokens.remove(&token),
+            Some(r) if r.client_id == client_id => {
+                lock(&state.redeemed_device_codes).push(token.clone());
+                tokens.remove(&token)
+            }
             _ => None,
         }
     };

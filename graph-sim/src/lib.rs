@@ -347,7 +347,8 @@ struct State {
     tokens: Mutex<HashMap<String, IssuedToken>>,
     /// Device codes handed out, by device code.
     device_codes: Mutex<HashMap<String, device_code::Pending>>,
-    /// Device codes already redeemed (kept for leak checks).
+    /// Device codes and refresh tokens no longer usable (redeemed,
+    /// declined, expired), kept for leak checks.
     redeemed_device_codes: Mutex<Vec<String>>,
     /// Refresh tokens issued to signed-in users.
     refresh_tokens: Mutex<HashMap<String, device_code::Refresh>>,

@@ -129,8 +129,13 @@ pub async fn sign_in(
     let ends = Instant::now() + expires_in;
     let device_code = SecretString::from(auth.device_code);
     let token_url = endpoints.token_url(tenant_id);
+    // After a transport failure or a 5xx the wait doubles (RFC 8628 3.5).
+    let mut wait = interval;
     loop {
-        tokio::time::sleep(interval).await;
+        // A last poll just before the code ends, not a sleep past it.
+        let left = ends.saturating_duration_since(Instant::now());
+        tokio::time::sleep(wait.min(left.saturating_sub(Duration::from_millis(200)))).await;
+        wait = interval;
         if Instant::now() >= ends {
             return Err(AuthError::Refused(
                 "the sign-in code expired before the sign-in finished: run again".into(),
@@ -151,11 +156,13 @@ pub async fn sign_in(
             Err(e) => {
                 // The user may still be signing in: poll again.
                 tracing::debug!(cause = %describe_transport(&e), "device code poll failed; polling again");
+                wait = (interval * 2).min(MAX_INTERVAL);
                 continue;
             }
         };
         let status = resp.status();
         let Ok(body) = resp.bytes().await else {
+            wait = (interval * 2).min(MAX_INTERVAL);
             continue;
         };
         if status.is_success() {
@@ -173,7 +180,7 @@ pub async fn sign_in(
         match err.error.as_deref() {
             Some("authorization_pending") => {}
             Some("slow_down") => interval = (interval + SLOW_DOWN_STEP).min(MAX_INTERVAL),
-            _ if status.is_server_error() || status.as_u16() == 429 => {}
+            _ if status.is_server_error() || status.as_u16() == 429 => wait = (interval * 2).min(MAX_INTERVAL),
             _ => return Err(AuthError::Refused(err.describe(status.as_u16()))),
         }
     }

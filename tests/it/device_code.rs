@@ -153,6 +153,11 @@ async fn a_responder_signs_in_with_a_device_code_and_the_run_acts_for_them() {
     assert_eq!(stats.slow_downs, 0, "{stats:?}");
     assert!(stats.refresh_grants >= 1, "{stats:?}");
     assert!(stats.delegated_tokens >= 2, "{stats:?}");
+    // The redeemed refresh tokens are among those checked below.
+    assert!(
+        sim.issued_tokens().iter().filter(|t| t.starts_with("simrt.")).count() as u64 > stats.refresh_grants,
+        "every refresh token, used or not, is checked"
+    );
     // No token, refresh token or device code in anything it printed, at
     // trace level.
     for secret in sim.issued_tokens() {
@@ -208,6 +213,14 @@ async fn a_declined_sign_in_or_a_code_that_expires_ends_with_exit_2_and_no_write
     assert_eq!(expired.code, Some(2), "{}", expired.stderr);
     assert!(expired.stderr.contains("expired"), "{}", expired.stderr);
     assert_eq!(sim.stats().writes, 0);
+    for secret in sim.issued_tokens() {
+        for ran in [&declined, &expired] {
+            assert!(
+                !ran.stdout.contains(&secret) && !ran.stderr.contains(&secret),
+                "a device code leaked"
+            );
+        }
+    }
 }
 
 #[tokio::test]

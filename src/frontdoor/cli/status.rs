@@ -78,7 +78,6 @@ pub(super) async fn run(
         sign_in,
     } = how;
     let settings = Settings::from_env(&env)?;
-    let deadline = Instant::now() + READ_TIMEOUT;
     let (mut devices, correlation_id, filter) = match (event, result) {
         (Some(event), None) => {
             let req = AttestationRequest::from_slice(&read_event(&event)?, settings.limits)?;
@@ -98,6 +97,8 @@ pub(super) async fn run(
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    // The read time starts once signed in (a person may take minutes).
+    let deadline = Instant::now() + READ_TIMEOUT;
     let client = Arc::new(GraphClient::new(
         settings.endpoints.clone(),
         creds,
