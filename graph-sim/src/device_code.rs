@@ -159,11 +159,11 @@ pub(crate) fn redeem(state: &State, form: &HashMap<String, String>) -> Answer {
     lock(&state.stats).device_code_polls += 1;
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     let code = form.get("device_code").cloned().unwrap_or_default();
-    let interval = lock(&state.cfg).device_code_interval;
-    let public = lock(&state.cfg)
-        .apps
-        .iter()
-        .any(|a| a.client_id == client_id && a.public_client);
+    let (interval, public) = {
+        let cfg = lock(&state.cfg);
+        let public = cfg.apps.iter().any(|a| a.client_id == client_id && a.public_client);
+        (cfg.device_code_interval, public)
+    };
     let mut codes = lock(&state.device_codes);
     let Some(p) = codes.get_mut(&code).filter(|p| p.client_id == client_id) else {
         return aad_error(

@@ -282,6 +282,19 @@ pub struct AppCredentials {
     pub credential: ClientCredential,
 }
 
+/// `AZURE_TENANT_ID` and `AZURE_CLIENT_ID` where set (not blank), and the
+/// names of those that are not.
+pub fn identifier_settings(get: impl Fn(&str) -> Option<String>) -> (Option<String>, Option<String>, Vec<String>) {
+    let set = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let (tenant_id, client_id) = (set("AZURE_TENANT_ID"), set("AZURE_CLIENT_ID"));
+    let missing = [("AZURE_TENANT_ID", &tenant_id), ("AZURE_CLIENT_ID", &client_id)]
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| (*n).to_owned())
+        .collect();
+    (tenant_id, client_id, missing)
+}
+
 /// Checks a tenant and a client id have the shape they may go into a
 /// token URL and form with.
 pub fn check_identifiers(tenant_id: &str, client_id: &str) -> Result<(), CredentialsError> {
@@ -330,12 +343,7 @@ impl AppCredentials {
         let secret = get("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty());
         let certificate = set("AZURE_CLIENT_CERTIFICATE_PATH");
         // Every setting missing is said at once, not one a run.
-        let (tenant_id, client_id) = (set("AZURE_TENANT_ID"), set("AZURE_CLIENT_ID"));
-        let mut missing: Vec<String> = [("AZURE_TENANT_ID", &tenant_id), ("AZURE_CLIENT_ID", &client_id)]
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(n, _)| (*n).to_owned())
-            .collect();
+        let (tenant_id, client_id, mut missing) = identifier_settings(get);
         let has_credential = federation.is_some()
             || secret.is_some()
             || certificate.is_some()

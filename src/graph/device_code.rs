@@ -130,6 +130,7 @@ pub async fn sign_in(
     let device_code = SecretString::from(auth.device_code);
     let token_url = endpoints.token_url(tenant_id);
     // After a transport failure or a 5xx the wait doubles (RFC 8628 3.5).
+    let backed_off = |interval: Duration| (interval * 2).min(MAX_INTERVAL);
     let mut wait = interval;
     loop {
         // A last poll just before the code ends, not a sleep past it.
@@ -156,13 +157,13 @@ pub async fn sign_in(
             Err(e) => {
                 // The user may still be signing in: poll again.
                 tracing::debug!(cause = %describe_transport(&e), "device code poll failed; polling again");
-                wait = (interval * 2).min(MAX_INTERVAL);
+                wait = backed_off(interval);
                 continue;
             }
         };
         let status = resp.status();
         let Ok(body) = resp.bytes().await else {
-            wait = (interval * 2).min(MAX_INTERVAL);
+            wait = backed_off(interval);
             continue;
         };
         if status.is_success() {
@@ -180,7 +181,7 @@ pub async fn sign_in(
         match err.error.as_deref() {
             Some("authorization_pending") => {}
             Some("slow_down") => interval = (interval + SLOW_DOWN_STEP).min(MAX_INTERVAL),
-            _ if status.is_server_error() || status.as_u16() == 429 => wait = (interval * 2).min(MAX_INTERVAL),
+            _ if status.is_server_error() || status.as_u16() == 429 => wait = backed_off(interval),
             _ => return Err(AuthError::Refused(err.describe(status.as_u16()))),
         }
     }

@@ -38,14 +38,8 @@ pub async fn credentials(
     if !sign_in.device_code {
         return AppCredentials::from_env(env).map_err(|e| fail(2, &e));
     }
-    let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    let (tenant, client) = (set("AZURE_TENANT_ID"), set("AZURE_CLIENT_ID"));
-    let (Some(tenant), Some(client)) = (tenant.clone(), client.clone()) else {
-        let missing: Vec<&str> = [("AZURE_TENANT_ID", &tenant), ("AZURE_CLIENT_ID", &client)]
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(n, _)| *n)
-            .collect();
+    let (tenant, client, missing) = crate::credentials::identifier_settings(&env);
+    let (Some(tenant), Some(client)) = (tenant, client) else {
         return Err(fail(
             2,
             &format!(
